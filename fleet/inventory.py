@@ -1,0 +1,100 @@
+"""Turn inventory.py's data into pyinfra groups, after validating the whole fleet.
+
+Targets (FLEET_TARGET):
+  fleet  the real hosts, reached on their tailnet address (FLEET_CONNECT=lan: on the LAN)
+  test   the Docker test fleet: TEST_FLEET's LAN addresses, the test network's tailnet
+         addresses (the same as the real ones), and the test SSH key made by fleet-up
+Nothing but addresses and the SSH connection differ between the two.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+from pyinfra.api.exceptions import PyinfraError
+
+from fleet import validate as validation
+from fleet.model import Fleet, load_fleet
+
+TARGETS = ("fleet", "test")
+CONNECT = ("tailnet", "lan")
+
+
+class FleetConfigError(PyinfraError):
+    """Raised before any host is touched; pyinfra prints it without a traceback."""
+
+
+def state_dir(repo: Path) -> Path:
+    return repo / ".state" / "testfleet"
+
+
+def test_ssh_key(repo: Path) -> Path:
+    return state_dir(repo) / "id_ed25519"
+
+
+def target_from_env() -> str:
+    target = os.environ.get("FLEET_TARGET", "fleet")
+    if target not in TARGETS:
+        raise FleetConfigError(
+            f"FLEET_TARGET={target!r} is not a target. Fix: use one of {', '.join(TARGETS)}."
+        )
+    return target
+
+
+def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict:
+    """The host entries for a target, with connection data for pyinfra's SSH connector."""
+    hosts = copy.deepcopy(hosts)
+    connect = os.environ.get("FLEET_CONNECT", "tailnet")
+    if connect not in CONNECT:
+        raise FleetConfigError(
+            f"FLEET_CONNECT={connect!r} is not a way to connect. Fix: use one of {', '.join(CONNECT)}."
+        )
+    if target == "test":
+        key = test_ssh_key(repo)
+        if not key.exists():
+            raise FleetConfigError(
+                f"the test fleet's SSH key {key} does not exist. Fix: run `make fleet-up` first."
+            )
+        pubkey = key.with_suffix(".pub").read_text().strip()
+        for name, entry in hosts.items():
+            if name not in test_fleet["lan_addresses"]:
+                raise FleetConfigError(
+                    f"{name}: TEST_FLEET['lan_addresses'] has no entry. "
+                    f"Fix: add a test LAN address for {name} in inventory.py."
+                )
+            entry["lan_address"] = test_fleet["lan_addresses"][name]
+            entry["base_admin_ssh_keys"] = [pubkey]
+            entry["ssh_key"] = str(key)
+            entry["ssh_known_hosts_file"] = str(state_dir(repo) / "known_hosts")
+            entry["ssh_strict_host_key_checking"] = "yes"
+    for entry in hosts.values():
+        address = entry.get("tailnet_address") if connect == "tailnet" else entry.get("lan_address")
+        if address:
+            entry["ssh_hostname"] = address.split("/")[0]
+    return hosts
+
+
+def prepare(hosts: dict, test_fleet: dict, inventory_file: str, target: str | None = None):
+    """(host entries for the target, validated Fleet), or FleetConfigError on bad data."""
+    repo = Path(inventory_file).resolve().parent
+    entries = apply_target(hosts, test_fleet, repo, target or target_from_env())
+    fleet = load_fleet(entries, repo / "group_data")
+    try:
+        validation.validate(fleet)
+    except validation.InventoryError as exc:
+        raise FleetConfigError(str(exc)) from None
+    return entries, fleet
+
+
+def pyinfra_groups(hosts: dict, test_fleet: dict, inventory_file: str) -> dict[str, list]:
+    """{group: [(host, host_data), ...]} for pyinfra. Group data is pyinfra's to merge."""
+    entries, fleet = prepare(hosts, test_fleet, inventory_file)
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, host in fleet.hosts.items():
+        data = {k: v for k, v in entries[name].items() if k != "groups"}
+        for group in host.groups:
+            groups.setdefault(group, []).append((name, data))
+    return groups

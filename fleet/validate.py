@@ -1,0 +1,241 @@
+"""Inventory validation: every rule runs before any host is touched.
+
+Each problem is reported as `host: key: what is wrong. Fix: what to change.` All problems
+are collected, so one run shows everything to fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from fleet.model import Fleet
+
+TAILNET_RANGE = ipaddress.ip_network("100.64.0.0/10")
+REQUIRED_HOST_KEYS = ("lan_address", "tailnet_address", "ssh_user", "arch")
+KNOWN_ARCHS = ("arm64", "amd64")
+KNOWN_BINDS = ("loopback", "tailnet", "lan")
+
+
+@dataclass(frozen=True)
+class Problem:
+    host: str
+    key: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.key}: {self.message} Fix: {self.fix}"
+
+
+class InventoryError(Exception):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        lines = [f"inventory is invalid ({len(problems)} problem(s)); no host was touched:"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+def check_groups(fleet: Fleet) -> list[Problem]:
+    problems = []
+    known = fleet.known_groups
+    for host in fleet.hosts.values():
+        if not host.groups:
+            problems.append(Problem(host.name, "groups", "the host is in no group.",
+                                    f"list its groups in inventory.py (known: {', '.join(known)})."))
+        for group in host.groups:
+            if group not in known:
+                problems.append(Problem(
+                    host.name, "groups", f"unknown group {group!r}.",
+                    f"use one of {', '.join(known)}, or add group_data/{group}.py for a new group."))
+    return problems
+
+
+def check_required(fleet: Fleet) -> list[Problem]:
+    problems = []
+    for host in fleet.hosts.values():
+        for key in REQUIRED_HOST_KEYS:
+            if not host.data.get(key):
+                problems.append(Problem(host.name, key, "is missing.",
+                                        f"set {key!r} in the host's entry in inventory.py."))
+        arch = host.data.get("arch")
+        if arch and arch not in KNOWN_ARCHS:
+            problems.append(Problem(host.name, "arch", f"{arch!r} is not a known architecture.",
+                                    f"use one of {', '.join(KNOWN_ARCHS)} (Debian's names)."))
+        lan = host.data.get("lan_address")
+        if lan:
+            try:
+                iface = ipaddress.ip_interface(lan)
+                if iface.network.prefixlen == iface.max_prefixlen:
+                    raise ValueError
+            except ValueError:
+                problems.append(Problem(host.name, "lan_address",
+                                        f"{lan!r} is not an address/prefix.",
+                                        "write it like '192.168.1.11/24'."))
+        if host.data.get("ssh_user") == "root":
+            problems.append(Problem(host.name, "ssh_user",
+                                    "is root, but sshd is hardened to refuse root logins.",
+                                    "connect as the admin user (e.g. 'pi'); create it at first boot."))
+    return problems
+
+
+def check_tailnet(fleet: Fleet) -> list[Problem]:
+    problems = []
+    seen: dict[str, str] = {}
+    for host in fleet.hosts.values():
+        raw = host.data.get("tailnet_address")
+        if not raw:
+            continue
+        try:
+            address = ipaddress.ip_address(raw)
+        except ValueError:
+            problems.append(Problem(host.name, "tailnet_address", f"{raw!r} is not an IP address.",
+                                    "use the node's Tailscale IPv4, e.g. 100.100.0.1."))
+            continue
+        if address not in TAILNET_RANGE:
+            problems.append(Problem(
+                host.name, "tailnet_address", f"{raw} is outside Tailscale's {TAILNET_RANGE}.",
+                "use the address Tailscale assigned to the node (100.64.0.0/10)."))
+        if raw in seen:
+            problems.append(Problem(
+                host.name, "tailnet_address", f"{raw} is also the tailnet address of {seen[raw]}.",
+                "give each host its own tailnet address."))
+        else:
+            seen[raw] = host.name
+    return problems
+
+
+def check_ports(fleet: Fleet) -> list[Problem]:
+    problems = []
+    services = fleet.all_data.get("fleet_services", {})
+    for name, svc in services.items():
+        port = svc.get("port")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            problems.append(Problem("all", f"fleet_services[{name!r}].port",
+                                    f"{port!r} is not a TCP port.", "use an integer 1-65535."))
+        for bind in svc.get("bind", ()):
+            if bind not in KNOWN_BINDS:
+                problems.append(Problem("all", f"fleet_services[{name!r}].bind",
+                                        f"{bind!r} is not a bind scope.",
+                                        f"use {', '.join(KNOWN_BINDS)} (never a wildcard)."))
+        for group in svc.get("groups", ()):
+            if group != "all" and group not in fleet.known_groups:
+                problems.append(Problem("all", f"fleet_services[{name!r}].groups",
+                                        f"unknown group {group!r}.",
+                                        f"use one of {', '.join(fleet.known_groups)} or 'all'."))
+    for host in fleet.hosts.values():
+        by_port: dict[int, str] = {}
+        for name, svc in host.services(services).items():
+            port = svc.get("port")
+            if port in by_port:
+                problems.append(Problem(
+                    host.name, f"fleet_services[{name!r}].port",
+                    f"port {port} is used by both {by_port[port]!r} and {name!r} on this host.",
+                    f"give one of them another port in group_data/all.py fleet_services."))
+            else:
+                by_port[port] = name
+    return problems
+
+
+def check_domains(fleet: Fleet) -> list[Problem]:
+    problems = []
+    services = fleet.all_data.get("fleet_services", {})
+    for domain, route in fleet.all_data.get("fleet_domains", {}).items():
+        key = f"fleet_domains[{domain!r}]"
+        target, port = route.get("host"), route.get("port")
+        if target not in fleet.hosts:
+            problems.append(Problem(target or "?", key, f"routes to unknown host {target!r}.",
+                                    f"use one of {', '.join(fleet.hosts)}."))
+            continue
+        served = {svc["port"]: name for name, svc in fleet.hosts[target].services(services).items()}
+        if port not in served:
+            offered = ", ".join(f"{n} {p}" for p, n in sorted(served.items()))
+            problems.append(Problem(
+                target, key, f"routes to port {port!r}, but nothing on {target} serves it "
+                f"(its services: {offered}).",
+                "route the domain to a port the host serves, or add the service to "
+                "fleet_services for one of the host's groups."))
+    return problems
+
+
+def check_docker_pools(fleet: Fleet) -> list[Problem]:
+    problems = []
+    for host in fleet.hosts.values():
+        for pool in host.data.get("docker_address_pools", []):
+            try:
+                base = ipaddress.ip_network(pool["base"])
+            except (KeyError, ValueError):
+                problems.append(Problem(host.name, "docker_address_pools",
+                                        f"{pool!r} has no valid 'base' network.",
+                                        "write pools as {'base': '172.30.0.0/16', 'size': 24}."))
+                continue
+            for other in fleet.hosts.values():
+                try:
+                    other_lan = other.lan_interface.network
+                except (KeyError, ValueError):
+                    continue
+                if base.overlaps(other_lan):
+                    problems.append(Problem(
+                        host.name, "docker_address_pools",
+                        f"pool {base} overlaps the LAN {other_lan} of {other.name}.",
+                        "pick a pool outside every LAN in inventory.py (e.g. 172.30.0.0/16)."))
+            if base.overlaps(TAILNET_RANGE):
+                problems.append(Problem(host.name, "docker_address_pools",
+                                        f"pool {base} overlaps the tailnet {TAILNET_RANGE}.",
+                                        "pick a pool outside 100.64.0.0/10."))
+    return problems
+
+
+def check_group_conflicts(fleet: Fleet) -> list[Problem]:
+    """A key set to different values by two groups of one host has no clear winner."""
+    problems = []
+    for host in fleet.hosts.values():
+        for key, groups in host.group_sources.items():
+            values = {repr(fleet.group_data[g][key]) for g in groups}
+            if len(values) > 1:
+                problems.append(Problem(
+                    host.name, key, f"is set differently by groups {', '.join(groups)}.",
+                    "set it in one group only, or per host in inventory.py."))
+    return problems
+
+
+def check_admin(fleet: Fleet) -> list[Problem]:
+    problems = []
+    for host in fleet.hosts.values():
+        keys = host.data.get("base_admin_ssh_keys") or []
+        if not keys:
+            problems.append(Problem(
+                host.name, "base_admin_ssh_keys",
+                "is empty, but sshd is hardened to key-only logins.",
+                "add your public key(s) to base_admin_ssh_keys in group_data/all.py."))
+        for k in keys:
+            if not isinstance(k, str) or not k.startswith(("ssh-", "ecdsa-", "sk-")):
+                problems.append(Problem(host.name, "base_admin_ssh_keys",
+                                        f"{str(k)[:30]!r}... is not an OpenSSH public key.",
+                                        "paste the one-line contents of your ~/.ssh/*.pub."))
+    return problems
+
+
+RULES = (
+    check_groups,
+    check_required,
+    check_tailnet,
+    check_ports,
+    check_domains,
+    check_docker_pools,
+    check_group_conflicts,
+    check_admin,
+)
+
+
+def problems(fleet: Fleet) -> list[Problem]:
+    found: list[Problem] = []
+    for rule in RULES:
+        found.extend(rule(fleet))
+    return found
+
+
+def validate(fleet: Fleet) -> None:
+    found = problems(fleet)
+    if found:
+        raise InventoryError(found)

@@ -1,0 +1,67 @@
+"""Data for every host. A group file (group_data/<group>.py) overrides a key for its hosts;
+inventory.py overrides per host. Keys are prefixed with the component that reads them.
+"""
+
+# --- fleet-wide maps (read by validation and by several components) ----------------------
+
+# The port map: every service the fleet runs, its TCP port, where it binds and which
+# groups run it. bind: "loopback" = 127.0.0.1, "tailnet" = the host's tailnet address,
+# "lan" = the host's LAN address. Nothing ever binds 0.0.0.0 or ::.
+fleet_services = {
+    "ssh": {"port": 22, "bind": ["lan", "tailnet"], "groups": ["all"]},
+    "node-exporter": {"port": 9100, "bind": ["tailnet"], "groups": ["all"]},
+    "web": {"port": 3000, "bind": ["loopback"], "groups": ["gateway"]},
+    "lucidia": {"port": 3001, "bind": ["loopback"], "groups": ["gateway"]},
+    "api": {"port": 8000, "bind": ["loopback"], "groups": ["gateway"]},
+    "agents": {"port": 8001, "bind": ["tailnet"], "groups": ["agents"]},
+    "postgres": {"port": 5432, "bind": ["loopback", "tailnet"], "groups": ["database"]},
+    "prometheus": {"port": 9090, "bind": ["tailnet"], "groups": ["monitoring"]},
+    "grafana": {"port": 3000, "bind": ["tailnet"], "groups": ["monitoring"]},
+    "llm": {"port": 8080, "bind": ["tailnet"], "groups": ["llm"]},
+    "maintenance": {"port": 8080, "bind": ["loopback"], "groups": ["failover"]},
+    "cloudflared-metrics": {
+        "port": 20241,
+        "bind": ["loopback"],
+        "groups": ["gateway", "llm", "failover"],
+    },
+}
+
+# The domain map (the guide's "Domain Routing"): public hostname -> the host and port that
+# serve it. status.blackroad.io is a Cloudflare Worker, not a tunnel route, so it is not here.
+fleet_domains = {
+    "blackroad.io": {"host": "pi5-alpha", "port": 3000},
+    "www.blackroad.io": {"host": "pi5-alpha", "port": 3000},
+    "api.blackroad.io": {"host": "pi5-alpha", "port": 8000},
+    "lucidia.earth": {"host": "pi5-alpha", "port": 3001},
+    "www.lucidia.earth": {"host": "pi5-alpha", "port": 3001},
+    "agents.blackroad.io": {"host": "pi5-beta", "port": 8001},
+    "llm.blackroad.io": {"host": "jetson-prime", "port": 8080},
+}
+
+# UDP ports allowed to listen on a wildcard address (0.0.0.0 / ::). Everything else must
+# bind a specific address. Each entry says why it cannot.
+net_udp_wildcard_allowlist = {
+    # tailscaled's WireGuard port: peers reach it on whatever address NAT traversal finds,
+    # so it must listen on every interface (tailscale_port below sets it).
+    41641: "tailscaled WireGuard (tailscale_port)",
+    # DHCP client on the Pis' LAN interface: leases arrive as broadcasts to 0.0.0.0:68.
+    68: "DHCP client",
+}
+
+# --- component versions (pinned; bump deliberately, one component at a time) -------------
+tailscale_version = "1.102.4"
+cloudflared_version = "2026.7.1"
+docker_ce_version = "5:29.8.2-1~debian.12~bookworm"
+nvidia_container_toolkit_version = "1.20.1-1"
+ollama_version = "0.34.4"
+
+# --- docker (read by validation now, by the docker deploy later) -------------------------
+# Address pools for networks Docker creates. Must not overlap any LAN in the inventory or
+# the tailnet (100.64.0.0/10), or containers lose the route to those hosts.
+docker_address_pools = [{"base": "172.30.0.0/16", "size": 24}]
+
+# --- base ----------------------------------------------------------------------------
+# (the base deploy's other settings and their defaults: DEFAULTS in deploys/base.py)
+# Public SSH keys of the people who administer the fleet, installed for each host's
+# ssh_user (the admin account). Required: sshd is hardened to keys only.
+base_admin_ssh_keys = []

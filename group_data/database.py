@@ -1,0 +1,3 @@
+"""PostgreSQL, state and backups: pi5-gamma."""
+
+# Keys for this group are added by the component that reads them.

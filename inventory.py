@@ -1,0 +1,98 @@
+"""The fleet: every host, its groups and the facts about it. Data only.
+
+pyinfra reads the group lists this file defines (pis, gateway, ...). Before it does, the
+whole fleet (these hosts + group_data/) is validated; bad data stops the run here, before
+any host is touched, with errors that name the host, the key and the fix.
+
+Which fleet is targeted comes from FLEET_TARGET:
+  fleet (default)  the real hosts below, reached over their tailnet address
+                   (FLEET_CONNECT=lan reaches them on the LAN: a freshly flashed host that
+                   is not on the tailnet yet)
+  test             the Docker test fleet (make fleet-up): the same hosts, groups and data,
+                   with the addresses and SSH connection of TEST_FLEET swapped in
+"""
+
+from fleet.inventory import pyinfra_groups
+
+# Per-host facts. `lan_address` is address/prefix on the network the host is reached on
+# outside the tailnet (the home LAN for the Pis and the Jetson, the VPC for the droplet).
+# `tailnet_address` is the node's Tailscale IPv4 (pin it in the Tailscale admin console).
+HOSTS = {
+    "pi5-alpha": {
+        "groups": ["pis", "gateway", "agents"],
+        "lan_address": "192.168.1.11/24",
+        "tailnet_address": "100.100.0.1",
+        "tailnet_name": "pi5-alpha",
+        "ssh_user": "pi",
+        "arch": "arm64",
+    },
+    "pi5-beta": {
+        "groups": ["pis", "agents"],
+        "lan_address": "192.168.1.12/24",
+        "tailnet_address": "100.100.0.2",
+        "tailnet_name": "pi5-beta",
+        "ssh_user": "pi",
+        "arch": "arm64",
+    },
+    "pi5-gamma": {
+        "groups": ["pis", "database"],
+        "lan_address": "192.168.1.13/24",
+        "tailnet_address": "100.100.0.3",
+        "tailnet_name": "pi5-gamma",
+        "ssh_user": "pi",
+        "arch": "arm64",
+    },
+    "pi400-delta": {
+        "groups": ["pis", "monitoring"],
+        "lan_address": "192.168.1.14/24",
+        "tailnet_address": "100.100.0.4",
+        "tailnet_name": "pi400-delta",
+        "ssh_user": "pi",
+        "arch": "arm64",
+    },
+    "pi0-epsilon": {
+        "groups": ["pis", "healthcheck"],
+        "lan_address": "192.168.1.15/24",
+        "tailnet_address": "100.100.0.5",
+        "tailnet_name": "pi0-epsilon",
+        "ssh_user": "pi",
+        "arch": "arm64",
+    },
+    "jetson-prime": {
+        "groups": ["gpu", "llm"],
+        "lan_address": "192.168.1.20/24",
+        "tailnet_address": "100.100.0.10",
+        "tailnet_name": "jetson-prime",
+        "ssh_user": "jetson",
+        "arch": "arm64",
+        "llm_engine": "ollama",
+    },
+    "droplet-failover": {
+        "groups": ["cloud", "failover"],
+        "lan_address": "10.116.0.2/20",
+        "tailnet_address": "100.100.0.100",
+        "tailnet_name": "droplet-failover",
+        "ssh_user": "fleet",
+        "arch": "amd64",
+    },
+}
+
+# The Docker test fleet (tests, `make demo`): one systemd container per host. Its tailnet
+# stands in for Tailscale's 100.64.0.0/10 and mirrors the guide's addresses; its LAN is a
+# second test network, also inside 100.64.0.0/10 (never an RFC 1918 range in tests).
+TEST_FLEET = {
+    "tailnet_network": "100.100.0.0/16",
+    "lan_network": "100.101.0.0/16",
+    "lan_addresses": {
+        "pi5-alpha": "100.101.0.1/16",
+        "pi5-beta": "100.101.0.2/16",
+        "pi5-gamma": "100.101.0.3/16",
+        "pi400-delta": "100.101.0.4/16",
+        "pi0-epsilon": "100.101.0.5/16",
+        "jetson-prime": "100.101.0.10/16",
+        "droplet-failover": "100.101.0.100/16",
+    },
+}
+
+# pyinfra takes every module-level list as a group of hosts.
+globals().update(pyinfra_groups(HOSTS, TEST_FLEET, __file__))
