@@ -9,6 +9,7 @@ Nothing but addresses and the SSH connection differ between the two.
 
 from __future__ import annotations
 
+import ast
 import copy
 import os
 from pathlib import Path
@@ -33,6 +34,22 @@ def state_dir(repo: Path) -> Path:
 
 def test_ssh_key(repo: Path) -> Path:
     return state_dir(repo) / "id_ed25519"
+
+
+def read_inventory_data(inventory_file: str | Path) -> tuple[dict, dict]:
+    """HOSTS and TEST_FLEET from inventory.py, read as literals (nothing is executed)."""
+    tree = ast.parse(Path(inventory_file).read_text(), filename=str(inventory_file))
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name) and target.id in ("HOSTS", "TEST_FLEET"):
+                found[target.id] = ast.literal_eval(node.value)
+    missing = {"HOSTS", "TEST_FLEET"} - set(found)
+    if missing:
+        raise FleetConfigError(f"{inventory_file}: {', '.join(sorted(missing))} must be plain "
+                               "dict literals. Fix: define them as data, without code.")
+    return found["HOSTS"], found["TEST_FLEET"]
 
 
 def target_from_env() -> str:

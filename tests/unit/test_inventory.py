@@ -1,0 +1,93 @@
+"""inventory.py as pyinfra sees it: groups, targets, and bad data stopping the CLI early."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fleet.inventory import FleetConfigError, apply_target, prepare, pyinfra_groups, read_inventory_data
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def fake_repo(tmp_path):
+    """A copy of the repository's data with a test SSH key, as fleet-up would leave it."""
+    for item in ("inventory.py", "group_data", "deploys", "config.py", "templates", "fleet"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
+    key_dir = tmp_path / ".state" / "testfleet"
+    key_dir.mkdir(parents=True)
+    (key_dir / "id_ed25519").write_text("not used by these tests\n")
+    (key_dir / "id_ed25519.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFleetTestKey test\n")
+    return tmp_path
+
+
+def test_groups_match_the_spec(fake_repo, monkeypatch):
+    monkeypatch.setenv("FLEET_TARGET", "test")
+    hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
+    groups = pyinfra_groups(hosts, test_fleet, str(fake_repo / "inventory.py"))
+    members = {g: sorted(name for name, _ in hosts_) for g, hosts_ in groups.items()}
+    assert members == {
+        "pis": ["pi0-epsilon", "pi400-delta", "pi5-alpha", "pi5-beta", "pi5-gamma"],
+        "gateway": ["pi5-alpha"],
+        "agents": ["pi5-alpha", "pi5-beta"],
+        "database": ["pi5-gamma"],
+        "monitoring": ["pi400-delta"],
+        "healthcheck": ["pi0-epsilon"],
+        "gpu": ["jetson-prime"],
+        "llm": ["jetson-prime"],
+        "cloud": ["droplet-failover"],
+        "failover": ["droplet-failover"],
+    }
+
+
+def test_test_target_swaps_only_addresses_and_connection(fake_repo):
+    hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
+    test = apply_target(hosts, test_fleet, fake_repo, "test")
+    for name, entry in hosts.items():
+        changed = {k for k in test[name] if test[name][k] != entry.get(k)}
+        assert changed <= {"lan_address", "base_admin_ssh_keys", "ssh_key", "ssh_known_hosts_file",
+                           "ssh_strict_host_key_checking", "ssh_hostname"}
+        assert test[name]["ssh_hostname"] == entry["tailnet_address"]
+        assert test[name]["lan_address"].startswith("100.101.")
+
+
+def test_connect_over_lan(fake_repo, monkeypatch):
+    monkeypatch.setenv("FLEET_CONNECT", "lan")
+    hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
+    entries = apply_target(hosts, test_fleet, fake_repo, "fleet")
+    assert entries["pi5-alpha"]["ssh_hostname"] == "192.168.1.11"
+
+
+@pytest.mark.parametrize("var,value", [("FLEET_TARGET", "prod"), ("FLEET_CONNECT", "wifi")])
+def test_bad_environment_is_a_clear_error(fake_repo, monkeypatch, var, value):
+    monkeypatch.setenv(var, value)
+    hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
+    with pytest.raises(FleetConfigError, match=f"{var}={value!r} is not"):
+        prepare(hosts, test_fleet, str(fake_repo / "inventory.py"))
+
+
+def test_real_target_without_admin_keys_is_refused(fake_repo, monkeypatch):
+    monkeypatch.setenv("FLEET_TARGET", "fleet")
+    hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
+    with pytest.raises(FleetConfigError, match="pi5-alpha: base_admin_ssh_keys: is empty"):
+        prepare(hosts, test_fleet, str(fake_repo / "inventory.py"))
+
+
+def test_pyinfra_stops_before_touching_any_host(fake_repo):
+    """The real CLI on bad data: a clear error, non-zero exit, no connection attempted."""
+    inv = fake_repo / "inventory.py"
+    inv.write_text(inv.read_text().replace('"tailnet_address": "100.100.0.2"',
+                                           '"tailnet_address": "100.100.0.1"'))
+    pyinfra = Path(sys.executable).with_name("pyinfra")
+    run = subprocess.run([str(pyinfra), "-y", "inventory.py", "deploys/site.py"], cwd=fake_repo,
+                         env={"PATH": "/usr/bin:/bin", "FLEET_TARGET": "test"},
+                         text=True, capture_output=True, timeout=120)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "pi5-beta: tailnet_address: 100.100.0.1 is also the tailnet address of pi5-alpha" in out
+    assert "no host was touched" in out
+    assert "Connecting" not in out and "Traceback" not in out

@@ -1,0 +1,24 @@
+"""Counting pyinfra's per-host results, which the idempotence check and the benchmark use."""
+
+from fleet.testfleet import count_changes, image_tag
+
+SAMPLE = """--> Starting operation: Base | Install base packages
+    [pi5-alpha]        Success
+    [droplet-failover] No changes
+--> Starting operation: Base | Harden sshd
+    [pi5-alpha]        \x1b[32mNo changes\x1b[0m
+    [droplet-failover] Error: executed 3 commands
+    [pi5-alpha]        Reading package lists... Success
+"""
+
+
+def test_counts_per_host():
+    assert count_changes(SAMPLE) == {
+        "pi5-alpha": {"changed": 1, "unchanged": 1, "error": 0},
+        "droplet-failover": {"changed": 0, "unchanged": 1, "error": 1},
+    }
+
+
+def test_image_tag_is_stable_and_hashed():
+    assert image_tag() == image_tag()
+    assert image_tag().startswith("fleet-testhost:") and len(image_tag().split(":")[1]) == 12

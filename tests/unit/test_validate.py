@@ -1,0 +1,171 @@
+"""Each validation rule rejects bad data with a message naming the host, the key and a fix."""
+
+import pytest
+
+from fleet.validate import InventoryError, problems, validate
+
+
+def only(found, key_fragment):
+    hits = [p for p in found if key_fragment in p.key]
+    assert hits, f"no problem about {key_fragment!r} in: {[str(p) for p in found]}"
+    return hits
+
+
+def test_real_data_is_valid(data):
+    assert problems(data.fleet()) == []
+
+
+def test_port_used_twice_on_one_host(data):
+    data.all_data["fleet_services"]["grafana"]["port"] = 9090  # prometheus's port
+    [p] = only(problems(data.fleet()), "fleet_services")
+    assert p.host == "pi400-delta"
+    assert "port 9090 is used by both 'prometheus' and 'grafana'" in p.message
+    assert "another port" in p.fix
+
+
+def test_same_port_on_different_hosts_is_fine(data):
+    # web (gateway) and grafana (monitoring) both use 3000 on different hosts
+    assert data.all_data["fleet_services"]["web"]["port"] == data.all_data["fleet_services"]["grafana"]["port"]
+    assert problems(data.fleet()) == []
+
+
+def test_domain_routed_to_a_port_nothing_serves(data):
+    data.all_data["fleet_domains"]["agents.blackroad.io"]["port"] = 8002
+    [p] = only(problems(data.fleet()), "fleet_domains")
+    assert p.host == "pi5-beta"
+    assert p.key == "fleet_domains['agents.blackroad.io']"
+    assert "port 8002" in p.message and "agents 8001" in p.message
+
+
+def test_domain_routed_to_a_host_without_the_service(data):
+    data.all_data["fleet_domains"]["llm.blackroad.io"]["host"] = "pi5-beta"
+    [p] = only(problems(data.fleet()), "fleet_domains")
+    assert p.host == "pi5-beta" and "nothing on pi5-beta serves it" in p.message
+
+
+def test_domain_routed_to_unknown_host(data):
+    data.all_data["fleet_domains"]["api.blackroad.io"]["host"] = "pi5-omega"
+    [p] = only(problems(data.fleet()), "fleet_domains")
+    assert "unknown host 'pi5-omega'" in p.message
+
+
+@pytest.mark.parametrize("address", ["192.168.1.50", "100.128.0.1", "10.0.0.1"])
+def test_tailnet_address_outside_cgnat(data, address):
+    data.hosts["pi5-beta"]["tailnet_address"] = address
+    [p] = only(problems(data.fleet()), "tailnet_address")
+    assert p.host == "pi5-beta" and "outside Tailscale's 100.64.0.0/10" in p.message
+
+
+def test_tailnet_address_not_an_address(data):
+    data.hosts["pi5-beta"]["tailnet_address"] = "pi5-beta.tail1234.ts.net"
+    [p] = only(problems(data.fleet()), "tailnet_address")
+    assert "not an IP address" in p.message
+
+
+def test_tailnet_address_used_twice(data):
+    data.hosts["pi5-gamma"]["tailnet_address"] = data.hosts["pi5-alpha"]["tailnet_address"]
+    [p] = only(problems(data.fleet()), "tailnet_address")
+    assert p.host == "pi5-gamma" and "also the tailnet address of pi5-alpha" in p.message
+
+
+def test_docker_pool_overlapping_a_lan(data):
+    data.all_data["docker_address_pools"] = [{"base": "192.168.0.0/16", "size": 24}]
+    found = only(problems(data.fleet()), "docker_address_pools")
+    assert {p.host for p in found} == set(data.hosts)
+    assert any("overlaps the LAN 192.168.1.0/24 of pi5-alpha" in p.message for p in found)
+
+
+def test_docker_pool_overlapping_the_droplet_vpc_only(data):
+    data.all_data["docker_address_pools"] = [{"base": "10.116.0.0/24", "size": 24}]
+    found = only(problems(data.fleet()), "docker_address_pools")
+    assert all("droplet-failover" in p.message for p in found)
+
+
+def test_docker_pool_overlapping_the_tailnet(data):
+    data.all_data["docker_address_pools"] = [{"base": "100.100.0.0/16", "size": 24}]
+    found = only(problems(data.fleet()), "docker_address_pools")
+    assert any("overlaps the tailnet" in p.message for p in found)
+
+
+def test_docker_pool_overlapping_the_test_lan(data):
+    # the test fleet's LAN addresses are data too: a pool over them is caught the same way
+    for name, lan in data.test_fleet["lan_addresses"].items():
+        data.hosts[name]["lan_address"] = lan
+    data.all_data["docker_address_pools"] = [{"base": "100.101.0.0/16", "size": 24}]
+    found = only(problems(data.fleet()), "docker_address_pools")
+    assert any("overlaps the LAN 100.101.0.0/16" in p.message for p in found)
+
+
+def test_unknown_group(data):
+    data.hosts["pi5-beta"]["groups"] = ["pis", "agent"]
+    [p] = only(problems(data.fleet()), "groups")
+    assert p.host == "pi5-beta" and "unknown group 'agent'" in p.message
+    assert "group_data/agent.py" in p.fix and "agents" in p.fix
+
+
+def test_unknown_group_in_port_map(data):
+    data.all_data["fleet_services"]["web"]["groups"] = ["gateways"]
+    [p] = only(problems(data.fleet()), "fleet_services['web'].groups")
+    assert "unknown group 'gateways'" in p.message
+
+
+def test_bind_scope_must_not_be_a_wildcard(data):
+    data.all_data["fleet_services"]["api"]["bind"] = ["0.0.0.0"]
+    [p] = only(problems(data.fleet()), "fleet_services['api'].bind")
+    assert "never a wildcard" in p.fix
+
+
+@pytest.mark.parametrize("key", ["lan_address", "tailnet_address", "ssh_user", "arch"])
+def test_missing_host_fact(data, key):
+    del data.hosts["jetson-prime"][key]
+    found = [p for p in problems(data.fleet()) if p.key == key]
+    assert found and found[0].host == "jetson-prime" and "missing" in found[0].message
+
+
+def test_lan_address_needs_a_prefix(data):
+    data.hosts["pi5-alpha"]["lan_address"] = "192.168.1.11"
+    [p] = only(problems(data.fleet()), "lan_address")
+    assert p.host == "pi5-alpha" and "192.168.1.11/24" in p.fix
+
+
+def test_unknown_arch(data):
+    data.hosts["pi0-epsilon"]["arch"] = "aarch64"
+    [p] = only(problems(data.fleet()), "arch")
+    assert p.host == "pi0-epsilon" and "arm64" in p.fix
+
+
+def test_root_ssh_user_would_lock_out(data):
+    data.hosts["droplet-failover"]["ssh_user"] = "root"
+    [p] = only(problems(data.fleet()), "ssh_user")
+    assert p.host == "droplet-failover" and "refuse root logins" in p.message
+
+
+def test_no_admin_keys_would_lock_out(data):
+    data.all_data["base_admin_ssh_keys"] = []
+    found = only(problems(data.fleet()), "base_admin_ssh_keys")
+    assert len(found) == len(data.hosts) and "key-only" in found[0].message
+
+
+def test_admin_key_must_be_a_public_key(data):
+    data.all_data["base_admin_ssh_keys"] = ["-----BEGIN OPENSSH PRIVATE KEY-----"]
+    found = only(problems(data.fleet()), "base_admin_ssh_keys")
+    assert "not an OpenSSH public key" in found[0].message
+
+
+def test_key_set_differently_by_two_groups(data):
+    data.group_data["gateway"]["agents_bind"] = "tailnet"
+    data.group_data["agents"]["agents_bind"] = "loopback"
+    [p] = only(problems(data.fleet()), "agents_bind")
+    assert p.host == "pi5-alpha" and "gateway, agents" in p.message
+
+
+def test_validate_reports_every_problem_at_once(data):
+    data.hosts["pi5-beta"]["groups"] = ["pis", "agents", "agent"]
+    data.hosts["pi5-gamma"]["tailnet_address"] = "10.0.0.3"
+    with pytest.raises(InventoryError) as err:
+        validate(data.fleet())
+    text = str(err.value)
+    assert "no host was touched" in text
+    assert "pi5-beta: groups: unknown group 'agent'." in text
+    assert "pi5-gamma: tailnet_address: 10.0.0.3 is outside" in text
+    assert text.count("Fix:") == 2
