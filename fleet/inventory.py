@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import copy
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,23 @@ def pyinfra_groups(hosts: dict, test_fleet: dict, inventory_file: str) -> dict[s
         for group in host.groups:
             groups.setdefault(group, []).append((name, data))
     return groups
+
+
+def main(argv: list[str]) -> int:
+    """`python -m fleet.inventory [check]`: validate the inventory for FLEET_TARGET."""
+    inventory_file = Path(__file__).resolve().parent.parent / "inventory.py"
+    try:
+        hosts, test_fleet = read_inventory_data(inventory_file)
+        _, fleet = prepare(hosts, test_fleet, str(inventory_file))
+    except FleetConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    target = target_from_env()
+    print(f"inventory OK ({target}): {len(fleet.hosts)} hosts, {len(fleet.known_groups)} groups")
+    for host in fleet.hosts.values():
+        print(f"  {host.name:<18} {host.tailnet_address:<15} {host.lan_address:<15} {','.join(host.groups)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

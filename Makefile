@@ -1,0 +1,69 @@
+# The front door. `make help` lists every target.
+SHELL := /bin/bash
+# A failing command on the left of a pipe fails the recipe.
+.SHELLFLAGS := -o pipefail -ec
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(abspath $(VENV)/bin)
+STATE := .state
+# Which fleet pyinfra and the specs target: fleet (real hosts) or test (Docker test fleet).
+FLEET_TARGET ?= fleet
+export FLEET_TARGET
+PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
+
+.PHONY: help setup lock check plan converge verify fleet-up fleet-down demo test unit bench
+
+help: ## list the targets
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed ## create the virtualenv from the locked dependencies
+
+lock: ## re-resolve requirements.lock from the pins in pyproject.toml
+	rm -rf $(STATE)/lockenv && python3 -m venv $(STATE)/lockenv
+	$(STATE)/lockenv/bin/pip install --quiet --disable-pip-version-check ".[test]"
+	$(STATE)/lockenv/bin/pip freeze --exclude fleet > requirements.lock
+
+check: setup ## validate inventory.py and group_data/ (no host is touched)
+	$(PY) -m fleet.inventory
+
+plan: setup ## dry run: what would change on each host, nothing applied
+	$(BIN)/pyinfra -y --dry inventory.py deploys/site.py
+
+converge: setup ## converge every host (pyinfra inventory.py deploys/site.py)
+	$(BIN)/pyinfra -y inventory.py deploys/site.py
+
+verify: setup ## run the testinfra specs against FLEET_TARGET
+	$(PYTEST) tests/specs
+
+fleet-up: setup ## start the Docker test fleet (installs/starts Docker, builds the image)
+	$(PY) -m fleet.testfleet up
+
+fleet-down: setup ## remove the Docker test fleet
+	$(PY) -m fleet.testfleet down
+
+demo: FLEET_TARGET = test
+demo: setup ## the whole fleet as local Docker test hosts: up, converge, verify, summary
+	$(PY) -m fleet.testfleet up
+	$(PY) -m fleet.testfleet converge | sed -n '/^converge:/,$$p'
+	$(PYTEST) -q --junitxml=$(STATE)/junit-demo.xml tests/specs | tail -n 3
+	@echo; echo "Spec results per host (make fleet-down removes the hosts):"
+	@$(PY) tests/report.py --per-host $(STATE)/junit-demo.xml
+
+unit: setup ## unit tests only (no Docker)
+	mkdir -p $(STATE)
+	$(PYTEST) --junitxml=$(STATE)/junit-unit.xml tests/unit
+
+test: setup ## unit tests, then molecule test (test fleet: converge, idempotence, verify)
+	rm -f $(STATE)/junit-*.xml
+	$(MAKE) --no-print-directory unit
+	PATH="$(BIN):$$PATH" $(BIN)/molecule test
+	@$(PY) tests/report.py $(STATE)/junit-unit.xml $(STATE)/junit-specs.xml $(STATE)/junit-integration.xml
+
+bench: setup ## time fleet-up, first and no-op converge; changed ops per host -> bench.json
+	$(PY) -m fleet.bench --out bench.json

@@ -1,0 +1,66 @@
+"""Sum JUnit XML files from the test run into one closing line, and (with --per-host) a
+per-host table of spec results.
+
+    python tests/report.py .state/junit-*.xml
+    python tests/report.py --per-host .state/junit-specs.xml
+"""
+
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ET
+from collections import Counter, defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fleet.inventory import read_inventory_data  # noqa: E402
+
+
+def outcome(case: ET.Element) -> str:
+    for tag, result in (("failure", "failed"), ("error", "failed"), ("skipped", "skipped")):
+        if case.find(tag) is not None:
+            return result
+    return "passed"
+
+
+def cases(paths: list[str]):
+    for path in paths:
+        for case in ET.parse(path).getroot().iter("testcase"):
+            yield case
+
+
+def host_of(name: str, hosts: list[str]) -> str | None:
+    params = name.partition("[")[2].rstrip("]")
+    matches = [h for h in hosts if params == h or params.startswith(h + "-")]
+    return max(matches, key=len) if matches else None
+
+
+def main(argv: list[str]) -> int:
+    per_host = "--per-host" in argv
+    paths = [a for a in argv if a != "--per-host" and Path(a).exists()]
+    if not paths:
+        print("no test results found", file=sys.stderr)
+        return 1
+    if per_host:
+        hosts, _ = read_inventory_data(Path(__file__).resolve().parents[1] / "inventory.py")
+        table: dict[str, Counter] = defaultdict(Counter)
+        for case in cases(paths):
+            host = host_of(case.get("name", ""), list(hosts))
+            if host:
+                table[host][outcome(case)] += 1
+        print(f"{'host':<18} {'groups':<26} {'passed':>6} {'failed':>6} {'skipped':>7}")
+        for name, entry in hosts.items():
+            c = table[name]
+            print(f"{name:<18} {','.join(entry['groups']):<26} {c['passed']:>6} {c['failed']:>6} {c['skipped']:>7}")
+        failed = sum(c["failed"] for c in table.values())
+        return 1 if failed or len(table) != len(hosts) else 0
+    total = Counter(outcome(c) for c in cases(paths))
+    line = f"{total['passed']} passed, {total['failed']} failed"
+    if total["skipped"]:
+        line += f", {total['skipped']} skipped"
+    print(f"tests: {line}")
+    return 1 if total["failed"] or not total["passed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
