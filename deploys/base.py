@@ -9,7 +9,7 @@ from io import StringIO
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.systemd import SystemdEnabled
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
 from fleet.ops import validated_file
@@ -110,6 +110,12 @@ def _unattended_upgrades():
         dest="/etc/apt/apt.conf.d/20auto-upgrades",
         mode="644",
     )
+    files.put(
+        name="Set the unattended upgrade policy",
+        src="files/etc/apt/apt.conf.d/52fleet-unattended-upgrades",
+        dest="/etc/apt/apt.conf.d/52fleet-unattended-upgrades",
+        mode="644",
+    )
     systemd.service(
         name="Enable the daily upgrade timer",
         service="apt-daily-upgrade.timer",
@@ -156,21 +162,6 @@ def _sysctls():
 
 
 def _sshd():
-    # Debian 12 can run sshd socket-activated: ssh.socket then holds port 22 on every
-    # address and ListenAddress is ignored. Use the plain service instead.
-    if host.get_fact(SystemdEnabled).get("ssh.socket"):
-        systemd.service(
-            name="Stop socket-activated sshd",
-            service="ssh.socket",
-            running=False,
-            enabled=False,
-        )
-    systemd.service(
-        name="Enable sshd",
-        service="ssh.service",
-        running=True,
-        enabled=True,
-    )
     addresses = [str(host.data.lan_address).split("/")[0], host.data.tailnet_address]
     config = validated_file(
         name="Harden sshd",
@@ -184,6 +175,34 @@ def _sshd():
         dest="/etc/ssh/sshd_config",
         validate="/usr/sbin/sshd -t -f {path}",
         mode="644",
+    )
+    # Debian 12 can run sshd socket-activated: ssh.socket then holds port 22 on every
+    # address and ListenAddress is ignored. Switch to the plain service. With Accept=no
+    # the running sshd inherited the socket's wildcard listener, so it must be restarted
+    # (not reloaded) once the socket is gone. Sessions survive: ssh.service has
+    # KillMode=process, and socket-spawned sessions live on their own.
+    socket = "ssh.socket"
+    socket_on = host.get_fact(SystemdEnabled, services=[socket]).get(socket) or host.get_fact(
+        SystemdStatus, services=[socket]
+    ).get(socket)
+    if socket_on:
+        socket_off = systemd.service(
+            name="Stop socket-activated sshd",
+            service=socket,
+            running=False,
+            enabled=False,
+        )
+        systemd.service(
+            name="Restart sshd on its own listeners",
+            service="ssh.service",
+            restarted=True,
+            _if=socket_off.did_change,
+        )
+    systemd.service(
+        name="Enable sshd",
+        service="ssh.service",
+        running=True,
+        enabled=True,
     )
     systemd.service(
         name="Reload sshd",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import copy
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,13 +96,36 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
     return hosts
 
 
+def offered_keys(entry: dict) -> set[str]:
+    """Public keys pyinfra's SSH connector will offer for a host, as far as they can be
+    known here: the host's ssh_key (its .pub), else the agent's and ~/.ssh's default keys."""
+    key = entry.get("ssh_key")
+    if key:
+        pub = Path(f"{key}.pub")
+        if pub.exists():
+            return {pub.read_text().strip()}
+        derived = subprocess.run(["ssh-keygen", "-y", "-P", "", "-f", key],
+                                 capture_output=True, text=True, check=False)
+        return {derived.stdout.strip()} if derived.returncode == 0 else set()
+    keys = set()
+    if os.environ.get("SSH_AUTH_SOCK"):
+        agent = subprocess.run(["ssh-add", "-L"], capture_output=True, text=True, check=False)
+        if agent.returncode == 0:
+            keys |= {line for line in agent.stdout.splitlines() if line.strip()}
+    for name in ("id_ed25519", "id_ecdsa", "id_rsa"):
+        pub = Path.home() / ".ssh" / f"{name}.pub"
+        if pub.exists():
+            keys.add(pub.read_text().strip())
+    return keys
+
+
 def prepare(hosts: dict, test_fleet: dict, inventory_file: str, target: str | None = None):
     """(host entries for the target, validated Fleet), or FleetConfigError on bad data."""
     repo = Path(inventory_file).resolve().parent
     entries = apply_target(hosts, test_fleet, repo, target or target_from_env())
     fleet = load_fleet(entries, repo / "group_data")
     try:
-        validation.validate(fleet)
+        validation.validate(fleet, {name: offered_keys(entry) for name, entry in entries.items()})
     except validation.InventoryError as exc:
         raise FleetConfigError(str(exc)) from None
     return entries, fleet

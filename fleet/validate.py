@@ -216,6 +216,31 @@ def check_admin(fleet: Fleet) -> list[Problem]:
     return problems
 
 
+def key_id(line: str) -> str:
+    """'type base64' of an OpenSSH public key line (the comment does not matter)."""
+    return " ".join(line.split()[:2])
+
+
+def check_operator_access(fleet: Fleet, offered: dict[str, set[str]]) -> list[Problem]:
+    """The admin's authorized_keys becomes exactly base_admin_ssh_keys. If none of the keys
+    this run authenticates with is in it, the converge would lock the operator out.
+    `offered`: per host, the public keys pyinfra will offer (hosts where that cannot be
+    known, e.g. no key file and no agent, are left out)."""
+    problems = []
+    for name, keys in offered.items():
+        host = fleet.hosts.get(name)
+        if host is None or not keys:
+            continue
+        listed = {key_id(k) for k in host.data.get("base_admin_ssh_keys") or [] if isinstance(k, str)}
+        if listed and not listed & {key_id(k) for k in keys}:
+            problems.append(Problem(
+                name, "base_admin_ssh_keys",
+                "lists none of the keys this run logs in with, and the converge makes it the "
+                "admin's only authorized keys: you would lock yourself out.",
+                "add your public key (the .pub of ssh_key, or `ssh-add -L`) to base_admin_ssh_keys."))
+    return problems
+
+
 RULES = (
     check_groups,
     check_required,
@@ -228,14 +253,15 @@ RULES = (
 )
 
 
-def problems(fleet: Fleet) -> list[Problem]:
+def problems(fleet: Fleet, offered: dict[str, set[str]] | None = None) -> list[Problem]:
     found: list[Problem] = []
     for rule in RULES:
         found.extend(rule(fleet))
+    found.extend(check_operator_access(fleet, offered or {}))
     return found
 
 
-def validate(fleet: Fleet) -> None:
-    found = problems(fleet)
+def validate(fleet: Fleet, offered: dict[str, set[str]] | None = None) -> None:
+    found = problems(fleet, offered)
     if found:
         raise InventoryError(found)

@@ -18,9 +18,10 @@ def sshd_state():
     return pid, active, digest
 
 
-def new_ssh_session_works() -> subprocess.CompletedProcess:
+def new_ssh_session_works(name: str = HOST) -> subprocess.CompletedProcess:
+    """A brand-new SSH login as the admin user, with sudo, like an operator's."""
     hosts, _ = testfleet.load_inventory()
-    entry = hosts[HOST]
+    entry = hosts[name]
     return subprocess.run(
         ["ssh", "-i", str(testfleet.test_ssh_key(testfleet.REPO)), "-o", "BatchMode=yes",
          "-o", f"UserKnownHostsFile={testfleet.STATE / 'known_hosts'}",

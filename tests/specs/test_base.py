@@ -4,12 +4,14 @@ import pytest
 
 
 def test_base01_unattended_upgrades(fh):
-    """base-01: unattended security upgrades are installed, enabled and scheduled."""
+    """base-01: unattended security upgrades are installed, enabled, scheduled, and never reboot."""
     assert fh.host.package("unattended-upgrades").is_installed
     dump = fh.host.check_output("apt-config dump APT::Periodic")
     assert 'APT::Periodic::Unattended-Upgrade "1";' in dump
     assert 'APT::Periodic::Update-Package-Lists "1";' in dump
     assert fh.host.service("apt-daily-upgrade.timer").is_enabled
+    reboot = fh.host.check_output("apt-config dump Unattended-Upgrade::Automatic-Reboot")
+    assert 'Unattended-Upgrade::Automatic-Reboot "false";' in reboot, "upgrades must never reboot a host"
 
 
 @pytest.mark.parametrize("key", ["net.ipv4.ip_nonlocal_bind", "net.ipv6.ip_nonlocal_bind"],

@@ -169,3 +169,21 @@ def test_validate_reports_every_problem_at_once(data):
     assert "pi5-beta: groups: unknown group 'agent'." in text
     assert "pi5-gamma: tailnet_address: 10.0.0.3 is outside" in text
     assert text.count("Fix:") == 2
+
+
+def test_operator_key_missing_from_admin_keys_would_lock_out(data):
+    mine = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperatorKeyNotListed operator@laptop"
+    found = problems(data.fleet(), offered={"pi5-alpha": {mine}})
+    [p] = only(found, "base_admin_ssh_keys")
+    assert p.host == "pi5-alpha" and "lock yourself out" in p.message
+
+
+def test_operator_key_listed_passes_whatever_its_comment(data):
+    from unit.conftest import ADMIN_KEY
+
+    same_key_other_comment = " ".join(ADMIN_KEY.split()[:2]) + " me@elsewhere"
+    assert problems(data.fleet(), offered={"pi5-alpha": {same_key_other_comment}}) == []
+
+
+def test_unknown_operator_keys_are_not_guessed(data):
+    assert problems(data.fleet(), offered={"pi5-alpha": set()}) == []
