@@ -11,7 +11,7 @@ FLEET_TARGET ?= fleet
 export FLEET_TARGET
 PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
 
-.PHONY: help setup lock check plan converge verify fleet-up fleet-down demo test unit bench
+.PHONY: help setup lock check plan converge verify fleet-up fleet-down demo test unit bench vault-init vault-edit
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,13 @@ converge: setup ## converge every host (pyinfra inventory.py deploys/site.py)
 verify: setup ## run the testinfra specs against FLEET_TARGET
 	$(PYTEST) tests/specs
 
+vault-init: setup ## create secrets/fleet.vault (asks a passphrase) and generate host keys
+	FLEET_TARGET=fleet $(PY) -m fleet.vault init
+	FLEET_TARGET=fleet $(PY) -m fleet.vault hostkeys
+
+vault-edit: setup ## edit FLEET_TARGET's vault in $$EDITOR (decrypted only in a private temp file)
+	$(PY) -m fleet.vault edit
+
 fleet-up: setup ## start the Docker test fleet (installs/starts Docker, builds the image)
 	$(PY) -m fleet.testfleet up
 
@@ -65,5 +72,5 @@ test: setup ## unit tests, then molecule test (test fleet: converge, idempotence
 	PATH="$(BIN):$$PATH" $(BIN)/molecule test
 	@$(PY) tests/report.py $(STATE)/junit-unit.xml $(STATE)/junit-specs.xml $(STATE)/junit-integration.xml
 
-bench: setup ## time fleet-up, first and no-op converge; changed ops per host -> bench.json
+bench: setup ## time vault open, fleet-up, first and no-op converge; changed ops per host -> bench.json
 	$(PY) -m fleet.bench --out bench.json

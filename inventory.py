@@ -81,6 +81,9 @@ HOSTS = {
 # stands in for Tailscale's 100.64.0.0/10 and mirrors the guide's addresses; its LAN is a
 # second test network, also inside 100.64.0.0/10 (never an RFC 1918 range in tests).
 TEST_FLEET = {
+    # The committed demo vault: test-only secrets, passphrase documented in README.md.
+    "vault": "secrets/demo.vault",
+    "vault_passphrase_file": "secrets/demo.passphrase",
     "tailnet_network": "100.100.0.0/16",
     "lan_network": "100.101.0.0/16",
     "lan_addresses": {

@@ -11,9 +11,11 @@ from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
 
-from fleet.ops import validated_file
+from fleet.ops import secret_file, validated_file
 from fleet.render import render
+from fleet.secrets import host_key_name, public_host_key, secret
 
 DEFAULTS = {
     # Packages every host gets.
@@ -162,6 +164,21 @@ def _sysctls():
 
 
 def _sshd():
+    # The host's identity comes from the vault, so a rebuilt host keeps it and the
+    # operators' known_hosts stays valid. Only the ed25519 key is offered.
+    key = secret_file(
+        name="Install the SSH host key",
+        key=host_key_name(host.name),
+        dest="/etc/ssh/ssh_host_ed25519_key",
+        user="root",
+        group="root",
+    )
+    public = files.put(
+        name="Install the SSH host public key",
+        src=_text(public_host_key(secret(host_key_name(host.name)), f"root@{host.name}") + "\n"),
+        dest="/etc/ssh/ssh_host_ed25519_key.pub",
+        mode="644",
+    )
     addresses = [str(host.data.lan_address).split("/")[0], host.data.tailnet_address]
     config = validated_file(
         name="Harden sshd",
@@ -208,7 +225,7 @@ def _sshd():
         name="Reload sshd",
         service="ssh.service",
         reloaded=True,
-        _if=config.did_change,
+        _if=any_changed(key, public, config),
     )
 
 

@@ -4,7 +4,14 @@ Targets (FLEET_TARGET):
   fleet  the real hosts, reached on their tailnet address (FLEET_CONNECT=lan: on the LAN)
   test   the Docker test fleet: TEST_FLEET's LAN addresses, the test network's tailnet
          addresses (the same as the real ones), and the test SSH key made by fleet-up
-Nothing but addresses and the SSH connection differ between the two.
+Nothing but addresses, the SSH connection and the vault differ between the two.
+
+Host keys: every host's SSH identity is in the vault, so pyinfra checks hosts strictly
+against a known_hosts file generated from it (.state/<target>/known_hosts). A host that
+does not hold its vault key yet (freshly flashed or rebuilt) is named in FLEET_BOOTSTRAP
+(comma-separated, or "all"): for it, pyinfra uses .state/<target>/bootstrap_known_hosts,
+trusting the key it first sees on the real fleet (accept-new), and the key recorded at
+flash time on the test fleet. The base deploy then installs the vault key.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ from typing import Any
 
 from pyinfra.api.exceptions import PyinfraError
 
+from fleet import secrets as fleet_secrets
 from fleet import validate as validation
 from fleet.model import Fleet, load_fleet
+from fleet.vault import VaultError
 
 TARGETS = ("fleet", "test")
 CONNECT = ("tailnet", "lan")
@@ -30,8 +39,8 @@ class FleetConfigError(PyinfraError):
     """Raised before any host is touched; pyinfra prints it without a traceback."""
 
 
-def state_dir(repo: Path) -> Path:
-    return repo / ".state" / "testfleet"
+def state_dir(repo: Path, target: str = "test") -> Path:
+    return repo / ".state" / ("testfleet" if target == "test" else target)
 
 
 def test_ssh_key(repo: Path) -> Path:
@@ -63,6 +72,20 @@ def target_from_env() -> str:
     return target
 
 
+def bootstrap_hosts(hosts: dict) -> set[str]:
+    raw = os.environ.get("FLEET_BOOTSTRAP", "").strip()
+    if not raw:
+        return set()
+    names = set(hosts) if raw == "all" else {n.strip() for n in raw.split(",") if n.strip()}
+    unknown = names - set(hosts)
+    if unknown:
+        raise FleetConfigError(
+            f"FLEET_BOOTSTRAP names unknown host(s) {', '.join(sorted(unknown))}. "
+            f"Fix: use host names from inventory.py ({', '.join(hosts)}) or 'all'."
+        )
+    return names
+
+
 def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict:
     """The host entries for a target, with connection data for pyinfra's SSH connector."""
     hosts = copy.deepcopy(hosts)
@@ -87,9 +110,12 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
             entry["lan_address"] = test_fleet["lan_addresses"][name]
             entry["base_admin_ssh_keys"] = [pubkey]
             entry["ssh_key"] = str(key)
-            entry["ssh_known_hosts_file"] = str(state_dir(repo) / "known_hosts")
-            entry["ssh_strict_host_key_checking"] = "yes"
-    for entry in hosts.values():
+    bootstrap = bootstrap_hosts(hosts)
+    for name, entry in hosts.items():
+        known = "bootstrap_known_hosts" if name in bootstrap else "known_hosts"
+        entry["ssh_known_hosts_file"] = str(state_dir(repo, target) / known)
+        first_contact = name in bootstrap and target == "fleet"
+        entry["ssh_strict_host_key_checking"] = "accept-new" if first_contact else "yes"
         address = entry.get("tailnet_address") if connect == "tailnet" else entry.get("lan_address")
         if address:
             entry["ssh_hostname"] = address.split("/")[0]
@@ -122,13 +148,46 @@ def offered_keys(entry: dict) -> set[str]:
 def prepare(hosts: dict, test_fleet: dict, inventory_file: str, target: str | None = None):
     """(host entries for the target, validated Fleet), or FleetConfigError on bad data."""
     repo = Path(inventory_file).resolve().parent
-    entries = apply_target(hosts, test_fleet, repo, target or target_from_env())
+    target = target or target_from_env()
+    entries = apply_target(hosts, test_fleet, repo, target)
     fleet = load_fleet(entries, repo / "group_data")
     try:
         validation.validate(fleet, {name: offered_keys(entry) for name, entry in entries.items()})
+        check_vault(fleet)
     except validation.InventoryError as exc:
         raise FleetConfigError(str(exc)) from None
+    write_known_hosts(fleet, state_dir(repo, target))
     return entries, fleet
+
+
+def check_vault(fleet: Fleet) -> None:
+    """The vault opens, and holds every secret the fleet's hosts get."""
+    try:
+        data = fleet_secrets.current()
+    except VaultError as exc:
+        raise FleetConfigError(f"vault: {exc}. No host was touched.") from None
+    found = []
+    for host in fleet.hosts.values():
+        for item in fleet_secrets.secret_files(host.name, host.groups):
+            if item.key not in data:
+                how = ("python -m fleet.vault hostkeys" if item.key.startswith("ssh_host_")
+                       else f"python -m fleet.vault set {item.key}")
+                found.append(validation.Problem(
+                    host.name, f"vault[{item.key!r}]",
+                    f"is missing from {fleet_secrets.vault_path()}.", f"run `{how}`."))
+    if found:
+        raise validation.InventoryError(found)
+
+
+def write_known_hosts(fleet: Fleet, directory: Path) -> None:
+    """known_hosts from the vault's host keys: both addresses of every host."""
+    directory.mkdir(parents=True, exist_ok=True)
+    addresses = {h.name: [h.tailnet_address, h.lan_address] for h in fleet.hosts.values()}
+    lines = fleet_secrets.known_hosts_lines(fleet_secrets.current(), addresses)
+    path = directory / "known_hosts"
+    text = "".join(f"{line}\n" for line in lines)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
 
 def pyinfra_groups(hosts: dict, test_fleet: dict, inventory_file: str) -> dict[str, list]:

@@ -9,6 +9,7 @@ from io import BytesIO
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 from pyinfra.facts.files import File, Sha256File
+from pyinfra.facts.server import Home
 
 
 @operation()
@@ -50,4 +51,40 @@ def validated_file(
     yield StringCommand(
         f"if {check}; then mv -f {q_candidate} {q_dest}; "
         f"else rm -f {q_candidate}; echo 'validation failed: {dest} left unchanged' >&2; exit 1; fi"
+    )
+
+
+@operation()
+def secret_file(key: str, dest: str, user: str, group: str, mode: str = "600"):
+    """Install the vault secret `key` as the file `dest` (owner user:group, mode 0600).
+
+    + key: the vault key (its name, never its value, is this operation's argument)
+    + dest: the file on the host; its directory must exist
+
+    The value goes over SFTP, without sudo, into a 0700 directory in the admin user's home
+    (pyinfra's own sudo upload would stage it world-readable in /tmp), then root copies it
+    under umask 077 to a candidate beside `dest`, sets owner and mode, and renames it into
+    place. No diff is shown, nothing is echoed, and the staged copy is removed even when a
+    step fails. Unchanged content, owner and mode is a no-op (compared by SHA-256).
+    """
+    from fleet.secrets import secret
+
+    data = secret(key).encode()
+    current = host.get_fact(File, path=dest)
+    if current and host.get_fact(Sha256File, path=dest) == hashlib.sha256(data).hexdigest():
+        if (current.get("user"), current.get("group"), current.get("mode")) == (user, group, int(mode)):
+            host.noop(f"{dest} is up to date")
+            return
+
+    # the SSH user's home, asked by name: facts run under sudo, where ~ is /root
+    stage_dir = f"{host.get_fact(Home, user=host.data.ssh_user)}/.cache/fleet-upload"
+    staged = f"{stage_dir}/{hashlib.sha256(dest.encode()).hexdigest()[:16]}"
+    candidate = f"{dest}.fleet-candidate"
+    q = shlex.quote
+    yield StringCommand(f"install -d -m 700 {q(stage_dir)}", _sudo=False)
+    yield FileUploadCommand(BytesIO(data), staged, _sudo=False)
+    yield StringCommand(
+        f"(umask 077 && cp {q(staged)} {q(candidate)} && chown {q(user)}:{q(group)} {q(candidate)}"
+        f" && chmod {q(mode)} {q(candidate)} && mv -f {q(candidate)} {q(dest)}); rc=$?;"
+        f" rm -f {q(staged)} {q(candidate)}; exit $rc"
     )

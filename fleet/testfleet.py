@@ -253,7 +253,9 @@ def up() -> None:
     for name, (kind, blob) in known.items():
         names = ",".join([hosts[name]["tailnet_address"], addr(test_fleet["lan_addresses"][name])])
         lines.append(f"{names} {kind} {blob}\n")
-    (STATE / "known_hosts").write_text("".join(lines))
+    # First contact trusts exactly these keys (what the operator reads off the console of a
+    # freshly flashed host); after the base deploy the host presents its vault key.
+    (STATE / "bootstrap_known_hosts").write_text("".join(lines))
     for name, entry in hosts.items():
         wait_for(lambda: tcp_open(entry["tailnet_address"], 22), f"SSH on {name}", timeout=60)
     (STATE / "fleet-up.json").write_text(json.dumps({"seconds": round(time.monotonic() - t0, 1),
@@ -271,7 +273,7 @@ def down() -> None:
     nets = docker("network", "ls", "--filter", f"label={LABEL}", "--format", "{{.Name}}").stdout.split()
     for net in nets:
         docker("network", "rm", net)
-    for stale in ("known_hosts", "fleet-up.json"):
+    for stale in ("known_hosts", "bootstrap_known_hosts", "fleet-up.json"):
         (STATE / stale).unlink(missing_ok=True)
     log(f"removed {len(names)} hosts and {len(nets)} networks")
 
@@ -303,10 +305,65 @@ def count_changes(output: str) -> dict[str, dict[str, int]]:
     return counts
 
 
-def converge(extra: list[str], log_name: str = "converge") -> dict:
+def presented_key(address: str) -> str | None:
+    """The ed25519 host key a host presents over SSH ('type base64'), or None."""
+    scan = run(["ssh-keyscan", "-T", "5", "-t", "ed25519", address], check=False)
+    for line in scan.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and not line.startswith("#"):
+            return " ".join(parts[1:3])
+    return None
+
+
+def known_keys(path: Path) -> dict[str, str]:
+    """address -> 'type base64' from a known_hosts file."""
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3:
+                for address in parts[0].split(","):
+                    out[address] = " ".join(parts[1:3])
+    return out
+
+
+def hosts_to_bootstrap(env: dict) -> list[str]:
+    """Hosts that do not present their vault key yet. A host presenting neither its vault
+    key nor the key recorded at first boot is refused: that is what a MITM looks like."""
+    from fleet.inventory import prepare
+
+    hosts, test_fleet = load_inventory()
+    saved = dict(os.environ)
+    os.environ.update(env)
+    os.environ.pop("FLEET_BOOTSTRAP", None)
+    try:
+        prepare(hosts, test_fleet, str(REPO / "inventory.py"), "test")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    vault_keys = known_keys(STATE / "known_hosts")
+    first_boot = known_keys(STATE / "bootstrap_known_hosts")
+    bootstrap = []
+    for name, entry in hosts.items():
+        address = entry["tailnet_address"]
+        key = presented_key(address)
+        if key is None or key == vault_keys.get(address):
+            continue  # unreachable hosts fail in pyinfra with its own error
+        if key == first_boot.get(address):
+            bootstrap.append(name)
+        else:
+            raise SystemExit(f"{name} presents host key {key[:40]}..., neither its vault key "
+                             f"nor the key recorded at first boot: refusing to connect")
+    return bootstrap
+
+
+def converge(extra: list[str], log_name: str = "converge", env: dict | None = None) -> dict:
     """Run pyinfra on deploys/site.py against the test fleet; return change counts."""
     STATE.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, FLEET_TARGET="test")
+    env = dict(os.environ, FLEET_TARGET="test", **(env or {}))
+    bootstrap = hosts_to_bootstrap(env)
+    if bootstrap:
+        env["FLEET_BOOTSTRAP"] = ",".join(bootstrap)
     cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", "inventory.py", "deploys/site.py",
            *extra]
     t0 = time.monotonic()
@@ -322,6 +379,7 @@ def converge(extra: list[str], log_name: str = "converge") -> dict:
         "changed": sum(c["changed"] for c in counts.values()),
         "errors": sum(c["error"] for c in counts.values()),
         "log": str(STATE / f"{log_name}.log"),
+        "bootstrap": bootstrap,
         "output": output,
     }
 
@@ -341,6 +399,8 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(result.pop("output"))
         print(f"converge: {result['changed']} changed operation(s), {result['errors']} error(s), "
               f"{result['seconds']}s (log {result['log']})")
+        if result["bootstrap"]:
+            print(f"  first contact (FLEET_BOOTSTRAP): {', '.join(result['bootstrap'])}")
         for name, c in sorted(result["hosts"].items()):
             # (not "changed=N": molecule's idempotence check greps for that pattern)
             print(f"  {name}: {c['changed']} changed, {c['unchanged']} unchanged, {c['error']} failed")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from fleet.inventory import prepare, read_inventory_data, state_dir, target_from_env
+from fleet.inventory import prepare, read_inventory_data, target_from_env
 from specs.waivers import WAIVERS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,11 +55,11 @@ def _deploy_defaults() -> dict:
 def _testinfra_host(entry: dict, sudo: bool) -> testinfra.host.Host:
     user, address = entry["ssh_user"], entry["ssh_hostname"]
     kwargs = {"sudo": sudo}
-    extra = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
-    if _TARGET == "test":
+    extra = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+             "-o", f"UserKnownHostsFile={entry['ssh_known_hosts_file']}",
+             "-o", f"StrictHostKeyChecking={entry['ssh_strict_host_key_checking']}"]
+    if entry.get("ssh_key"):
         kwargs["ssh_identity_file"] = entry["ssh_key"]
-        extra += ["-o", f"UserKnownHostsFile={state_dir(REPO) / 'known_hosts'}",
-                  "-o", "StrictHostKeyChecking=yes"]
     kwargs["ssh_extra_args"] = " ".join(extra)
     return testinfra.get_host(f"ssh://{user}@{address}", **kwargs)
 
@@ -78,8 +78,17 @@ def fleet_host(name: str) -> FleetHost:
 
 
 def pytest_generate_tests(metafunc):
+    only = os.environ.get("FLEET_SPEC_HOSTS")
+    if "secret_file" in metafunc.fixturenames:
+        # one case per (host, secret file), so each fails on its own
+        from fleet.secrets import secret_files
+
+        pairs = [(name, item) for name, h in _FLEET.hosts.items()
+                 if not only or name in only.split(",") for item in secret_files(name, h.groups)]
+        metafunc.parametrize(("fh", "secret_file"), pairs, indirect=["fh"],
+                             ids=[f"{name}-{item.path}" for name, item in pairs])
+        return
     if "fh" in metafunc.fixturenames:
-        only = os.environ.get("FLEET_SPEC_HOSTS")
         names = [n for n in _FLEET.hosts if not only or n in only.split(",")]
         metafunc.parametrize("fh", names, indirect=True, ids=names)
 

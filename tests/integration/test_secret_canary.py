@@ -1,0 +1,124 @@
+"""Canary: converge the test fleet with fresh secret values at pyinfra's highest verbosity
+(-vvv --debug --diff) while sampling every process command line on every host; then search
+pyinfra's output, every host's journal, /etc/systemd, /tmp, the admin's upload staging
+directory and the process samples. Not one canary may appear anywhere.
+
+Afterwards the fleet is put back on the demo vault and shown to be converged (no changes).
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+import threading
+import time
+
+import pytest
+
+from fleet import testfleet
+from fleet.secrets import new_host_key, public_host_key
+from fleet.vault import KdfParams, Vault
+
+PASS = "canary-run passphrase"
+
+
+def canaries_of(value: str, reference: str) -> list[str]:
+    """Distinctive pieces of a secret: its lines of 16+ characters that a different secret
+    of the same kind does not share (PEM headers and constant framing are dropped)."""
+    shared = set(reference.splitlines())
+    return [line for line in value.splitlines() if len(line) >= 16 and line not in shared]
+
+
+def sample_cmdlines(hosts: list[str], stop: threading.Event, out: dict[str, list[str]]) -> None:
+    script = 'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " < "$f" 2>/dev/null; echo; done'
+    for _ in range(600):  # bounded: at most 600 rounds, ~0.1 s apart
+        if stop.is_set():
+            return
+        for host in hosts:
+            r = subprocess.run(["docker", "exec", host, "sh", "-c", script],
+                               capture_output=True, text=True, timeout=30)
+            out[host].append(r.stdout)
+        time.sleep(0.1)
+
+
+def host_texts(host: str, admin: str) -> dict[str, str]:
+    """The journal, and every file under /etc/systemd, /tmp and the upload staging dir."""
+    texts = {"journal": subprocess.run(["docker", "exec", host, "journalctl", "--no-pager", "-o", "cat"],
+                                       capture_output=True, text=True, timeout=60).stdout}
+    for root in ("etc/systemd", "tmp", f"home/{admin}/.cache"):
+        tar = subprocess.run(["docker", "exec", host, "tar", "-C", "/", "-cf", "-", root],
+                             capture_output=True, timeout=60)
+        with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
+            for member in archive.getmembers():
+                if member.isfile():
+                    texts[f"/{member.name}"] = archive.extractfile(member).read().decode("utf-8", "replace")
+    return texts
+
+
+def bootstrap_from(known_hosts_text: str) -> None:
+    """Trust, for first contact, the keys the hosts hold now."""
+    (testfleet.STATE / "bootstrap_known_hosts").write_text(known_hosts_text)
+
+
+@pytest.fixture
+def canary_vault(tmp_path):
+    hosts, _ = testfleet.load_inventory()
+    data = {f"ssh_host_ed25519_key/{name}": new_host_key() for name in hosts}
+    path, phrase = tmp_path / "canary.vault", tmp_path / "canary.pass"
+    phrase.write_text(PASS)
+    Vault(path, PASS).save(data, KdfParams())
+    return path, phrase, data
+
+
+def test_no_secret_leaks_anywhere(canary_vault):
+    path, phrase, data = canary_vault
+    reference = new_host_key()
+    canaries = sorted({c for value in data.values() for c in canaries_of(value, reference)})
+    assert len(canaries) >= 2 * len(data), "each secret must yield canaries"
+    hosts, _ = testfleet.load_inventory()
+    names = list(hosts)
+    first_boot = (testfleet.STATE / "bootstrap_known_hosts").read_text()
+    demo_known = (testfleet.STATE / "known_hosts").read_text()
+
+    samples: dict[str, list[str]] = {h: [] for h in names}
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_cmdlines, args=(names, stop, samples), daemon=True)
+    bootstrap_from(demo_known)
+    env = {"FLEET_VAULT": str(path), "FLEET_VAULT_PASSPHRASE_FILE": str(phrase)}
+    sampler.start()
+    try:
+        run = testfleet.converge(["-vvv", "--debug", "--diff"], log_name="converge-canary", env=env)
+    finally:
+        stop.set()
+        sampler.join(timeout=60)
+    try:
+        assert run["returncode"] == 0, run["output"][-3000:]
+        assert sorted(run["bootstrap"]) == sorted(names), "every host had to take its canary key"
+        assert all(len(s) >= 3 for s in samples.values()), "the sampler must have seen the run"
+
+        # Positive control: the public half of each key is not secret and --diff shows the
+        # .pub file, so the same search must find it; a search that finds nothing proves nothing.
+        publics = [public_host_key(value).split()[1] for value in data.values()]
+        assert all(p in run["output"] for p in publics), "the search could not see uploaded content"
+
+        found = []
+        for c in canaries:
+            if c in run["output"]:
+                found.append(("pyinfra output", c))
+        for host in names:
+            for where, text in host_texts(host, hosts[host]["ssh_user"]).items():
+                found += [(f"{host}:{where}", c) for c in canaries if c in text]
+            joined = "\n".join(samples[host])
+            found += [(f"{host}: process command lines", c) for c in canaries if c in joined]
+        print(f"searched {len(canaries)} canaries; samples per host: "
+              f"{ {h: len(s) for h, s in samples.items()} }; occurrences: {len(found)}")
+        assert found == [], f"secrets leaked: {found[:5]}"
+    finally:
+        # Back to the demo vault: first contact trusts the canary keys the hosts now hold.
+        bootstrap_from((testfleet.STATE / "known_hosts").read_text())
+        back = testfleet.converge([], log_name="converge-after-canary")
+        bootstrap_from(first_boot)
+        assert back["returncode"] == 0, back["output"][-3000:]
+    settled = testfleet.converge([], log_name="converge-after-canary-noop")
+    assert settled["returncode"] == 0 and settled["changed"] == 0 and not settled["bootstrap"]
