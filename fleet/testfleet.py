@@ -271,11 +271,23 @@ def down() -> None:
     if names:
         docker("rm", "-f", "-v", *names)
     nets = docker("network", "ls", "--filter", f"label={LABEL}", "--format", "{{.Name}}").stdout.split()
+    kept = []
     for net in nets:
-        docker("network", "rm", net)
+        # Docker 20.10 may hold a removed container's endpoint for a moment, and sometimes
+        # for good ("has active endpoints" with none attached, until dockerd restarts). Such
+        # a network is harmless: its addresses are free and fleet-up reuses it.
+        for _ in range(10):
+            removed = docker("network", "rm", net, check=False)
+            if removed.returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            kept.append(net)
+            log(f"kept network {net}: {removed.stderr.strip()} (a stale Docker endpoint; "
+                "fleet-up reuses the network)")
     for stale in ("known_hosts", "bootstrap_known_hosts", "fleet-up.json"):
         (STATE / stale).unlink(missing_ok=True)
-    log(f"removed {len(names)} hosts and {len(nets)} networks")
+    log(f"removed {len(names)} hosts and {len(nets) - len(kept)} networks")
 
 
 def status() -> int:
