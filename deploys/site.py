@@ -4,6 +4,16 @@
     pyinfra inventory.py deploys/site.py --limit llm   # one group
 """
 
+from pyinfra import host
+
 from deploys.base import base
+from deploys.docker import docker
+from deploys.nvidia import nvidia
+from deploys.tailscale import tailscale
 
 base()
+tailscale()
+if "gpu" in host.groups:
+    nvidia()  # before docker: daemon.json names its runtime
+if host.data.get("docker_enabled"):
+    docker()

@@ -108,6 +108,7 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
                     f"Fix: add a test LAN address for {name} in inventory.py."
                 )
             entry["lan_address"] = test_fleet["lan_addresses"][name]
+            entry.update(copy.deepcopy(test_fleet.get("data", {})))
             entry["base_admin_ssh_keys"] = [pubkey]
             entry["ssh_key"] = str(key)
     bootstrap = bootstrap_hosts(hosts)

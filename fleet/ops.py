@@ -88,3 +88,30 @@ def secret_file(key: str, dest: str, user: str, group: str, mode: str = "600"):
         f" && chmod {q(mode)} {q(candidate)} && mv -f {q(candidate)} {q(dest)}); rc=$?;"
         f" rm -f {q(staged)} {q(candidate)}; exit $rc"
     )
+
+
+@operation()
+def verified_download(src: str, dest: str, sha256: str, mode: str = "644"):
+    """Download `src` to `dest` only if its SHA-256 is `sha256`; otherwise fail, `dest` untouched.
+
+    + src: URL (fetched on the host with curl)
+    + dest: where the verified file goes
+    + sha256: the pinned checksum (from data)
+
+    pyinfra's files.download moves the file into place before checking the sum, so a bad
+    key or binary would already be where apt or systemd trusts it. Here the download lands
+    in a candidate beside `dest`, is checked, and only then renamed. A file that already
+    has the checksum is a no-op.
+    """
+    if host.get_fact(Sha256File, path=dest) == sha256:
+        host.noop(f"{dest} has the pinned checksum")
+        return
+    q = shlex.quote
+    candidate = f"{dest}.fleet-candidate"
+    yield StringCommand(f"install -d -m 755 {q(dest.rsplit('/', 1)[0] or '/')}")
+    yield StringCommand(
+        f"curl -fsSL --retry 3 --max-time 300 -o {q(candidate)} {q(src)}"
+        f" && echo {q(sha256 + '  ' + candidate)} | sha256sum --check --quiet --strict"
+        f" && chmod {q(mode)} {q(candidate)} && mv -f {q(candidate)} {q(dest)}"
+        f" || {{ rm -f {q(candidate)}; echo 'checksum or download failed for {src}: {dest} left unchanged' >&2; exit 1; }}"
+    )

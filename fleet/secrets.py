@@ -42,14 +42,22 @@ class SecretFile:
     mode: str = "600"
 
 
+TAILSCALE_AUTHKEY = "tailscale_authkey"
+TAILSCALE_AUTHKEY_FILE = "/etc/tailscale/authkey"
+
+
 def host_key_name(host: str) -> str:
     return f"ssh_host_ed25519_key/{host}"
 
 
 def secret_files(host: str, groups: tuple[str, ...] | list[str]) -> list[SecretFile]:
     """Every secret file a host gets. The deploys install these; the specs check them."""
-    del groups  # components with secrets for some groups add theirs here
-    return [SecretFile(host_key_name(host), "/etc/ssh/ssh_host_ed25519_key", "root", "root")]
+    del groups  # components with secrets for some groups only add theirs by group here
+    return [
+        SecretFile(host_key_name(host), "/etc/ssh/ssh_host_ed25519_key", "root", "root"),
+        # tailscaled runs as root and reads the key only through `up --auth-key=file:`
+        SecretFile(TAILSCALE_AUTHKEY, TAILSCALE_AUTHKEY_FILE, "root", "root"),
+    ]
 
 
 def _test_fleet() -> dict:

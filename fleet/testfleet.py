@@ -226,6 +226,26 @@ def flash_host(name: str, entry: dict, pubkey: str) -> str:
     return docker("exec", name, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2]
 
 
+MIRROR = "fleet-mirror"
+
+
+def ensure_mirror(test_fleet: dict, image: str) -> None:
+    """Build the offline vendor mirror (tests/mirror) and serve it on the test tailnet from
+    a container bound to its own address (port 80, nothing on a wildcard)."""
+    out = STATE / "mirror"
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, str(REPO / "tests" / "mirror" / "build.py"), str(out)], check=True,
+                   stdout=subprocess.DEVNULL)
+    address = test_fleet["mirror_address"]
+    if docker("inspect", "-f", "{{.State.Running}}", MIRROR, check=False).stdout.strip() != "true":
+        docker("rm", "-f", MIRROR, check=False)
+        docker("run", "-d", "--name", MIRROR, "--hostname", MIRROR, "--label", LABEL,
+               "--network", list(networks(test_fleet))[0], "--ip", address,
+               "-v", f"{out}:/srv/mirror:ro", image,
+               "python3", "-m", "http.server", "80", "--bind", address, "--directory", "/srv/mirror")
+    wait_for(lambda: tcp_open(address, 80), "the vendor mirror", timeout=30)
+
+
 def up() -> None:
     t0 = time.monotonic()
     ensure_engine()
@@ -234,6 +254,7 @@ def up() -> None:
     key = ensure_key()
     pubkey = key.with_suffix(".pub").read_text().strip()
     ensure_networks(test_fleet)
+    ensure_mirror(test_fleet, image)
     existing = set(docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}")
                    .stdout.split())
     fresh = [n for n in hosts if n not in existing]

@@ -7,6 +7,7 @@ are collected, so one run shows everything to fix.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from fleet.model import Fleet
@@ -216,6 +217,21 @@ def check_admin(fleet: Fleet) -> list[Problem]:
     return problems
 
 
+def check_tailscale_tags(fleet: Fleet) -> list[Problem]:
+    problems = []
+    tags_by_group = fleet.all_data.get("tailscale_tags_by_group", {})
+    for group, tags in tags_by_group.items():
+        key = f"tailscale_tags_by_group[{group!r}]"
+        if group not in fleet.known_groups:
+            problems.append(Problem("all", key, f"unknown group {group!r}.",
+                                    f"use one of {', '.join(fleet.known_groups)}."))
+        for tag in tags:
+            if not re.fullmatch(r"tag:[a-z0-9][a-z0-9-]*", str(tag)):
+                problems.append(Problem("all", key, f"{tag!r} is not a Tailscale ACL tag.",
+                                        "write tags like 'tag:gateway' (lowercase, digits, dashes)."))
+    return problems
+
+
 def key_id(line: str) -> str:
     """'type base64' of an OpenSSH public key line (the comment does not matter)."""
     return " ".join(line.split()[:2])
@@ -250,6 +266,7 @@ RULES = (
     check_docker_pools,
     check_group_conflicts,
     check_admin,
+    check_tailscale_tags,
 )
 
 

@@ -55,7 +55,24 @@ docker_ce_version = "5:29.8.2-1~debian.12~bookworm"
 nvidia_container_toolkit_version = "1.20.1-1"
 ollama_version = "0.34.4"
 
-# --- docker (read by validation now, by the docker deploy later) -------------------------
+# --- tailscale ---------------------------------------------------------------------------
+# ACL tags each group's hosts advertise; a host advertises the union over its groups.
+tailscale_tags_by_group = {
+    "pis": ["tag:pi"],
+    "gateway": ["tag:gateway"],
+    "agents": ["tag:agents"],
+    "database": ["tag:database"],
+    "monitoring": ["tag:monitoring"],
+    "healthcheck": ["tag:healthcheck"],
+    "gpu": ["tag:gpu"],
+    "llm": ["tag:llm"],
+    "cloud": ["tag:cloud"],
+    "failover": ["tag:failover"],
+}
+
+# --- docker ------------------------------------------------------------------------------
+# Whether a host runs the Docker engine (group_data/healthcheck.py turns it off).
+docker_enabled = True
 # Address pools for networks Docker creates. Must not overlap any LAN in the inventory or
 # the tailnet (100.64.0.0/10), or containers lose the route to those hosts.
 docker_address_pools = [{"base": "172.30.0.0/16", "size": 24}]

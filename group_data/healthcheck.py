@@ -1,3 +1,4 @@
 """Health checks only (Pi Zero, 512 MB): nothing heavy, no Docker."""
 
-# Keys for this group are added by the component that reads them.
+# 512 MB of RAM: no container engine here.
+docker_enabled = False

@@ -47,9 +47,13 @@ _CACHE: dict[str, FleetHost] = {}
 
 
 def _deploy_defaults() -> dict:
-    from deploys.base import DEFAULTS as base_defaults
+    """Every deploy's DEFAULTS: the values a host gets when data does not set them."""
+    from deploys import base, docker, nvidia, tailscale
 
-    return dict(base_defaults)
+    merged = {}
+    for module in (base, tailscale, nvidia, docker):
+        merged.update(module.DEFAULTS)
+    return merged
 
 
 def _testinfra_host(entry: dict, sudo: bool) -> testinfra.host.Host:
@@ -89,7 +93,13 @@ def pytest_generate_tests(metafunc):
                              ids=[f"{name}-{item.path}" for name, item in pairs])
         return
     if "fh" in metafunc.fixturenames:
-        names = [n for n in _FLEET.hosts if not only or n in only.split(",")]
+        # @pytest.mark.fleet_hosts(predicate): only hosts the spec applies to, e.g. the gpu
+        # group (predicate(groups, data) -> bool); other hosts are not parametrized at all.
+        marker = metafunc.definition.get_closest_marker("fleet_hosts")
+        applies = marker.args[0] if marker else (lambda groups, data: True)
+        defaults = _deploy_defaults()
+        names = [n for n, h in _FLEET.hosts.items()
+                 if (not only or n in only.split(",")) and applies(h.groups, {**defaults, **h.data})]
         metafunc.parametrize("fh", names, indirect=True, ids=names)
 
 

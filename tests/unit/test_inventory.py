@@ -44,13 +44,15 @@ def test_groups_match_the_spec(fake_repo, monkeypatch):
     }
 
 
-def test_test_target_swaps_only_addresses_and_connection(fake_repo):
+def test_test_target_swaps_only_addresses_connection_and_vendor_sources(fake_repo):
     hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
     test = apply_target(hosts, test_fleet, fake_repo, "test")
+    # the vendor sources point at the offline mirror; docker comes from Debian
+    assert set(test_fleet["data"]) == {"tailscale_apt", "nvidia_apt", "docker_source"}
     for name, entry in hosts.items():
         changed = {k for k in test[name] if test[name][k] != entry.get(k)}
         assert changed <= {"lan_address", "base_admin_ssh_keys", "ssh_key", "ssh_known_hosts_file",
-                           "ssh_strict_host_key_checking", "ssh_hostname"}
+                           "ssh_strict_host_key_checking", "ssh_hostname", *test_fleet["data"]}
         assert test[name]["ssh_hostname"] == entry["tailnet_address"]
         assert test[name]["lan_address"].startswith("100.101.")
 

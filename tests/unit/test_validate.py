@@ -187,3 +187,15 @@ def test_operator_key_listed_passes_whatever_its_comment(data):
 
 def test_unknown_operator_keys_are_not_guessed(data):
     assert problems(data.fleet(), offered={"pi5-alpha": set()}) == []
+
+
+def test_tailscale_tag_must_be_an_acl_tag(data):
+    data.all_data["tailscale_tags_by_group"]["gateway"] = ["gateway"]
+    [p] = only(problems(data.fleet()), "tailscale_tags_by_group")
+    assert "'gateway' is not a Tailscale ACL tag" in p.message and "tag:gateway" in p.fix
+
+
+def test_tailscale_tags_for_unknown_group(data):
+    data.all_data["tailscale_tags_by_group"]["gatway"] = ["tag:gateway"]
+    [p] = only(problems(data.fleet()), "tailscale_tags_by_group")
+    assert "unknown group 'gatway'" in p.message

@@ -1,0 +1,158 @@
+"""Docker engine (every host with docker_enabled): engine from data, one daemon.json model.
+
+daemon.json is rendered here and nowhere else: published ports default to 127.0.0.1,
+logs rotate, containers survive daemon restarts (live-restore), address pools come from
+data (validation keeps them off every LAN and the tailnet), and on GPU hosts the nvidia
+runtime is part of the same file. It is validated before it replaces the live file
+(`dockerd --validate` where the engine has it, Docker >= 23; the shipped checker
+files/usr/local/lib/fleet/check-daemon-json otherwise), and docker restarts only when it
+changed.
+"""
+
+import json
+import shlex
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import FactBase, StringCommand, deploy, operation
+from pyinfra.operations import apt, files, server, systemd
+
+from fleet.aptsource import vendor_apt_source
+from fleet.ops import validated_file
+
+DEFAULTS = {
+    # Where the engine comes from: "docker-ce" (Docker's repository) or "distribution"
+    # (Debian's docker.io).
+    "docker_source": "docker-ce",
+    # Docker's apt repository (used when docker_source is "docker-ce").
+    "docker_apt": {
+        "uris": "https://download.docker.com/linux/debian",
+        "suites": "bookworm",
+        "components": "stable",
+        "key_url": "https://download.docker.com/linux/debian/gpg",
+        "key_sha256": "1500c1f56fa9e26b9b8f42452a553675796ade0807cdce11975eb98170b3a570",
+        "key_file": "docker.asc",
+    },
+    # Log rotation for the json-file driver.
+    "docker_log_max_size": "10m",
+    "docker_log_max_file": 3,
+    # Extra daemon.json keys, merged last (validated on the host like the rest).
+    "docker_daemon_extra": {},
+    # Kernel command line tokens Raspberry Pi OS needs for memory limits to work.
+    "docker_cmdline_tokens": ["cgroup_memory=1", "cgroup_enable=memory"],
+}
+
+CE_PACKAGES = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin"]
+CHECKER = "/usr/local/lib/fleet/check-daemon-json"
+DAEMON_JSON = "/etc/docker/daemon.json"
+
+
+def daemon_config(data, groups) -> dict:
+    """The one model of /etc/docker/daemon.json for a host."""
+    config = {
+        "ip": "127.0.0.1",
+        "log-driver": "json-file",
+        "log-opts": {"max-size": str(data.docker_log_max_size), "max-file": str(data.docker_log_max_file)},
+        "live-restore": True,
+        "default-address-pools": data.docker_address_pools,
+    }
+    if "gpu" in groups:
+        # the NVIDIA toolkit's runc shim, registered here rather than by `nvidia-ctk runtime
+        # configure`, so no second tool rewrites this file
+        config["runtimes"] = {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
+    config.update(data.docker_daemon_extra)
+    return config
+
+
+def render_daemon_json(config: dict) -> str:
+    # JSON has no comments, so no managed-by header: deploys/docker.py owns this file.
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+class BootCmdline(FactBase):
+    def command(self, path: str) -> str:
+        return f"cat {shlex.quote(path)} 2>/dev/null || true"
+
+    def process(self, output):
+        return "\n".join(output).strip() or None
+
+
+@operation()
+def cmdline_tokens(path: str, tokens: list[str]):
+    """Append missing tokens to the single line of a Raspberry Pi cmdline.txt and report
+    that a reboot is needed (/var/run/reboot-required); never reboot.
+
+    + path: the cmdline file (skipped when it does not exist: not Raspberry Pi OS)
+    + tokens: `key=value` tokens that must be on the line
+    """
+    line = host.get_fact(BootCmdline, path=path)
+    if line is None:
+        host.noop(f"{path} does not exist (not Raspberry Pi OS)")
+        return
+    missing = [t for t in tokens if t not in line.split()]
+    if not missing:
+        host.noop(f"{path} has {' '.join(tokens)}")
+        return
+    q = shlex.quote
+    # keep it one line: append to the first line only, then ask for a reboot
+    yield StringCommand(f"sed -i '1s|$| {' '.join(missing)}|' {q(path)}")
+    yield StringCommand("echo 'docker: memory cgroups enabled in cmdline.txt' >> /var/run/reboot-required.pkgs"
+                        " && touch /var/run/reboot-required")
+    host.log(f"reboot needed for {' '.join(missing)} in {path} (not forced)")
+
+
+def _engine():
+    if host.data.docker_source == "docker-ce":
+        version = host.data.docker_ce_version
+        vendor_apt_source("docker", host.data.docker_apt, "docker", CE_PACKAGES)
+        return apt.packages(
+            name="Install Docker CE (pinned)",
+            packages=[f"docker-ce={version}", f"docker-ce-cli={version}", *CE_PACKAGES[2:]],
+        )
+    if host.data.docker_source == "distribution":
+        return apt.packages(name="Install Debian's docker.io", packages=["docker.io"])
+    raise ValueError(f"docker_source must be 'docker-ce' or 'distribution', not {host.data.docker_source!r}")
+
+
+@deploy("Docker", data_defaults=DEFAULTS)
+def docker():
+    _engine()
+    files.put(
+        name="Install the daemon.json checker (for engines without --validate)",
+        src="files/usr/local/lib/fleet/check-daemon-json",
+        dest=CHECKER,
+        mode="755",
+    )
+    q = shlex.quote
+    validate = (
+        "if dockerd --help 2>&1 | grep -q -- '--validate'; then dockerd --validate --config-file {path};"
+        f" else python3 {q(CHECKER)} {{path}}; fi"
+    )
+    files.directory(name="Create /etc/docker", path="/etc/docker", mode="755")
+    config = validated_file(
+        name="Render daemon.json",
+        content=render_daemon_json(daemon_config(host.data, host.groups)),
+        dest=DAEMON_JSON,
+        validate=validate,
+        mode="644",
+    )
+    systemd.service(name="Enable docker", service="docker.service", running=True, enabled=True)
+    systemd.service(
+        name="Restart docker for its new daemon.json",
+        service="docker.service",
+        restarted=True,
+        _if=config.did_change,
+    )
+    server.user(
+        name="Add the admin user to the docker group",
+        user=host.data.ssh_user,
+        groups=["docker"],
+        append=True,
+    )
+    if host.data.get("pis_boot_cmdline_file"):
+        cmdline_tokens(
+            name="Enable memory cgroups on Raspberry Pi OS",
+            path=host.data.pis_boot_cmdline_file,
+            tokens=host.data.docker_cmdline_tokens,
+        )
+

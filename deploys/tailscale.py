@@ -1,0 +1,131 @@
+"""Tailscale (every host): vendor repo, pinned version, join once, then converge settings.
+
+The node joins once with its auth key read from a 0600 file (`--auth-key=file:`); later
+runs compare `tailscale status --json` with the wanted hostname and tags and change only
+what differs (`tailscale set --hostname`, or a re-`up` naming every setting for tags,
+which `set` cannot change), never using the auth key again.
+"""
+
+import json
+import shlex
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import FactBase, StringCommand, deploy, operation
+from pyinfra.operations import apt, files, systemd
+
+from fleet.aptsource import vendor_apt_source
+from fleet.ops import secret_file
+from fleet.render import render
+from fleet.secrets import TAILSCALE_AUTHKEY, TAILSCALE_AUTHKEY_FILE
+
+DEFAULTS = {
+    # Tailscale's apt repository (deb822 source, key pinned by SHA-256).
+    "tailscale_apt": {
+        "uris": "https://pkgs.tailscale.com/stable/debian",
+        "suites": "bookworm",
+        "components": "main",
+        "key_url": "https://pkgs.tailscale.com/stable/debian/bookworm.noarmor.gpg",
+        "key_sha256": "3e03dacf222698c60b8e2f990b809ca1b3e104de127767864284e6c228f1fb39",
+        "key_file": "tailscale-archive-keyring.gpg",
+    },
+    # tailscaled's WireGuard UDP port (written to /etc/default/tailscaled).
+    "tailscale_port": 41641,
+    # Extra tailscaled flags (FLAGS= in /etc/default/tailscaled).
+    "tailscale_daemon_flags": "",
+}
+
+
+class TailscaleStatus(FactBase):
+    """`tailscale status --json`, or None when tailscale is absent or its daemon is down."""
+
+    def command(self) -> str:
+        return "tailscale status --json 2>/dev/null || true"
+
+    def process(self, output):
+        text = "\n".join(output).strip()
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None
+
+
+def wanted_tags(groups, tags_by_group: dict) -> list[str]:
+    return sorted({tag for group in groups for tag in tags_by_group.get(group, [])})
+
+
+@operation()
+def tailscale_node(hostname: str, tags: list[str], auth_key_file: str):
+    """Join the tailnet once, then keep the node's hostname and tags as wanted.
+
+    + hostname: the node name in the tailnet
+    + tags: ACL tags to advertise (sorted)
+    + auth_key_file: the 0600 file holding the auth key (used only to join)
+    """
+    status = host.get_fact(TailscaleStatus)
+    q = shlex.quote
+    settings = f"--hostname={q(hostname)} --advertise-tags={q(','.join(tags))}"
+    state = (status or {}).get("BackendState")
+    if state in (None, "NoState", "NeedsLogin", "NeedsMachineAuth"):
+        yield StringCommand(f"tailscale up --auth-key=file:{q(auth_key_file)} {settings}")
+        return
+    me = status.get("Self") or {}
+    have_tags = sorted(me.get("Tags") or [])
+    if state != "Running" or have_tags != tags:
+        # `tailscale set` cannot change tags: re-up naming every non-default setting, so
+        # the CLI accepts it; the node is logged in, so no key is needed or sent.
+        yield StringCommand(f"tailscale up {settings}")
+    elif me.get("HostName") != hostname:
+        yield StringCommand(f"tailscale set --hostname={q(hostname)}")
+    else:
+        host.noop(f"tailscale is up as {hostname} with tags {','.join(tags) or '(none)'}")
+
+
+@deploy("Tailscale", data_defaults=DEFAULTS)
+def tailscale():
+    vendor_apt_source("tailscale", host.data.tailscale_apt, "tailscale", ["tailscale"])
+    apt.packages(
+        name="Install Tailscale (pinned)",
+        packages=[f"tailscale={host.data.tailscale_version}"],
+    )
+    defaults = files.put(
+        name="Set tailscaled's port and flags",
+        src=StringIO(render("etc/default/tailscaled.j2", "tailscale",
+                            port=host.data.tailscale_port, flags=host.data.tailscale_daemon_flags)),
+        dest="/etc/default/tailscaled",
+        mode="644",
+    )
+    systemd.service(
+        name="Enable tailscaled",
+        service="tailscaled.service",
+        running=True,
+        enabled=True,
+    )
+    systemd.service(
+        name="Restart tailscaled for its new port or flags",
+        service="tailscaled.service",
+        restarted=True,
+        _if=defaults.did_change,
+    )
+    files.directory(
+        name="Create /etc/tailscale (root only)",
+        path=TAILSCALE_AUTHKEY_FILE.rsplit("/", 1)[0],
+        user="root",
+        group="root",
+        mode="700",
+    )
+    secret_file(
+        name="Install the Tailscale auth key",
+        key=TAILSCALE_AUTHKEY,
+        dest=TAILSCALE_AUTHKEY_FILE,
+        user="root",
+        group="root",
+    )
+    tailscale_node(
+        name="Join the tailnet / converge hostname and tags",
+        hostname=host.data.tailnet_name,
+        tags=wanted_tags(host.groups, host.data.tailscale_tags_by_group),
+        auth_key_file=TAILSCALE_AUTHKEY_FILE,
+    )

@@ -1,0 +1,89 @@
+"""Docker baseline: the engine, its effective settings, and where published ports land."""
+
+import json
+
+import pytest
+
+from deploys.docker import daemon_config
+
+
+with_docker = pytest.mark.fleet_hosts(lambda groups, data: data.get("docker_enabled"))
+without_docker = pytest.mark.fleet_hosts(lambda groups, data: not data.get("docker_enabled"))
+gpu_hosts = pytest.mark.fleet_hosts(lambda groups, data: "gpu" in groups)
+
+
+def docker_info(fh) -> dict:
+    return json.loads(fh.host.check_output("docker info --format '{{json .}}'"))
+
+
+class Data(dict):
+    __getattr__ = dict.__getitem__
+
+
+@without_docker
+def test_dk00_no_docker_where_disabled(fh):
+    """dk-00: hosts with docker_enabled false (the 512 MB Pi Zero) have no engine at all."""
+    assert not fh.host.exists("dockerd")
+
+
+@with_docker
+def test_dk01_running(fh):
+    """dk-01: docker is enabled and running."""
+    svc = fh.host.service("docker")
+    assert svc.is_enabled and svc.is_running
+
+
+@with_docker
+def test_dk02_daemon_json_is_the_model(fh):
+    """dk-02: daemon.json is exactly the deploy's model for this host."""
+    live = json.loads(fh.host.file("/etc/docker/daemon.json").content_string)
+    assert live == daemon_config(Data(fh.data), fh.groups)
+
+
+@with_docker
+def test_dk03_effective_settings(fh):
+    """dk-03: the running engine applies them (docker info: logging, live-restore, runtimes)."""
+    info = docker_info(fh)
+    assert info["LoggingDriver"] == "json-file"
+    assert info["LiveRestoreEnabled"] is True
+    assert ("nvidia" in info["Runtimes"]) == ("gpu" in fh.groups)
+
+
+@with_docker
+def test_dk04_published_ports_on_loopback(fh):
+    """dk-04: a container published with -p PORT:80 listens on 127.0.0.1 only (no pulls:
+    the image is imported from a tarball made on the host)."""
+    h = fh.host
+    image, name, port = "fleet-spec-dk04", "fleet-spec-dk04", 8081
+    h.check_output(
+        "deps=$(ldd /usr/bin/sleep | grep -o '/[^ ]*'); "
+        f"tar -ch /usr/bin/sleep $deps 2>/dev/null | docker import - {image} >/dev/null"
+    )
+    h.run(f"docker rm -f {name}")
+    try:
+        h.check_output(f"docker run -d --name {name} -p {port}:80 {image} /usr/bin/sleep 120")
+        out = h.check_output(f"ss -H -tln 'sport = :{port}'")
+        addresses = sorted(line.split()[3] for line in out.splitlines() if line.strip())
+        assert addresses == [f"127.0.0.1:{port}"], f"published on {addresses}"
+    finally:
+        h.run(f"docker rm -f {name}")
+        h.run(f"docker rmi {image}")
+
+
+@with_docker
+def test_dk05_admin_in_docker_group(fh):
+    """dk-05: the admin user can drive docker without sudo."""
+    assert "docker" in fh.host.user(fh.data["ssh_user"]).groups
+
+
+@gpu_hosts
+def test_gpu01_nvidia_toolkit(fh):
+    """gpu-01: on GPU hosts the toolkit is installed at one pinned version and docker knows
+    the nvidia runtime (registered through daemon.json, not by nvidia-ctk)."""
+    version = fh.data["nvidia_container_toolkit_version"]
+    for pkg in ("nvidia-container-toolkit", "nvidia-container-toolkit-base",
+                "libnvidia-container-tools", "libnvidia-container1"):
+        assert fh.host.package(pkg).version == version, pkg
+    assert version.split("-")[0] in fh.host.check_output("nvidia-ctk --version")
+    runtime = docker_info(fh)["Runtimes"]["nvidia"]
+    assert runtime["path"] == "nvidia-container-runtime"
