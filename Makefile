@@ -11,7 +11,7 @@ FLEET_TARGET ?= fleet
 export FLEET_TARGET
 PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
 
-.PHONY: help setup lock check plan converge verify fleet-up fleet-down demo test unit bench vault-init vault-edit
+.PHONY: help setup lock check plan converge verify fleet-up fleet-down demo test unit bench vault-init vault-edit edge-plan edge-apply
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ vault-init: setup ## create secrets/fleet.vault (asks a passphrase) and generate
 
 vault-edit: setup ## edit FLEET_TARGET's vault in $$EDITOR (decrypted only in a private temp file)
 	$(PY) -m fleet.vault edit
+
+edge-plan: setup ## Cloudflare: show what edge-apply would change (tunnels, DNS, Workers/KV audit)
+	$(PY) -m fleet.edge plan
+
+edge-apply: setup ## Cloudflare: apply the plan; DELETE=1 also deletes unlisted Workers/KV
+	$(PY) -m fleet.edge apply $(if $(DELETE),--delete-unlisted,)
 
 fleet-up: setup ## start the Docker test fleet (installs/starts Docker, builds the image)
 	$(PY) -m fleet.testfleet up

@@ -86,8 +86,8 @@ TEST_FLEET = {
     "vault_passphrase_file": "secrets/demo.passphrase",
     "tailnet_network": "100.100.0.0/16",
     "lan_network": "100.101.0.0/16",
-    # The offline vendor mirror (tests/mirror): signed stand-in packages for Tailscale and
-    # the NVIDIA toolkit, served from a container on the test tailnet. The deploys install
+    # The offline vendor mirror (tests/mirror): signed stand-in packages for Tailscale,
+    # cloudflared and the NVIDIA toolkit, served from a container on the test tailnet. The deploys install
     # from it through the same code; only these repository URLs and keys differ. Docker
     # comes from Debian (docker.io): the real engine.
     "mirror_address": "100.100.0.250",
@@ -107,6 +107,14 @@ TEST_FLEET = {
             "key_url": "http://100.100.0.250/nvidia/gpgkey",
             "key_sha256": "0c4dab3b70e4856cf7161ade56aaf05aec97aee38c026b256ca2c46ae809988a",
             "key_file": "nvidia-container-toolkit-keyring.asc",
+        },
+        "cloudflared_apt": {
+            "uris": "http://100.100.0.250/cloudflared",
+            "suites": "any",
+            "components": "main",
+            "key_url": "http://100.100.0.250/cloudflare-main.gpg",
+            "key_sha256": "4eba5c8dcbb0054adfa8046298ed92c485697cfa63d349210da6a1f51a96b06e",
+            "key_file": "cloudflare-main.gpg",
         },
         "docker_source": "distribution",
     },

@@ -7,9 +7,12 @@
 from pyinfra import host
 
 from deploys.base import base
+from deploys.cloudflared import cloudflared
 from deploys.docker import docker
+from deploys.maintenance import maintenance
 from deploys.nvidia import nvidia
 from deploys.tailscale import tailscale
+from fleet.secrets import CLOUDFLARED_GROUPS
 
 base()
 tailscale()
@@ -17,3 +20,7 @@ if "gpu" in host.groups:
     nvidia()  # before docker: daemon.json names its runtime
 if host.data.get("docker_enabled"):
     docker()
+if "failover" in host.groups:
+    maintenance()  # before the tunnel that routes to it
+if set(host.groups) & set(CLOUDFLARED_GROUPS):
+    cloudflared()

@@ -46,18 +46,30 @@ TAILSCALE_AUTHKEY = "tailscale_authkey"
 TAILSCALE_AUTHKEY_FILE = "/etc/tailscale/authkey"
 
 
+CLOUDFLARED_CREDENTIALS_FILE = "/etc/cloudflared/credentials.json"
+CLOUDFLARED_GROUPS = ("gateway", "llm", "failover")
+
+
+def cloudflared_credentials_key(host: str) -> str:
+    """The vault key of a host's tunnel credentials (`make edge-apply` writes it)."""
+    return f"cloudflared_credentials/{host}"
+
+
 def host_key_name(host: str) -> str:
     return f"ssh_host_ed25519_key/{host}"
 
 
 def secret_files(host: str, groups: tuple[str, ...] | list[str]) -> list[SecretFile]:
     """Every secret file a host gets. The deploys install these; the specs check them."""
-    del groups  # components with secrets for some groups only add theirs by group here
-    return [
+    files = [
         SecretFile(host_key_name(host), "/etc/ssh/ssh_host_ed25519_key", "root", "root"),
         # tailscaled runs as root and reads the key only through `up --auth-key=file:`
         SecretFile(TAILSCALE_AUTHKEY, TAILSCALE_AUTHKEY_FILE, "root", "root"),
     ]
+    if set(groups) & set(CLOUDFLARED_GROUPS):
+        files.append(SecretFile(cloudflared_credentials_key(host), CLOUDFLARED_CREDENTIALS_FILE,
+                                "cloudflared", "cloudflared"))
+    return files
 
 
 def _test_fleet() -> dict:

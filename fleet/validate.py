@@ -159,6 +159,36 @@ def check_domains(fleet: Fleet) -> list[Problem]:
     return problems
 
 
+TUNNEL_GROUPS = ("gateway", "llm", "failover")
+
+
+def check_tunnels(fleet: Fleet) -> list[Problem]:
+    """Each domain's tunnel runs cloudflared and can reach the service: over 127.0.0.1 on
+    its own host, otherwise only if the service binds the tailnet address."""
+    problems = []
+    services = fleet.all_data.get("fleet_services", {})
+    for domain, route in fleet.all_data.get("fleet_domains", {}).items():
+        key = f"fleet_domains[{domain!r}].tunnel"
+        tunnel, target = route.get("tunnel"), route.get("host")
+        if tunnel not in fleet.hosts or not set(fleet.hosts[tunnel].groups) & set(TUNNEL_GROUPS):
+            runners = [h.name for h in fleet.hosts.values() if set(h.groups) & set(TUNNEL_GROUPS)]
+            problems.append(Problem(str(tunnel), key, f"{tunnel!r} is not a host that runs cloudflared.",
+                                    f"use one of {', '.join(runners)}."))
+            continue
+        if target not in fleet.hosts:
+            continue  # check_domains reports it
+        binds = next((svc.get("bind", []) for svc in fleet.hosts[target].services(services).values()
+                      if svc.get("port") == route.get("port")), None)
+        if binds is None:
+            continue  # nothing serves that port: check_domains reports it
+        if not ((tunnel == target and "loopback" in binds) or "tailnet" in binds):
+            problems.append(Problem(
+                tunnel, key, f"the tunnel on {tunnel} cannot reach {target}:{route.get('port')} "
+                f"(it binds {', '.join(binds) or 'nothing'}).",
+                f"carry the domain on {target}'s own tunnel, or bind the service to the tailnet."))
+    return problems
+
+
 def check_docker_pools(fleet: Fleet) -> list[Problem]:
     problems = []
     for host in fleet.hosts.values():
@@ -263,6 +293,7 @@ RULES = (
     check_tailnet,
     check_ports,
     check_domains,
+    check_tunnels,
     check_docker_pools,
     check_group_conflicts,
     check_admin,

@@ -27,15 +27,17 @@ fleet_services = {
 }
 
 # The domain map (the guide's "Domain Routing"): public hostname -> the host and port that
-# serve it. status.blackroad.io is a Cloudflare Worker, not a tunnel route, so it is not here.
+# serve it, and the tunnel (a host running cloudflared) that carries it from Cloudflare.
+# The tunnel reaches a service on its own host over 127.0.0.1, another host's over the
+# tailnet. status.blackroad.io is a Cloudflare Worker, not a tunnel route: not here.
 fleet_domains = {
-    "blackroad.io": {"host": "pi5-alpha", "port": 3000},
-    "www.blackroad.io": {"host": "pi5-alpha", "port": 3000},
-    "api.blackroad.io": {"host": "pi5-alpha", "port": 8000},
-    "lucidia.earth": {"host": "pi5-alpha", "port": 3001},
-    "www.lucidia.earth": {"host": "pi5-alpha", "port": 3001},
-    "agents.blackroad.io": {"host": "pi5-beta", "port": 8001},
-    "llm.blackroad.io": {"host": "jetson-prime", "port": 8080},
+    "blackroad.io": {"host": "pi5-alpha", "port": 3000, "tunnel": "pi5-alpha"},
+    "www.blackroad.io": {"host": "pi5-alpha", "port": 3000, "tunnel": "pi5-alpha"},
+    "api.blackroad.io": {"host": "pi5-alpha", "port": 8000, "tunnel": "pi5-alpha"},
+    "lucidia.earth": {"host": "pi5-alpha", "port": 3001, "tunnel": "pi5-alpha"},
+    "www.lucidia.earth": {"host": "pi5-alpha", "port": 3001, "tunnel": "pi5-alpha"},
+    "agents.blackroad.io": {"host": "pi5-beta", "port": 8001, "tunnel": "pi5-alpha"},
+    "llm.blackroad.io": {"host": "jetson-prime", "port": 8080, "tunnel": "jetson-prime"},
 }
 
 # UDP ports allowed to listen on a wildcard address (0.0.0.0 / ::). Everything else must
@@ -47,6 +49,23 @@ net_udp_wildcard_allowlist = {
     # DHCP client on the Pis' LAN interface: leases arrive as broadcasts to 0.0.0.0:68.
     68: "DHCP client",
 }
+
+# --- edge: Cloudflare state, managed from the operator's machine (fleet/edge.py) ----------
+# The Cloudflare account that owns the zones and tunnels (an ID, not a secret: dashboard,
+# Account Home). Required by `make edge-plan` / `make edge-apply`, which refuse to run
+# while it is empty.
+edge_account_id = ""
+# Zones (registered domains) the domain map's hostnames live in.
+edge_zones = ["blackroad.io", "lucidia.earth"]
+# The failover droplet's tunnel answers these while the home network is down.
+edge_failover_domains = ["*.blackroad.io", "*.lucidia.earth"]
+# The guide's phase-4 cleanup: Workers and KV namespaces to keep; the audit reports every
+# other one and deletes it only with an explicit flag.
+edge_workers_keep = [
+    "blackroad-edge-gateway", "blackroad-api-gateway", "blackroad-auth", "blackroad-router",
+    "lucidia-core", "cece",
+]
+edge_kv_keep = ["AUTH", "IDENTITY", "RATE_LIMIT", "CACHE", "BILLING", "STATE"]
 
 # --- component versions (pinned; bump deliberately, one component at a time) -------------
 tailscale_version = "1.102.4"

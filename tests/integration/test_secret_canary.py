@@ -8,8 +8,12 @@ Afterwards the fleet is put back on the demo vault and shown to be converged (no
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+import os
 import subprocess
+import uuid
 import tarfile
 import threading
 import time
@@ -64,29 +68,36 @@ def bootstrap_from(known_hosts_text: str) -> None:
     (testfleet.STATE / "bootstrap_known_hosts").write_text(known_hosts_text)
 
 
-def canary_value(key: str) -> str:
-    """A fresh value of the same kind as the real secret, so the deploys use it normally."""
+def canary_value(key: str) -> tuple[str, list[str]]:
+    """A fresh value of the same kind as the real secret (so the deploys use it normally),
+    and the strings that must never show up: the secret parts of it."""
     if key.startswith("ssh_host_"):
-        return new_host_key()
+        value = new_host_key()
+        return value, canaries_of(value, new_host_key())
+    if key.startswith("cloudflared_credentials/"):
+        secret_b64 = base64.b64encode(os.urandom(32)).decode()
+        creds = {"AccountTag": "canary0account", "TunnelSecret": secret_b64, "TunnelID": str(uuid.uuid4())}
+        return json.dumps(creds), [secret_b64]
     if key == TAILSCALE_AUTHKEY:
-        return f"tskey-auth-canary{secrets_token(24)}"
-    return f"canary-{secrets_token(32)}"
+        value = f"tskey-auth-canary{secrets_token(24)}"
+        return value, [value]
+    value = f"canary-{secrets_token(32)}"
+    return value, [value]
 
 
 @pytest.fixture
 def canary_vault(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEET_TARGET", "test")
-    data = {key: canary_value(key) for key in fleet_secrets.current()}
+    made = {key: canary_value(key) for key in fleet_secrets.current()}
+    data = {key: value for key, (value, _) in made.items()}
     path, phrase = tmp_path / "canary.vault", tmp_path / "canary.pass"
     phrase.write_text(PASS)
     Vault(path, PASS).save(data, KdfParams())
-    return path, phrase, data
+    return path, phrase, data, sorted({c for _, cs in made.values() for c in cs})
 
 
 def test_no_secret_leaks_anywhere(canary_vault):
-    path, phrase, data = canary_vault
-    reference = new_host_key()
-    canaries = sorted({c for value in data.values() for c in canaries_of(value, reference)})
+    path, phrase, data, canaries = canary_vault
     assert len(canaries) >= len(data), "each secret must yield canaries"
     hosts, _ = testfleet.load_inventory()
     names = list(hosts)

@@ -1,10 +1,11 @@
 """Build the offline, signed apt mirror of STAND-IN vendor packages for the test fleet.
 
-The vendors' apt repositories (Tailscale, the NVIDIA container toolkit) cannot be reached
-from the test hosts, so this writes look-alike repositories, laid out like the vendors' own,
-holding stand-in packages (tests/mirror/standins/) at the versions pinned in
-group_data/all.py, signed with the committed TEST-ONLY key (tests/mirror/keys/). Deploys
-install from it through an ordinary signed deb822 source. Someone else serves OUT over HTTP.
+The vendors' apt repositories (Tailscale, Cloudflare's cloudflared, the NVIDIA container
+toolkit) cannot be reached from the test hosts, so this writes look-alike repositories, laid
+out like the vendors' own, holding stand-in packages (tests/mirror/standins/) at the versions
+pinned in group_data/all.py, signed with the committed TEST-ONLY key (tests/mirror/keys/).
+Deploys install from it through ordinary signed deb822 sources. Someone else serves OUT over
+HTTP.
 
     python tests/mirror/build.py OUTDIR      # prints what it built, as JSON
 
@@ -46,6 +47,13 @@ PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 TS_ROOT = Path("tailscale/stable/debian")
 TS_SUITE = "bookworm"
 NV_ROOT = Path("nvidia/stable/deb")
+# https://pkg.cloudflare.com/cloudflared, suite "any"; its key is https://pkg.cloudflare.com/
+# cloudflare-main.gpg, one level up from the repository.
+CF_ROOT = Path("cloudflared")
+CF_SUITE = "any"
+CF_KEY = "cloudflare-main.gpg"
+# What build() replaces under OUT: the repository trees and the top-level key file.
+TOPS = ("tailscale", "nvidia", "cloudflared", CF_KEY)
 
 
 @dataclass
@@ -70,6 +78,7 @@ def read_versions(data_file: Path = DATA_FILE) -> dict:
     data = runpy.run_path(str(data_file))
     return {
         "tailscale": data["tailscale_version"],
+        "cloudflared": data["cloudflared_version"],
         "nvidia_container_toolkit": data["nvidia_container_toolkit_version"],
     }
 
@@ -83,8 +92,9 @@ def upstream(version: str) -> str:
 def packages(versions: dict) -> dict:
     """The stand-in packages, by repository."""
     ts = versions["tailscale"]
+    cf = versions["cloudflared"]
     nv = versions["nvidia_container_toolkit"]
-    t, n = "tailscale/", "nvidia/"
+    t, c, n = "tailscale/", "cloudflared/", "nvidia/"
     doc_nv = lambda pkg: (n + "README.stand-in", "usr/share/doc/%s/README.stand-in" % pkg, 0o644)
     tailscale = Package(
         name="tailscale", version=ts, depends="python3", section="net",
@@ -98,6 +108,16 @@ def packages(versions: dict) -> dict:
         ],
         conffiles=["/etc/default/tailscaled"],
         scripts={"postinst": t + "postinst", "prerm": t + "prerm"},
+    )
+    # Like the real package: the binary and docs, no systemd unit and no maintainer scripts
+    # (deploys write their own unit). python3-yaml reads the config file.
+    cloudflared = Package(
+        name="cloudflared", version=cf, depends="python3, python3-yaml", section="net",
+        summary="STAND-IN for tests: imitates Cloudflare's cloudflared CLI (opens no tunnel)",
+        files=[
+            (c + "cloudflared", "usr/bin/cloudflared", 0o755),
+            (c + "README.stand-in", "usr/share/doc/cloudflared/README.stand-in", 0o644),
+        ],
     )
     nvidia = [
         Package(
@@ -127,12 +147,13 @@ def packages(versions: dict) -> dict:
             files=[doc_nv("nvidia-container-toolkit")],
         ),
     ]
-    return {"tailscale": [tailscale], "nvidia": nvidia}
+    return {"tailscale": [tailscale], "cloudflared": [cloudflared], "nvidia": nvidia}
 
 
 def substitutions(versions: dict) -> dict:
     return {
         "@TAILSCALE_VERSION@": versions["tailscale"],
+        "@CLOUDFLARED_VERSION@": upstream(versions["cloudflared"]),
         "@NVIDIA_CONTAINER_TOOLKIT_VERSION@": versions["nvidia_container_toolkit"],
         "@NVIDIA_UPSTREAM_VERSION@": upstream(versions["nvidia_container_toolkit"]),
     }
@@ -279,12 +300,37 @@ class Signer:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
+def write_pool_repo(root: Path, suite: str, pkgs: list, built: dict, fields: list,
+                    signer: Signer) -> None:
+    """A dists/SUITE + pool/ repository (one "main" component) of Architecture: all
+    packages, listed for every architecture; Release signed."""
+    dist = root / "dists" / suite
+    entries = []
+    for pkg in pkgs:
+        deb, stanza = built[pkg.name]
+        rel = pool_path(pkg)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(deb, root / rel)
+        entries.append(packages_entry(stanza, rel, deb.read_bytes()))
+    indexes = []
+    for arch in ARCHES:
+        indexes += write_index(dist / "main" / ("binary-" + arch), entries)
+    release = dist / "Release"
+    release.write_text(release_text(fields, dist, indexes))
+    signer.sign(release)
+
+
+def pool_path(pkg: Package) -> str:
+    return "pool/main/%s/%s/%s" % (pkg.name[0], pkg.name, pkg.deb_name)
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def build(out: Path, data_file: Path = DATA_FILE) -> dict:
-    """Build the mirror into OUT (replacing OUT/tailscale and OUT/nvidia); describe it."""
+    """Build the mirror into OUT (replacing OUT/tailscale, OUT/cloudflared, OUT/nvidia and
+    OUT/cloudflare-main.gpg); describe it."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     versions = read_versions(data_file)
@@ -301,28 +347,26 @@ def build(out: Path, data_file: Path = DATA_FILE) -> dict:
 
             # Tailscale: a dists/ + pool/ repository with a suite per Debian release.
             ts = stage / TS_ROOT
-            dist = ts / "dists" / TS_SUITE
-            entries = []
-            for pkg in pkgs["tailscale"]:
-                deb, stanza = built[pkg.name]
-                rel = "pool/main/%s/%s/%s" % (pkg.name[0], pkg.name, pkg.deb_name)
-                (ts / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(deb, ts / rel)
-                entries.append(packages_entry(stanza, rel, deb.read_bytes()))
-            indexes = []
-            for arch in ARCHES:  # Architecture: all packages are listed for every arch
-                indexes += write_index(dist / "main" / ("binary-" + arch), entries)
-            release = dist / "Release"
-            release.write_text(release_text([
+            write_pool_repo(ts, TS_SUITE, pkgs["tailscale"], built, [
                 ("Origin", "Tailscale"),
                 ("Label", "Tailscale (STAND-IN test mirror, not the vendor)"),
                 ("Suite", TS_SUITE), ("Codename", TS_SUITE),
                 ("Architectures", " ".join(ARCHES)), ("Components", "main"),
                 ("Date", date),
                 ("Description", "STAND-IN packages for tests (tests/mirror), not Tailscale"),
-            ], dist, indexes))
-            signer.sign(release)
+            ], signer)
             shutil.copyfile(PUBLIC_KEY_BIN, ts / (TS_SUITE + ".noarmor.gpg"))
+
+            # Cloudflare: one dists/ + pool/ repository whose single suite is "any".
+            write_pool_repo(stage / CF_ROOT, CF_SUITE, pkgs["cloudflared"], built, [
+                ("Origin", "cloudflare"),
+                ("Label", "cloudflare (STAND-IN test mirror, not the vendor)"),
+                ("Suite", CF_SUITE), ("Codename", CF_SUITE),
+                ("Architectures", " ".join(ARCHES)), ("Components", "main"),
+                ("Date", date),
+                ("Description", "STAND-IN packages for tests (tests/mirror), not Cloudflare"),
+            ], signer)
+            shutil.copyfile(PUBLIC_KEY_BIN, stage / CF_KEY)
 
             # NVIDIA: one flat repository per architecture (apt source "Suites: /").
             nv = stage / NV_ROOT
@@ -348,17 +392,19 @@ def build(out: Path, data_file: Path = DATA_FILE) -> dict:
             shutil.copyfile(PUBLIC_KEY_ASC, stage / "nvidia" / "gpgkey")
             shutil.rmtree(work)
 
-        # Swap the new trees in only once they are complete.
-        for top in ("tailscale", "nvidia"):
-            if (out / top).exists():
+        # Swap the new trees (and the key file) in only once they are complete.
+        for top in TOPS:
+            if (out / top).is_dir() and not (out / top).is_symlink():
                 shutil.rmtree(out / top)
             os.replace(stage / top, out / top)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
+    paths = []
+    for top in map(out.joinpath, TOPS):
+        paths += [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
     files = {p.relative_to(out).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
-             for top in ("tailscale", "nvidia") for p in sorted((out / top).rglob("*"))
-             if p.is_file()}
+             for p in sorted(paths)}
     nv_repos = {
         "nvidia-" + arch: {
             "path": "%s/%s/" % (NV_ROOT.as_posix(), arch), "suites": "/", "components": None,
@@ -381,6 +427,10 @@ def build(out: Path, data_file: Path = DATA_FILE) -> dict:
                 "signing_key": "%s/%s.noarmor.gpg" % (TS_ROOT.as_posix(), TS_SUITE),
                 "signing_key_armored": False,
             },
+            "cloudflared": {
+                "path": CF_ROOT.as_posix() + "/", "suites": CF_SUITE, "components": "main",
+                "signing_key": CF_KEY, "signing_key_armored": False,
+            },
             **nv_repos,
         },
         "packages": {p.name: {"version": p.version, "depends": p.depends,
@@ -392,8 +442,9 @@ def build(out: Path, data_file: Path = DATA_FILE) -> dict:
 
 def pkg_paths(pkg: Package, repo: str) -> list[str]:
     if repo == "tailscale":
-        return ["%s/pool/main/%s/%s/%s" % (TS_ROOT.as_posix(), pkg.name[0], pkg.name,
-                                           pkg.deb_name)]
+        return ["%s/%s" % (TS_ROOT.as_posix(), pool_path(pkg))]
+    if repo == "cloudflared":
+        return ["%s/%s" % (CF_ROOT.as_posix(), pool_path(pkg))]
     return ["%s/%s/%s" % (NV_ROOT.as_posix(), arch, pkg.deb_name) for arch in ARCHES]
 
 

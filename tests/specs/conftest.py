@@ -48,10 +48,10 @@ _CACHE: dict[str, FleetHost] = {}
 
 def _deploy_defaults() -> dict:
     """Every deploy's DEFAULTS: the values a host gets when data does not set them."""
-    from deploys import base, docker, nvidia, tailscale
+    from deploys import base, cloudflared, docker, maintenance, nvidia, tailscale
 
     merged = {}
-    for module in (base, tailscale, nvidia, docker):
+    for module in (base, tailscale, nvidia, docker, maintenance, cloudflared):
         merged.update(module.DEFAULTS)
     return merged
 

@@ -48,7 +48,7 @@ def test_test_target_swaps_only_addresses_connection_and_vendor_sources(fake_rep
     hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
     test = apply_target(hosts, test_fleet, fake_repo, "test")
     # the vendor sources point at the offline mirror; docker comes from Debian
-    assert set(test_fleet["data"]) == {"tailscale_apt", "nvidia_apt", "docker_source"}
+    assert set(test_fleet["data"]) == {"tailscale_apt", "nvidia_apt", "cloudflared_apt", "docker_source"}
     for name, entry in hosts.items():
         changed = {k for k in test[name] if test[name][k] != entry.get(k)}
         assert changed <= {"lan_address", "base_admin_ssh_keys", "ssh_key", "ssh_known_hosts_file",

@@ -30,6 +30,7 @@ KEY_ASC = MIRROR / "keys" / "test-mirror.asc"
 DATA = runpy.run_path(str(REPO / "group_data" / "all.py"))
 TS_VERSION = DATA["tailscale_version"]
 NV_VERSION = DATA["nvidia_container_toolkit_version"]
+CF_VERSION = DATA["cloudflared_version"]
 ARCHES = ("amd64", "arm64")
 TS = "tailscale/stable/debian"
 NV = "nvidia/stable/deb"
@@ -86,14 +87,21 @@ def release_dirs(out: Path) -> list[tuple[Path, Path]]:
 
 def test_layout_and_return_value(built):
     out, info = built
-    assert info["versions"] == {"tailscale": TS_VERSION, "nvidia_container_toolkit": NV_VERSION}
+    assert info["versions"] == {"tailscale": TS_VERSION, "nvidia_container_toolkit": NV_VERSION,
+                                "cloudflared": CF_VERSION}
     expected = [f"{TS}/bookworm.noarmor.gpg", "nvidia/gpgkey",
-                f"{TS}/pool/main/t/tailscale/tailscale_{TS_VERSION}_all.deb"]
+                f"{TS}/pool/main/t/tailscale/tailscale_{TS_VERSION}_all.deb",
+                # cloudflared: checked in detail by test_mirror_cloudflared.py
+                "cloudflare-main.gpg",
+                f"cloudflared/pool/main/c/cloudflared/cloudflared_{CF_VERSION}_all.deb"]
     for name in ("Release", "InRelease", "Release.gpg"):
         expected.append(f"{TS}/dists/bookworm/{name}")
+        expected.append(f"cloudflared/dists/any/{name}")
         expected += [f"{NV}/{a}/{name}" for a in ARCHES]
     for arch in ARCHES:
         expected += [f"{TS}/dists/bookworm/main/binary-{arch}/Packages{ext}" for ext in ("", ".gz")]
+        expected += [f"cloudflared/dists/any/main/binary-{arch}/Packages{ext}"
+                     for ext in ("", ".gz")]
         expected += [f"{NV}/{arch}/Packages{ext}" for ext in ("", ".gz")]
         expected += [f"{NV}/{arch}/{p}_{NV_VERSION}_all.deb" for p in (
             "libnvidia-container1", "libnvidia-container-tools", "nvidia-container-toolkit-base",
@@ -120,7 +128,8 @@ def test_deterministic_and_rebuildable(built, tmp_path):
 
 def test_versions_come_from_the_data_file(tmp_path):
     data = tmp_path / "all.py"
-    data.write_text('tailscale_version = "9.8.7"\nnvidia_container_toolkit_version = "3.2.1-4"\n')
+    data.write_text('tailscale_version = "9.8.7"\nnvidia_container_toolkit_version = "3.2.1-4"\n'
+                    'cloudflared_version = "2030.1.2"\n')
     info = mirror_build.build(tmp_path / "out", data_file=data)
     assert info["packages"]["tailscale"]["version"] == "9.8.7"
     tools = info["packages"]["nvidia-container-toolkit"]

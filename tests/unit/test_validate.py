@@ -199,3 +199,17 @@ def test_tailscale_tags_for_unknown_group(data):
     data.all_data["tailscale_tags_by_group"]["gatway"] = ["tag:gateway"]
     [p] = only(problems(data.fleet()), "tailscale_tags_by_group")
     assert "unknown group 'gatway'" in p.message
+
+
+def test_domain_on_a_host_without_cloudflared(data):
+    data.all_data["fleet_domains"]["agents.blackroad.io"]["tunnel"] = "pi5-beta"
+    [p] = only(problems(data.fleet()), "tunnel")
+    assert p.host == "pi5-beta"
+    assert "is not a host that runs cloudflared" in p.message and "pi5-alpha" in p.fix
+
+
+def test_tunnel_that_cannot_reach_a_loopback_service(data):
+    # api binds 127.0.0.1 on pi5-alpha: the jetson's tunnel cannot reach it
+    data.all_data["fleet_domains"]["api.blackroad.io"]["tunnel"] = "jetson-prime"
+    [p] = only(problems(data.fleet()), "tunnel")
+    assert p.host == "jetson-prime" and "cannot reach pi5-alpha:8000" in p.message
