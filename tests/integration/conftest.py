@@ -44,3 +44,14 @@ def run_specs(selector: str, hosts: str) -> subprocess.CompletedProcess:
          "tests/specs", "-k", selector],
         cwd=REPO, env=env, text=True, capture_output=True, timeout=300,
     )
+
+
+def main_pid(host: str, unit: str) -> str:
+    """A unit's main PID on a test host: unchanged means not restarted."""
+    return docker_exec(host, "systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
+
+
+def settle(log_name: str) -> None:
+    """A plain converge of the whole test fleet changes nothing: the test left it as found."""
+    again = testfleet.converge([], log_name=log_name)
+    assert again["returncode"] == 0 and again["changed"] == 0, again["output"][-3000:]

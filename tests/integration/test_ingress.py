@@ -5,27 +5,19 @@ import json
 import runpy
 
 from fleet import testfleet
-from integration.conftest import docker_exec
+from integration.conftest import docker_exec, main_pid, settle
 
 TUNNELS = ("pi5-alpha", "jetson-prime", "droplet-failover")
-
-
-def main_pid(host: str, unit: str = "cloudflared.service") -> str:
-    return docker_exec(host, "systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
-
-
-def settle(log_name: str) -> None:
-    again = testfleet.converge([], log_name=log_name)
-    assert again["returncode"] == 0 and again["changed"] == 0, again["output"][-3000:]
+UNIT = "cloudflared.service"
 
 
 def test_domain_map_change_restarts_only_that_tunnel():
     domains = runpy.run_path(str(testfleet.REPO / "group_data" / "all.py"))["fleet_domains"]
     domains = dict(domains, **{"docs.blackroad.io": {"host": "pi5-alpha", "port": 3000, "tunnel": "pi5-alpha"}})
-    before = {h: main_pid(h) for h in TUNNELS}
+    before = {h: main_pid(h, UNIT) for h in TUNNELS}
     run = testfleet.converge(["--data", f"fleet_domains={json.dumps(domains)}"], log_name="converge-domains")
     assert run["returncode"] == 0, run["output"][-3000:]
-    after = {h: main_pid(h) for h in TUNNELS}
+    after = {h: main_pid(h, UNIT) for h in TUNNELS}
     assert [h for h in TUNNELS if before[h] != after[h]] == ["pi5-alpha"]
     rule = docker_exec("pi5-alpha", "cloudflared", "tunnel", "--config", "/etc/cloudflared/config.yml",
                        "ingress", "rule", "https://docs.blackroad.io").stdout
@@ -37,14 +29,14 @@ def test_domain_map_change_restarts_only_that_tunnel():
 
 def test_ingress_without_catch_all_fails_before_restart():
     host = "pi5-alpha"
-    pid = main_pid(host)
+    pid = main_pid(host, UNIT)
     config = docker_exec(host, "cat", "/etc/cloudflared/config.yml").stdout
     bad = testfleet.converge(["--limit", host, "--data", "cloudflared_catch_all_service="],
                              log_name="converge-no-catch-all")
     assert bad["returncode"] != 0
     assert "The last ingress rule must match all URLs" in bad["output"]
     assert "validation failed: /etc/cloudflared/config.yml left unchanged" in bad["output"]
-    assert main_pid(host) == pid, "cloudflared must not restart"
+    assert main_pid(host, UNIT) == pid, "cloudflared must not restart"
     assert docker_exec(host, "systemctl", "is-active", "cloudflared").stdout.strip() == "active"
     assert docker_exec(host, "cat", "/etc/cloudflared/config.yml").stdout == config
     settle("converge-after-no-catch-all")

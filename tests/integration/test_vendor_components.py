@@ -8,13 +8,9 @@ import json
 import runpy
 
 from fleet import testfleet
-from integration.conftest import docker_exec
+from integration.conftest import docker_exec, main_pid, settle
 
 AGENTS = ("pi5-alpha", "pi5-beta")
-
-
-def main_pid(host: str, unit: str) -> str:
-    return docker_exec(host, "systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
 
 
 def pids(units=("docker.service", "tailscaled.service", "ssh.service")) -> dict:
@@ -29,11 +25,6 @@ def pids(units=("docker.service", "tailscaled.service", "ssh.service")) -> dict:
 
 def ts_status(host: str) -> dict:
     return json.loads(docker_exec(host, "tailscale", "status", "--json").stdout)
-
-
-def settle(log_name: str) -> None:
-    again = testfleet.converge([], log_name=log_name)
-    assert again["returncode"] == 0 and again["changed"] == 0, again["output"][-3000:]
 
 
 def test_group_data_change_restarts_docker_once_on_that_group_only(tmp_path):

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from mirror.checks import parse_stanzas, private_apt, sha256
+
 REPO = Path(__file__).resolve().parents[2]
 MIRROR = REPO / "tests" / "mirror"
 KEY_BIN = MIRROR / "keys" / "test-mirror.gpg"
@@ -58,23 +60,7 @@ def built(tmp_path_factory):
     return out, mirror_build.build(out)
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
-
-def parse_stanzas(text: str) -> list[dict]:
-    """deb822 stanzas; continuation lines are kept, joined with newlines."""
-    stanzas = []
-    for block in text.strip("\n").split("\n\n"):
-        fields, key = {}, None
-        for line in block.splitlines():
-            if line[:1] in (" ", "\t") and key:
-                fields[key] += "\n" + line[1:]
-            else:
-                key, _, value = line.partition(":")
-                fields[key] = value.strip()
-        stanzas.append(fields)
-    return stanzas
 
 
 def release_dirs(out: Path) -> list[tuple[Path, Path]]:
@@ -215,35 +201,15 @@ def test_packages_entries_match_the_debs(built):
 def test_apt_accepts_the_signed_sources(built, tmp_path, arch):
     """A private apt (no system lists, keys or sources) updates and downloads from file: URIs."""
     out, _ = built
-    for d in ("sources", "trusted", "prefs", "state/lists/partial", "cache/archives/partial", "dl"):
-        (tmp_path / d).mkdir(parents=True)
-    (tmp_path / "sources" / "mirror.sources").write_text(
+    apt = private_apt(
+        tmp_path,
         f"Types: deb\nURIs: file://{out}/{TS}/\nSuites: bookworm\nComponents: main\n"
         f"Signed-By: {out}/{TS}/bookworm.noarmor.gpg\n\n"
         f"Types: deb\nURIs: file://{out}/{NV}/{arch}/\nSuites: /\n"
-        f"Signed-By: {out}/nvidia/gpgkey\n")
-    # A private dpkg status in which the non-stand-in dependencies are already installed.
-    (tmp_path / "status").write_text("".join(
-        f"Package: {pkg}\nStatus: install ok installed\nPriority: optional\n"
-        f"Maintainer: x <x@x>\nArchitecture: {arch}\nVersion: 99\nDescription: stub\n\n"
-        for pkg in ("libc6", "python3")))
-    opts = []
-    for key, value in {
-        "Dir::Etc::SourceList": "/dev/null", "Dir::Etc::SourceParts": tmp_path / "sources",
-        "Dir::Etc::Trusted": tmp_path / "trusted" / "none.gpg",
-        "Dir::Etc::TrustedParts": tmp_path / "trusted",
-        "Dir::Etc::PreferencesParts": tmp_path / "prefs", "Dir::State": tmp_path / "state",
-        "Dir::State::status": tmp_path / "status", "Dir::Cache": tmp_path / "cache",
-        "Debug::NoLocking": "1", "APT::Sandbox::User": "root",
-        "APT::Architecture": arch, "APT::Architectures": arch,
-    }.items():
-        opts += ["-o", f"{key}={value}"]
-
-    def apt(*args):
-        res = subprocess.run(["apt-get", *opts, *args], capture_output=True, text=True,
-                             timeout=60, cwd=tmp_path / "dl")
-        assert res.returncode == 0, res.stdout + res.stderr
-        return res.stdout + res.stderr
+        f"Signed-By: {out}/nvidia/gpgkey\n",
+        installed=["libc6", "python3"],  # the non-stand-in dependencies
+        arch=arch,
+    )
 
     update = apt("update")
     assert "NO_PUBKEY" not in update and "not signed" not in update and "W:" not in update

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from mirror.checks import parse_stanzas, private_apt, sha256
+
 REPO = Path(__file__).resolve().parents[2]
 MIRROR = REPO / "tests" / "mirror"
 KEY_BIN = MIRROR / "keys" / "test-mirror.gpg"
@@ -68,22 +70,7 @@ def cf_root(built, tmp_path_factory):
     return root
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
-
-def parse_stanzas(text: str) -> list[dict]:
-    stanzas = []
-    for block in text.strip("\n").split("\n\n"):
-        fields, key = {}, None
-        for line in block.splitlines():
-            if line[:1] in (" ", "\t") and key:
-                fields[key] += "\n" + line[1:]
-            else:
-                key, _, value = line.partition(":")
-                fields[key] = value.strip()
-        stanzas.append(fields)
-    return stanzas
 
 
 # --- the repository --------------------------------------------------------------------
@@ -223,32 +210,13 @@ def test_apt_accepts_the_signed_source(built, tmp_path):
     """A private apt (no system lists, keys or sources) updates and downloads from file: URIs,
     through a source written like Cloudflare's own."""
     out, _ = built
-    for d in ("sources", "trusted", "prefs", "state/lists/partial", "cache/archives/partial", "dl"):
-        (tmp_path / d).mkdir(parents=True)
-    (tmp_path / "sources" / "cloudflared.sources").write_text(
+    apt = private_apt(
+        tmp_path,
         f"Types: deb\nURIs: file://{out}/cloudflared\nSuites: any\nComponents: main\n"
-        f"Signed-By: {out}/cloudflare-main.gpg\n")
-    (tmp_path / "status").write_text("".join(
-        f"Package: {pkg}\nStatus: install ok installed\nPriority: optional\n"
-        f"Maintainer: x <x@x>\nArchitecture: amd64\nVersion: 99\nDescription: stub\n\n"
-        for pkg in ("python3", "python3-yaml")))
-    opts = []
-    for key, value in {
-        "Dir::Etc::SourceList": "/dev/null", "Dir::Etc::SourceParts": tmp_path / "sources",
-        "Dir::Etc::Trusted": tmp_path / "trusted" / "none.gpg",
-        "Dir::Etc::TrustedParts": tmp_path / "trusted",
-        "Dir::Etc::PreferencesParts": tmp_path / "prefs", "Dir::State": tmp_path / "state",
-        "Dir::State::status": tmp_path / "status", "Dir::Cache": tmp_path / "cache",
-        "Debug::NoLocking": "1", "APT::Sandbox::User": "root",
-        "APT::Architecture": "amd64", "APT::Architectures": "amd64",
-    }.items():
-        opts += ["-o", f"{key}={value}"]
-
-    def apt(*args):
-        res = subprocess.run(["apt-get", *opts, *args], capture_output=True, text=True,
-                             timeout=60, cwd=tmp_path / "dl")
-        assert res.returncode == 0, res.stdout + res.stderr
-        return res.stdout + res.stderr
+        f"Signed-By: {out}/cloudflare-main.gpg\n",
+        installed=["python3", "python3-yaml"],
+        arch="amd64",
+    )
 
     update = apt("update")
     assert "NO_PUBKEY" not in update and "not signed" not in update and "W:" not in update
