@@ -13,7 +13,7 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from fleet.ops import secret_file, validated_file
+from fleet.ops import keep_running, secret_file, validated_file
 from fleet.render import render
 from fleet.secrets import host_key_name, public_host_key, secret
 
@@ -215,18 +215,7 @@ def _sshd():
             restarted=True,
             _if=socket_off.did_change,
         )
-    systemd.service(
-        name="Enable sshd",
-        service="ssh.service",
-        running=True,
-        enabled=True,
-    )
-    systemd.service(
-        name="Reload sshd",
-        service="ssh.service",
-        reloaded=True,
-        _if=any_changed(key, public, config),
-    )
+    keep_running("sshd", "ssh.service", any_changed(key, public, config), why="", reload=True)
 
 
 def _text(content: str) -> StringIO:

@@ -15,11 +15,11 @@ from io import StringIO
 import yaml
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, server
 from pyinfra.operations.util import any_changed
 
 from fleet.aptsource import vendor_apt_source
-from fleet.ops import secret_file, validated_file
+from fleet.ops import keep_running, secret_file, validated_file
 from fleet.render import header, render
 from fleet.secrets import CLOUDFLARED_CREDENTIALS_FILE, cloudflared_credentials_key, secret
 
@@ -137,16 +137,5 @@ def cloudflared():
         dest=UNIT,
         mode="644",
     )
-    systemd.daemon_reload(name="Reload systemd for the cloudflared unit", _if=unit.did_change)
-    systemd.service(
-        name="Enable cloudflared",
-        service="cloudflared.service",
-        running=True,
-        enabled=True,
-    )
-    systemd.service(
-        name="Restart cloudflared for its new config or credentials",
-        service="cloudflared.service",
-        restarted=True,
-        _if=any_changed(config, credentials, unit),
-    )
+    keep_running("cloudflared", "cloudflared.service", any_changed(config, credentials, unit),
+                 why="for its new config or credentials", unit_file=unit)

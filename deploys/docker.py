@@ -15,10 +15,10 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, server
 
 from fleet.aptsource import vendor_apt_source
-from fleet.ops import validated_file
+from fleet.ops import keep_running, validated_file
 
 DEFAULTS = {
     # Where the engine comes from: "docker-ce" (Docker's repository) or "distribution"
@@ -136,13 +136,7 @@ def docker():
         validate=validate,
         mode="644",
     )
-    systemd.service(name="Enable docker", service="docker.service", running=True, enabled=True)
-    systemd.service(
-        name="Restart docker for its new daemon.json",
-        service="docker.service",
-        restarted=True,
-        _if=config.did_change,
-    )
+    keep_running("docker", "docker.service", config.did_change, why="for its new daemon.json")
     server.user(
         name="Add the admin user to the docker group",
         user=host.data.ssh_user,

@@ -8,9 +8,10 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files, systemd
+from pyinfra.operations import files
 from pyinfra.operations.util import any_changed
 
+from fleet.ops import keep_running
 from fleet.render import render
 
 DEFAULTS = {
@@ -40,8 +41,5 @@ def maintenance():
         dest=UNIT,
         mode="644",
     )
-    systemd.daemon_reload(name="Reload systemd for the maintenance unit", _if=unit.did_change)
-    systemd.service(name="Enable the maintenance page", service="maintenance-page.service",
-                    running=True, enabled=True)
-    systemd.service(name="Restart the maintenance page", service="maintenance-page.service",
-                    restarted=True, _if=any_changed(script, unit))
+    keep_running("the maintenance page", "maintenance-page.service", any_changed(script, unit),
+                 why="", unit_file=unit)

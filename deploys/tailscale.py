@@ -12,10 +12,10 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files
 
 from fleet.aptsource import vendor_apt_source
-from fleet.ops import secret_file
+from fleet.ops import keep_running, secret_file
 from fleet.render import render
 from fleet.secrets import TAILSCALE_AUTHKEY, TAILSCALE_AUTHKEY_FILE
 
@@ -97,18 +97,7 @@ def tailscale():
         dest="/etc/default/tailscaled",
         mode="644",
     )
-    systemd.service(
-        name="Enable tailscaled",
-        service="tailscaled.service",
-        running=True,
-        enabled=True,
-    )
-    systemd.service(
-        name="Restart tailscaled for its new port or flags",
-        service="tailscaled.service",
-        restarted=True,
-        _if=defaults.did_change,
-    )
+    keep_running("tailscaled", "tailscaled.service", defaults.did_change, why="for its new port or flags")
     files.directory(
         name="Create /etc/tailscale (root only)",
         path=TAILSCALE_AUTHKEY_FILE.rsplit("/", 1)[0],

@@ -57,19 +57,6 @@ class Fleet:
     def known_groups(self) -> list[str]:
         return sorted(self.group_data)
 
-    def bind_addresses(self, host: Host, scopes: list[str]) -> list[str]:
-        """Concrete addresses for a service's bind scopes on one host."""
-        out = []
-        for scope in scopes:
-            if scope == "loopback":
-                out.append("127.0.0.1")
-            elif scope == "tailnet":
-                out.append(host.tailnet_address)
-            elif scope == "lan":
-                out.append(host.lan_address)
-            else:
-                raise ValueError(f"unknown bind scope {scope!r}")
-        return out
 
 
 def _public(namespace: dict[str, Any]) -> dict[str, Any]:
