@@ -117,6 +117,21 @@ TEST_FLEET = {
             "key_file": "cloudflare-main.gpg",
         },
         "docker_source": "distribution",
+        # Ollama release files and the vLLM image archive, built by the test suite
+        # (tests/mirror/llm_release.py) and served by the same mirror. Their checksums are in
+        # built_data below: the vLLM stand-in image carries Debian's Python, so its hash
+        # follows Debian's point releases and cannot be a literal here.
+        "ollama_release_url": "http://100.100.0.250/ollama/v{version}",
+        "vllm_image": "fleet-test/vllm-standin:0.8.6",
+        "vllm_image_archive_url": "http://100.100.0.250/vllm/vllm-standin.tar",
+    },
+    # Data the test suite computes when it builds the mirror (make fleet-up): the checksums
+    # of the stand-in Ollama release and vLLM image archive. Merged over "data".
+    "built_data": ".state/testfleet/mirror/built-data.json",
+    # What a JetPack image has in /etc/nv_tegra_release; the test fleet writes it at "flash"
+    # time so the Ollama deploy takes the Jetson path (the JetPack add-on) as on the real host.
+    "l4t_release_files": {
+        "jetson-prime": "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025",
     },
     "lan_addresses": {
         "pi5-alpha": "100.101.0.1/16",

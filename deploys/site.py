@@ -9,6 +9,7 @@ from pyinfra import host
 from deploys.base import base
 from deploys.cloudflared import cloudflared
 from deploys.docker import docker
+from deploys.llm import llm
 from deploys.maintenance import maintenance
 from deploys.nvidia import nvidia
 from deploys.tailscale import tailscale
@@ -20,6 +21,8 @@ if "gpu" in host.groups:
     nvidia()  # before docker: daemon.json names its runtime
 if host.data.get("docker_enabled"):
     docker()
+if "llm" in host.groups:
+    llm()  # after docker: vLLM runs as a container
 if "failover" in host.groups:
     maintenance()  # before the tunnel that routes to it
 if set(host.groups) & set(CLOUDFLARED_GROUPS):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -101,6 +102,7 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
                 f"the test fleet's SSH key {key} does not exist. Fix: run `make fleet-up` first."
             )
         pubkey = key.with_suffix(".pub").read_text().strip()
+        built = built_data(repo, test_fleet)
         for name, entry in hosts.items():
             if name not in test_fleet["lan_addresses"]:
                 raise FleetConfigError(
@@ -109,6 +111,7 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
                 )
             entry["lan_address"] = test_fleet["lan_addresses"][name]
             entry.update(copy.deepcopy(test_fleet.get("data", {})))
+            entry.update(copy.deepcopy(built))
             entry["base_admin_ssh_keys"] = [pubkey]
             entry["ssh_key"] = str(key)
     bootstrap = bootstrap_hosts(hosts)
@@ -121,6 +124,22 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
         if address:
             entry["ssh_hostname"] = address.split("/")[0]
     return hosts
+
+
+def built_data(repo: Path, test_fleet: dict) -> dict:
+    """TEST_FLEET["built_data"]: data the test suite wrote when it built the mirror."""
+    if not test_fleet.get("built_data"):
+        return {}
+    path = repo / test_fleet["built_data"]
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FleetConfigError(f"{path} does not exist. Fix: run `make fleet-up` first.") from None
+    except ValueError as exc:
+        raise FleetConfigError(f"{path} is not JSON ({exc}). Fix: run `make fleet-up` again.") from None
+    if not isinstance(data, dict):
+        raise FleetConfigError(f"{path} must hold a JSON object. Fix: run `make fleet-up` again.")
+    return data
 
 
 def offered_keys(entry: dict) -> set[str]:
@@ -169,7 +188,7 @@ def check_vault(fleet: Fleet) -> None:
         raise FleetConfigError(f"vault: {exc}. No host was touched.") from None
     found = []
     for host in fleet.hosts.values():
-        for item in fleet_secrets.secret_files(host.name, host.groups):
+        for item in fleet_secrets.secret_files(host.name, host.groups, host.data):
             if item.key not in data:
                 how = ("python -m fleet.vault hostkeys" if item.key.startswith("ssh_host_")
                        else f"python -m fleet.vault set {item.key}")

@@ -55,11 +55,12 @@ def validated_file(
 
 
 @operation()
-def secret_file(key: str, dest: str, user: str, group: str, mode: str = "600"):
+def secret_file(key: str, dest: str, user: str, group: str, mode: str = "600", fmt: str = "{value}"):
     """Install the vault secret `key` as the file `dest` (owner user:group, mode 0600).
 
     + key: the vault key (its name, never its value, is this operation's argument)
     + dest: the file on the host; its directory must exist
+    + fmt: the file's content around the value ("VLLM_API_KEY={value}\n" for an env file)
 
     The value goes over SFTP, without sudo, into a 0700 directory in the admin user's home
     (pyinfra's own sudo upload would stage it world-readable in /tmp), then root copies it
@@ -69,7 +70,7 @@ def secret_file(key: str, dest: str, user: str, group: str, mode: str = "600"):
     """
     from fleet.secrets import secret
 
-    data = secret(key).encode()
+    data = fmt.format(value=secret(key)).encode()
     current = host.get_fact(File, path=dest)
     if current and host.get_fact(Sha256File, path=dest) == hashlib.sha256(data).hexdigest():
         if (current.get("user"), current.get("group"), current.get("mode")) == (user, group, int(mode)):
@@ -126,12 +127,14 @@ def keep_running(label: str, unit: str, changed, *, why: str, reload: bool = Fal
     + changed: a callable, e.g. config.did_change or any_changed(a, b)
     + why: the end of the restart operation's name ("for its new daemon.json")
     + reload: reload instead of restart (sshd re-reads its config and listeners on SIGHUP)
-    + unit_file: the operation that installs the unit file; systemd reloads its units first
+    + unit_file: the operation that installs the unit file (or a callable saying whether any
+      unit file or drop-in changed); systemd reloads its units first
     """
     from pyinfra.operations import systemd
 
     if unit_file is not None:
-        systemd.daemon_reload(name=f"Reload systemd for {unit}", _if=unit_file.did_change)
+        units_changed = getattr(unit_file, "did_change", unit_file)
+        systemd.daemon_reload(name=f"Reload systemd for {unit}", _if=units_changed)
     systemd.service(name=f"Enable {label}", service=unit, running=True, enabled=True)
     verb = "Reload" if reload else "Restart"
     return systemd.service(

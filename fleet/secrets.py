@@ -40,6 +40,11 @@ class SecretFile:
     user: str
     group: str
     mode: str = "600"
+    # How the value is written: "{value}" as is, or wrapped, e.g. "VLLM_API_KEY={value}\n".
+    fmt: str = "{value}"
+
+    def content(self, value: str) -> str:
+        return self.fmt.format(value=value)
 
 
 TAILSCALE_AUTHKEY = "tailscale_authkey"
@@ -55,12 +60,19 @@ def cloudflared_credentials_key(host: str) -> str:
     return f"cloudflared_credentials/{host}"
 
 
+# vLLM reads its API key from the environment; Docker passes it from this file (never argv).
+VLLM_API_KEY = "vllm_api_key"
+VLLM_ENV_FILE = "/etc/fleet/vllm.env"
+VLLM_ENV_FORMAT = "VLLM_API_KEY={value}\n"
+
+
 def host_key_name(host: str) -> str:
     return f"ssh_host_ed25519_key/{host}"
 
 
-def secret_files(host: str, groups: tuple[str, ...] | list[str]) -> list[SecretFile]:
-    """Every secret file a host gets. The deploys install these; the specs check them."""
+def secret_files(host: str, groups: tuple[str, ...] | list[str], data: dict | None = None) -> list[SecretFile]:
+    """Every secret file a host gets. The deploys install these; the specs check them.
+    `data`: the host's effective data (which LLM engine it runs)."""
     files = [
         SecretFile(host_key_name(host), "/etc/ssh/ssh_host_ed25519_key", "root", "root"),
         # tailscaled runs as root and reads the key only through `up --auth-key=file:`
@@ -69,6 +81,8 @@ def secret_files(host: str, groups: tuple[str, ...] | list[str]) -> list[SecretF
     if set(groups) & set(CLOUDFLARED_GROUPS):
         files.append(SecretFile(cloudflared_credentials_key(host), CLOUDFLARED_CREDENTIALS_FILE,
                                 "cloudflared", "cloudflared"))
+    if "llm" in groups and (data or {}).get("llm_engine") == "vllm":
+        files.append(SecretFile(VLLM_API_KEY, VLLM_ENV_FILE, "root", "root", fmt=VLLM_ENV_FORMAT))
     return files
 
 

@@ -217,12 +217,16 @@ def start_host(name: str, entry: dict, test_fleet: dict, image: str, pubkey: str
     docker("network", "connect", "--ip", lan, nets[1], name)
 
 
-def flash_host(name: str, entry: dict, pubkey: str) -> str:
-    """First boot of a freshly flashed host; returns its SSH host key line."""
+def flash_host(name: str, entry: dict, pubkey: str, l4t_release: str | None = None) -> str:
+    """First boot of a freshly flashed host; returns its SSH host key line. `l4t_release`:
+    the /etc/nv_tegra_release line a JetPack image has (Jetson hosts only)."""
     wait_for(lambda: docker("exec", name, "systemctl", "is-system-running", check=False)
              .stdout.strip() in ("running", "degraded"), f"systemd in {name}", timeout=90)
     docker("exec", "-e", f"FLEET_USER={entry['ssh_user']}", "-e", f"FLEET_PUBKEY={pubkey}",
            name, "sh", "-c", FLASH_SCRIPT)
+    if l4t_release:
+        docker("exec", "-e", f"L4T={l4t_release}", name, "sh", "-c",
+               'printf "%s\n" "$L4T" > /etc/nv_tegra_release')
     return docker("exec", name, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2]
 
 
@@ -236,6 +240,10 @@ def ensure_mirror(test_fleet: dict, image: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, str(REPO / "tests" / "mirror" / "build.py"), str(out)], check=True,
                    stdout=subprocess.DEVNULL)
+    # Ollama release files and the vLLM image archive; their checksums become test data.
+    subprocess.run([sys.executable, str(REPO / "tests" / "mirror" / "llm_release.py"), str(out),
+                    "--base-image", image, "--data", str(REPO / test_fleet["built_data"])],
+                   check=True, stdout=subprocess.DEVNULL)
     address = test_fleet["mirror_address"]
     if docker("inspect", "-f", "{{.State.Running}}", MIRROR, check=False).stdout.strip() != "true":
         docker("rm", "-f", MIRROR, check=False)
@@ -267,7 +275,8 @@ def up() -> None:
     known = {}
     for name in hosts:
         if name in fresh:
-            known[name] = flash_host(name, hosts[name], pubkey)
+            known[name] = flash_host(name, hosts[name], pubkey,
+                                     test_fleet.get("l4t_release_files", {}).get(name))
         else:
             known[name] = docker("exec", name, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2]
     lines = []

@@ -262,6 +262,46 @@ def check_tailscale_tags(fleet: Fleet) -> list[Problem]:
     return problems
 
 
+SHA256 = re.compile(r"[0-9a-f]{64}")
+LLM_ENGINES = ("ollama", "vllm")
+
+
+def check_llm(fleet: Fleet) -> list[Problem]:
+    """llm hosts: a known engine, and what that engine needs to install safely."""
+    problems = []
+    for host in fleet.hosts.values():
+        if "llm" not in host.groups:
+            continue
+        data = host.data
+        engine = data.get("llm_engine", "ollama")
+        if engine not in LLM_ENGINES:
+            problems.append(Problem(host.name, "llm_engine", f"{engine!r} is not an engine.",
+                                    f"set it to one of {', '.join(LLM_ENGINES)} in inventory.py."))
+        elif engine == "ollama":
+            asset = f"ollama-linux-{data.get('arch')}.tar.zst"
+            if not SHA256.fullmatch(str((data.get("ollama_sha256") or {}).get(asset, ""))):
+                problems.append(Problem(
+                    host.name, "ollama_sha256",
+                    f"has no SHA-256 for {asset} (ollama_version {data.get('ollama_version')}); "
+                    "the release is never installed unchecked.",
+                    "copy it (and the JetPack add-on's, on a Jetson) from the release's "
+                    "sha256sum.txt into group_data/llm.py."))
+            models = data.get("ollama_models", [])
+            if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+                problems.append(Problem(host.name, "ollama_models", f"{models!r} is not a list of model names.",
+                                        "write it like ['qwen2.5:7b']."))
+        else:
+            if data.get("vllm_image_archive_url") and not SHA256.fullmatch(str(data.get("vllm_image_archive_sha256", ""))):
+                problems.append(Problem(host.name, "vllm_image_archive_sha256",
+                                        "is missing or not a SHA-256, but vllm_image_archive_url is set.",
+                                        "add the archive's sha256sum next to its URL."))
+            max_len = data.get("vllm_max_model_len", 4096)
+            if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len <= 0:
+                problems.append(Problem(host.name, "vllm_max_model_len", f"{max_len!r} is not a positive integer.",
+                                        "write the model's maximum context in tokens, e.g. 4096."))
+    return problems
+
+
 def key_id(line: str) -> str:
     """'type base64' of an OpenSSH public key line (the comment does not matter)."""
     return " ".join(line.split()[:2])
@@ -298,6 +338,7 @@ RULES = (
     check_group_conflicts,
     check_admin,
     check_tailscale_tags,
+    check_llm,
 )
 
 

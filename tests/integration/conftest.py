@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,9 +37,11 @@ def wait_until(check, what: str, timeout: float = 20, interval: float = 0.25) ->
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def run_specs(selector: str, hosts: str) -> subprocess.CompletedProcess:
-    """Run the spec suite (as `make verify` does) for some hosts; return the finished run."""
-    env = dict(os.environ, FLEET_TARGET="test", FLEET_SPEC_HOSTS=hosts)
+def run_specs(selector: str, hosts: str, data: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the spec suite (as `make verify` does) for some hosts; return the finished run.
+    `data`: what the converge under test was given with --data (FLEET_SPEC_DATA)."""
+    env = dict(os.environ, FLEET_TARGET="test", FLEET_SPEC_HOSTS=hosts,
+               FLEET_SPEC_DATA=json.dumps(data or {}))
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "testpaths=",
          "tests/specs", "-k", selector],

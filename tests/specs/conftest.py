@@ -6,6 +6,7 @@ and data the deploys use.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,14 +45,17 @@ def _load():
 _ENTRIES, _FLEET = _load()
 _TARGET = target_from_env()
 _CACHE: dict[str, FleetHost] = {}
+# Data the converge under test was given on the command line (pyinfra --data), e.g.
+# {"llm_engine": "vllm"} when a test converged the llm host with the other engine.
+_OVERRIDES = json.loads(os.environ.get("FLEET_SPEC_DATA") or "{}")
 
 
 def _deploy_defaults() -> dict:
     """Every deploy's DEFAULTS: the values a host gets when data does not set them."""
-    from deploys import base, cloudflared, docker, maintenance, nvidia, tailscale
+    from deploys import base, cloudflared, docker, llm, maintenance, nvidia, ollama, tailscale, vllm
 
     merged = {}
-    for module in (base, tailscale, nvidia, docker, maintenance, cloudflared):
+    for module in (base, tailscale, nvidia, docker, llm, ollama, vllm, maintenance, cloudflared):
         merged.update(module.DEFAULTS)
     return merged
 
@@ -68,10 +72,15 @@ def _testinfra_host(entry: dict, sudo: bool) -> testinfra.host.Host:
     return testinfra.get_host(f"ssh://{user}@{address}", **kwargs)
 
 
+def fleet_entries() -> dict:
+    """Every host's inventory entry with its connection settings (ssh user, key, known_hosts)."""
+    return _ENTRIES
+
+
 def fleet_host(name: str) -> FleetHost:
     if name not in _CACHE:
         model = _FLEET.hosts[name]
-        data = {**_deploy_defaults(), **model.data}
+        data = {**_deploy_defaults(), **model.data, **_OVERRIDES}
         entry = _ENTRIES[name]
         _CACHE[name] = FleetHost(
             name=name, groups=model.groups, data=data,
@@ -87,8 +96,9 @@ def pytest_generate_tests(metafunc):
         # one case per (host, secret file), so each fails on its own
         from fleet.secrets import secret_files
 
-        pairs = [(name, item) for name, h in _FLEET.hosts.items()
-                 if not only or name in only.split(",") for item in secret_files(name, h.groups)]
+        defaults = _deploy_defaults()
+        pairs = [(name, item) for name, h in _FLEET.hosts.items() if not only or name in only.split(",")
+                 for item in secret_files(name, h.groups, {**defaults, **h.data, **_OVERRIDES})]
         metafunc.parametrize(("fh", "secret_file"), pairs, indirect=["fh"],
                              ids=[f"{name}-{item.path}" for name, item in pairs])
         return
@@ -99,7 +109,7 @@ def pytest_generate_tests(metafunc):
         applies = marker.args[0] if marker else (lambda groups, data: True)
         defaults = _deploy_defaults()
         names = [n for n, h in _FLEET.hosts.items()
-                 if (not only or n in only.split(",")) and applies(h.groups, {**defaults, **h.data})]
+                 if (not only or n in only.split(",")) and applies(h.groups, {**defaults, **h.data, **_OVERRIDES})]
         metafunc.parametrize("fh", names, indirect=True, ids=names)
 
 

@@ -15,7 +15,7 @@ def test_sec01_secret_file_private(fh, secret_file):
 
 def test_sec02_secret_file_matches_vault(fh, secret_file):
     """sec-02: each secret file holds the vault's current value (compared by hash, never read back)."""
-    wanted = hashlib.sha256(secret(secret_file.key).encode()).hexdigest()
+    wanted = hashlib.sha256(secret_file.content(secret(secret_file.key)).encode()).hexdigest()
     assert fh.host.file(secret_file.path).sha256sum == wanted
 
 

@@ -1,5 +1,6 @@
 """inventory.py as pyinfra sees it: groups, targets, and bad data stopping the CLI early."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import pytest
 from fleet.inventory import FleetConfigError, apply_target, prepare, pyinfra_groups, read_inventory_data
 
 REPO = Path(__file__).resolve().parents[2]
+BUILT = {"ollama_sha256": {f"ollama-linux-{arch}.tar.zst": "ab" * 32 for arch in ("amd64", "arm64")},
+         "vllm_image_archive_sha256": "cd" * 32}
 
 
 @pytest.fixture
@@ -22,6 +25,9 @@ def fake_repo(tmp_path):
     key_dir.mkdir(parents=True)
     (key_dir / "id_ed25519").write_text("not used by these tests\n")
     (key_dir / "id_ed25519.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFleetTestKey test\n")
+    # what tests/mirror/llm_release.py writes at fleet-up: the stand-in artifacts' checksums
+    (key_dir / "mirror").mkdir()
+    (key_dir / "mirror" / "built-data.json").write_text(json.dumps(BUILT))
     return tmp_path
 
 
@@ -48,13 +54,23 @@ def test_test_target_swaps_only_addresses_connection_and_vendor_sources(fake_rep
     hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
     test = apply_target(hosts, test_fleet, fake_repo, "test")
     # the vendor sources point at the offline mirror; docker comes from Debian
-    assert set(test_fleet["data"]) == {"tailscale_apt", "nvidia_apt", "cloudflared_apt", "docker_source"}
+    # and the LLM engines' release files and image at the test suite's stand-in builds
+    assert set(test_fleet["data"]) == {"tailscale_apt", "nvidia_apt", "cloudflared_apt", "docker_source",
+                                       "ollama_release_url", "vllm_image", "vllm_image_archive_url"}
     for name, entry in hosts.items():
         changed = {k for k in test[name] if test[name][k] != entry.get(k)}
         assert changed <= {"lan_address", "base_admin_ssh_keys", "ssh_key", "ssh_known_hosts_file",
-                           "ssh_strict_host_key_checking", "ssh_hostname", *test_fleet["data"]}
+                           "ssh_strict_host_key_checking", "ssh_hostname", *test_fleet["data"], *BUILT}
+        assert test[name]["ollama_sha256"] == BUILT["ollama_sha256"]
         assert test[name]["ssh_hostname"] == entry["tailnet_address"]
         assert test[name]["lan_address"].startswith("100.101.")
+
+
+def test_missing_built_data_is_a_clear_error(fake_repo):
+    (fake_repo / ".state" / "testfleet" / "mirror" / "built-data.json").unlink()
+    hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
+    with pytest.raises(FleetConfigError, match="built-data.json does not exist. Fix: run `make fleet-up` first"):
+        apply_target(hosts, test_fleet, fake_repo, "test")
 
 
 def test_connect_over_lan(fake_repo, monkeypatch):

@@ -213,3 +213,34 @@ def test_tunnel_that_cannot_reach_a_loopback_service(data):
     data.all_data["fleet_domains"]["api.blackroad.io"]["tunnel"] = "jetson-prime"
     [p] = only(problems(data.fleet()), "tunnel")
     assert p.host == "jetson-prime" and "cannot reach pi5-alpha:8000" in p.message
+
+
+def test_llm_engine_must_be_known(data):
+    data.hosts["jetson-prime"]["llm_engine"] = "llamacpp"
+    [p] = only(problems(data.fleet()), "llm_engine")
+    assert p.host == "jetson-prime" and "'llamacpp' is not an engine" in p.message and "ollama, vllm" in p.fix
+
+
+def test_ollama_without_a_checksum_is_refused(data):
+    data.group_data["llm"]["ollama_sha256"] = {}
+    [p] = only(problems(data.fleet()), "ollama_sha256")
+    assert p.host == "jetson-prime"
+    assert "no SHA-256 for ollama-linux-arm64.tar.zst" in p.message and "sha256sum.txt" in p.fix
+
+
+def test_ollama_models_must_be_names(data):
+    data.group_data["llm"]["ollama_models"] = "qwen2.5:7b"
+    [p] = only(problems(data.fleet()), "ollama_models")
+    assert "not a list of model names" in p.message
+
+
+def test_vllm_archive_needs_its_checksum_and_context_is_positive(data):
+    data.hosts["jetson-prime"].update(llm_engine="vllm", vllm_image_archive_url="http://mirror/v.tar",
+                                      vllm_max_model_len="4k")
+    found = problems(data.fleet())
+    assert only(found, "vllm_image_archive_sha256")[0].host == "jetson-prime"
+    assert "'4k' is not a positive integer" in only(found, "vllm_max_model_len")[0].message
+    # a vLLM host needs no Ollama checksum
+    data.group_data["llm"]["ollama_sha256"] = {}
+    data.hosts["jetson-prime"].update(vllm_image_archive_url="", vllm_max_model_len=4096)
+    assert problems(data.fleet()) == []
