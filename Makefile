@@ -11,7 +11,7 @@ FLEET_TARGET ?= fleet
 export FLEET_TARGET
 PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
 
-.PHONY: help setup lock check plan converge verify fleet-up fleet-down demo test unit bench vault-init vault-edit edge-plan edge-apply
+.PHONY: help setup lock check plan converge verify llm-check fleet-up fleet-down demo test unit bench vault-init vault-edit edge-plan edge-apply
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ edge-plan: setup ## Cloudflare: show what edge-apply would change (tunnels, DNS,
 
 edge-apply: setup ## Cloudflare: apply the plan; DELETE=1 also deletes unlisted Workers/KV
 	$(PY) -m fleet.edge apply $(if $(DELETE),--delete-unlisted,)
+
+llm-check: setup ## one chat completion on the llm host's endpoint; VIA=pi5-alpha sends it from that host
+	$(PY) -m fleet.llm_check $(if $(VIA),--via $(VIA),)
 
 fleet-up: setup ## start the Docker test fleet (installs/starts Docker, builds the image)
 	$(PY) -m fleet.testfleet up

@@ -50,9 +50,14 @@ def sample_cmdlines(hosts: list[str], stop: threading.Event, out: dict[str, list
 
 
 def host_texts(host: str, admin: str) -> dict[str, str]:
-    """The journal, and every file under /etc/systemd, /tmp and the upload staging dir."""
+    """The journal, the vLLM container's log, and every file under /etc/systemd, /tmp and
+    the upload staging dir."""
     texts = {"journal": subprocess.run(["docker", "exec", host, "journalctl", "--no-pager", "-o", "cat"],
-                                       capture_output=True, text=True, timeout=60).stdout}
+                                       capture_output=True, text=True, timeout=60).stdout,
+             # the LLM container's own log (json-file, not the journal), where there is one
+             "vllm container log": subprocess.run(
+                 ["docker", "exec", host, "sh", "-c", "docker logs vllm 2>&1 || true"],
+                 capture_output=True, text=True, timeout=60).stdout}
     for root in ("etc/systemd", "tmp", f"home/{admin}/.cache"):
         tar = subprocess.run(["docker", "exec", host, "tar", "-C", "/", "-cf", "-", root],
                              capture_output=True, timeout=60)
@@ -115,7 +120,9 @@ def test_no_secret_leaks_anywhere(canary_vault):
     env = {"FLEET_VAULT": str(path), "FLEET_VAULT_PASSPHRASE_FILE": str(phrase)}
     sampler.start()
     try:
-        run = testfleet.converge(["-vvv", "--debug", "--diff"], log_name="converge-canary", env=env)
+        # The llm host runs vLLM for this run, so its API key takes the same path as the rest.
+        run = testfleet.converge(["-vvv", "--debug", "--diff", "--data", "llm_engine=vllm"],
+                                 log_name="converge-canary", env=env)
     finally:
         stop.set()
         sampler.join(timeout=60)
@@ -123,6 +130,7 @@ def test_no_secret_leaks_anywhere(canary_vault):
         assert run["returncode"] == 0, run["output"][-3000:]
         assert sorted(run["bootstrap"]) == sorted(names), "every host had to take its canary key"
         assert all(len(s) >= 3 for s in samples.values()), "the sampler must have seen the run"
+        assert "Install the vLLM API key (env file)" in run["output"]
 
         # Positive control: the public half of each key is not secret and --diff shows the
         # .pub file, so the same search must find it; a search that finds nothing proves nothing.
