@@ -142,6 +142,13 @@ def built_data(repo: Path, test_fleet: dict) -> dict:
     return data
 
 
+def ssh_options(entry: dict) -> list[str]:
+    """ssh -o options that reach a prepared entry's host as pyinfra does (strict known_hosts)."""
+    return ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+            "-o", f"UserKnownHostsFile={entry['ssh_known_hosts_file']}",
+            "-o", f"StrictHostKeyChecking={entry['ssh_strict_host_key_checking']}"]
+
+
 def offered_keys(entry: dict) -> set[str]:
     """Public keys pyinfra's SSH connector will offer for a host, as far as they can be
     known here: the host's ssh_key (its .pub), else the agent's and ~/.ssh's default keys."""

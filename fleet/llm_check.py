@@ -26,6 +26,10 @@ from pathlib import Path
 
 import httpx
 
+from fleet import secrets as fleet_secrets
+from fleet.inventory import FleetConfigError, prepare, read_inventory_data, ssh_options
+from fleet.vault import VaultError
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -105,10 +109,7 @@ def _free_port() -> int:
 
 def ssh_command(entry: dict) -> list[str]:
     """ssh with the connection settings pyinfra uses for this inventory entry."""
-    cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-           "-o", f"UserKnownHostsFile={entry['ssh_known_hosts_file']}",
-           "-o", f"StrictHostKeyChecking={entry['ssh_strict_host_key_checking']}",
-           "-o", "ExitOnForwardFailure=yes"]
+    cmd = ["ssh", *ssh_options(entry), "-o", "ExitOnForwardFailure=yes"]
     if entry.get("ssh_key"):
         cmd += ["-i", entry["ssh_key"], "-o", "IdentitiesOnly=yes"]
     return cmd + [f"{entry['ssh_user']}@{entry['ssh_hostname']}"]
@@ -207,10 +208,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds for the reply")
     args = parser.parse_args(argv)
-
-    from fleet import secrets as fleet_secrets
-    from fleet.inventory import FleetConfigError, prepare, read_inventory_data
-    from fleet.vault import VaultError
 
     try:
         hosts, test_fleet = read_inventory_data(REPO / "inventory.py")

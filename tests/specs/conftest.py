@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from fleet.inventory import prepare, read_inventory_data, target_from_env
+from fleet.inventory import prepare, read_inventory_data, ssh_options, target_from_env
 from specs.waivers import WAIVERS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,12 +63,9 @@ def _deploy_defaults() -> dict:
 def _testinfra_host(entry: dict, sudo: bool) -> testinfra.host.Host:
     user, address = entry["ssh_user"], entry["ssh_hostname"]
     kwargs = {"sudo": sudo}
-    extra = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-             "-o", f"UserKnownHostsFile={entry['ssh_known_hosts_file']}",
-             "-o", f"StrictHostKeyChecking={entry['ssh_strict_host_key_checking']}"]
     if entry.get("ssh_key"):
         kwargs["ssh_identity_file"] = entry["ssh_key"]
-    kwargs["ssh_extra_args"] = " ".join(extra)
+    kwargs["ssh_extra_args"] = " ".join(ssh_options(entry))
     return testinfra.get_host(f"ssh://{user}@{address}", **kwargs)
 
 

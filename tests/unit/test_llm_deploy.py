@@ -6,18 +6,13 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from deploys import ollama, vllm
 from fleet.secrets import VLLM_ENV_FILE
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "mirror"))
-import llm_release  # noqa: E402
+from mirror import llm_release
 
 
 def test_assets_follow_upstream_names():

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from mirror import build as mirror_build
 from mirror.checks import parse_stanzas, private_apt, sha256
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,27 +41,6 @@ NV = "nvidia/stable/deb"
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("dpkg-deb", "gpg", "gpgv")),
     reason="needs dpkg-deb, gpg and gpgv")
-
-
-def _load_build():
-    # Registered in sys.modules before running: dataclasses look their module up there.
-    spec = importlib.util.spec_from_file_location("fleet_test_mirror_build", MIRROR / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-mirror_build = _load_build()
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mirror")
-    return out, mirror_build.build(out)
-
-
-
 
 
 def release_dirs(out: Path) -> list[tuple[Path, Path]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import json
 import os
 import runpy
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from mirror import build as mirror_build
 from mirror.checks import parse_stanzas, private_apt, sha256
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,27 +38,6 @@ DEB = f"cloudflared/pool/main/c/cloudflared/cloudflared_{CF_VERSION}_all.deb"
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("dpkg-deb", "gpg", "gpgv")),
     reason="needs dpkg-deb, gpg and gpgv")
-
-
-def _load_build():
-    # The same module name as test_mirror.py uses: dataclasses look their module up there.
-    name = "fleet_test_mirror_build"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, MIRROR / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-mirror_build = _load_build()
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cf-mirror")
-    return out, mirror_build.build(out)
 
 
 @pytest.fixture(scope="module")
