@@ -11,7 +11,7 @@ FLEET_TARGET ?= fleet
 export FLEET_TARGET
 PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
 
-.PHONY: help setup lock check plan converge verify llm-check fleet-up fleet-down demo test unit bench vault-init vault-edit edge-plan edge-apply
+.PHONY: help setup lock check plan converge verify llm-check fleet-up fleet-down demo test unit bench docs vault-init vault-edit edge-plan edge-apply
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ lock: ## re-resolve requirements.lock from the pins in pyproject.toml
 	$(STATE)/lockenv/bin/pip freeze --exclude fleet > requirements.lock
 
 check: setup ## validate inventory.py and group_data/ (no host is touched)
-	$(PY) -m fleet.inventory
+	$(PY) -m fleet check
 
 plan: setup ## dry run: what would change on each host, nothing applied
 	$(BIN)/pyinfra -y --dry inventory.py deploys/site.py
@@ -42,44 +42,49 @@ verify: setup ## run the testinfra specs against FLEET_TARGET
 	$(PYTEST) tests/specs
 
 vault-init: setup ## create secrets/fleet.vault (asks a passphrase) and generate host keys
-	FLEET_TARGET=fleet $(PY) -m fleet.vault init
-	FLEET_TARGET=fleet $(PY) -m fleet.vault hostkeys
+	FLEET_TARGET=fleet $(PY) -m fleet vault init
+	FLEET_TARGET=fleet $(PY) -m fleet vault hostkeys
 
 vault-edit: setup ## edit FLEET_TARGET's vault in $$EDITOR (decrypted only in a private temp file)
-	$(PY) -m fleet.vault edit
+	$(PY) -m fleet vault edit
 
 edge-plan: setup ## Cloudflare: show what edge-apply would change (tunnels, DNS, Workers/KV audit)
-	$(PY) -m fleet.edge plan
+	$(PY) -m fleet edge plan
 
 edge-apply: setup ## Cloudflare: apply the plan; DELETE=1 also deletes unlisted Workers/KV
-	$(PY) -m fleet.edge apply $(if $(DELETE),--delete-unlisted,)
+	$(PY) -m fleet edge apply $(if $(DELETE),--delete-unlisted,)
 
 llm-check: setup ## one chat completion on the llm host's endpoint; VIA=pi5-alpha sends it from that host
-	$(PY) -m fleet.llm_check $(if $(VIA),--via $(VIA),)
+	$(PY) -m fleet llm-check $(if $(VIA),--via $(VIA),)
 
 fleet-up: setup ## start the Docker test fleet (installs/starts Docker, builds the image)
-	$(PY) -m fleet.testfleet up
+	$(PY) tests/harness/testfleet.py up
 
 fleet-down: setup ## remove the Docker test fleet
-	$(PY) -m fleet.testfleet down
+	$(PY) tests/harness/testfleet.py down
 
 demo: FLEET_TARGET = test
 demo: setup ## the whole fleet as local Docker test hosts: up, converge, verify, summary
-	$(PY) -m fleet.testfleet up
-	$(PY) -m fleet.testfleet converge | sed -n '/^converge:/,$$p'
+	$(PY) tests/harness/testfleet.py up
+	$(PY) tests/harness/testfleet.py converge | sed -n '/^converge:/,$$p'
 	$(PYTEST) -q --junitxml=$(STATE)/junit-demo.xml tests/specs | tail -n 3
 	@echo; echo "Spec results per host (make fleet-down removes the hosts):"
 	@$(PY) tests/report.py --per-host $(STATE)/junit-demo.xml
 
-unit: setup ## unit tests only (no Docker)
+unit: setup ## unit tests only (no Docker): the product's, then the test stand-ins' own
 	mkdir -p $(STATE)
 	$(PYTEST) --junitxml=$(STATE)/junit-unit.xml tests/unit
+	$(PYTEST) --junitxml=$(STATE)/junit-standins.xml tests/standins
 
 test: setup ## unit tests, then molecule test (test fleet: converge, idempotence, verify)
 	rm -f $(STATE)/junit-*.xml
 	$(MAKE) --no-print-directory unit
 	PATH="$(BIN):$$PATH" $(BIN)/molecule test
-	@$(PY) tests/report.py $(STATE)/junit-unit.xml $(STATE)/junit-specs.xml $(STATE)/junit-integration.xml
+	@$(PY) tests/report.py "product unit=$(STATE)/junit-unit.xml" "stand-in unit=$(STATE)/junit-standins.xml" \
+		"specs=$(STATE)/junit-specs.xml" "integration=$(STATE)/junit-integration.xml"
+
+docs: setup ## regenerate docs/settings.md from the components' DEFAULTS
+	$(PY) -m fleet docs
 
 bench: setup ## time vault open, fleet-up, first and no-op converge; changed ops per host -> bench.json
-	$(PY) -m fleet.bench --out bench.json
+	$(PY) tests/harness/bench.py --out bench.json

@@ -12,7 +12,7 @@ Which fleet is targeted comes from FLEET_TARGET:
                    with the addresses and SSH connection of TEST_FLEET swapped in
 """
 
-from fleet.inventory import pyinfra_groups
+from fleet.preflight.inventory import pyinfra_groups
 
 # Per-host facts. `lan_address` is address/prefix on the network the host is reached on
 # outside the tailnet (the home LAN for the Pis and the Jetson, the VPC for the droplet).
@@ -117,6 +117,9 @@ TEST_FLEET = {
             "key_file": "cloudflare-main.gpg",
         },
         "docker_source": "distribution",
+        # systemd skips timesyncd inside a container (ConditionVirtualization=!container):
+        # its running state is left alone here; enablement is still managed and checked.
+        "base_time_sync_running": None,
         # Ollama release files and the vLLM image archive, built by the test suite
         # (tests/mirror/llm_release.py) and served by the same mirror. Their checksums are in
         # built_data below: the vLLM stand-in image carries Debian's Python, so its hash

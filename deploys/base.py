@@ -13,9 +13,11 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from fleet.ops import keep_running, secret_file, validated_file
-from fleet.render import render
-from fleet.secrets import host_key_name, public_host_key, secret
+from fleet.converge.component import Component, Problem, SecretFile
+from fleet.converge.keys import host_key_name, public_host_key, secret
+from fleet.converge.ops import keep_running, secret_file, validated_file
+from fleet.converge.render import render, source
+from fleet.converge.services import ServiceMap
 
 DEFAULTS = {
     # Packages every host gets.
@@ -32,6 +34,9 @@ DEFAULTS = {
     ],
     # Timezone, a name under /usr/share/zoneinfo.
     "base_timezone": "UTC",
+    # Whether systemd-timesyncd is kept running (it is always enabled). None leaves its
+    # running state alone: systemd skips it inside a container (ConditionVirtualization).
+    "base_time_sync_running": True,
     # Kernel settings, applied now and persisted in /etc/sysctl.d/60-fleet.conf.
     "base_sysctls": {
         # Services may bind their tailnet address before tailscale0 is up.
@@ -97,9 +102,7 @@ def _time():
         name="Enable time synchronisation",
         service="systemd-timesyncd.service",
         enabled=True,
-        # In a container systemd skips timesyncd (ConditionVirtualization=!container):
-        # asking for "running" there could never converge, so only enablement is managed.
-        running=None,
+        running=host.data.base_time_sync_running,
     )
 
 
@@ -114,7 +117,7 @@ def _unattended_upgrades():
     )
     files.put(
         name="Set the unattended upgrade policy",
-        src="files/etc/apt/apt.conf.d/52fleet-unattended-upgrades",
+        src=source("base", "etc/apt/apt.conf.d/52fleet-unattended-upgrades"),
         dest="/etc/apt/apt.conf.d/52fleet-unattended-upgrades",
         mode="644",
     )
@@ -179,14 +182,14 @@ def _sshd():
         dest="/etc/ssh/ssh_host_ed25519_key.pub",
         mode="644",
     )
-    addresses = [str(host.data.lan_address).split("/")[0], host.data.tailnet_address]
+    listeners = ServiceMap.of_pyinfra(host).binds("ssh", host.name)
     config = validated_file(
         name="Harden sshd",
         content=render(
             "etc/ssh/sshd_config.j2",
             "base",
-            listen_addresses=addresses,
-            port=host.data.fleet_services["ssh"]["port"],
+            listen_addresses=[e.address for e in listeners],
+            port=listeners[0].port,
             settings=host.data.base_sshd_settings,
         ),
         dest="/etc/ssh/sshd_config",
@@ -220,3 +223,49 @@ def _sshd():
 
 def _text(content: str) -> StringIO:
     return StringIO(content)
+
+
+def host_key(name: str, data) -> list[SecretFile]:
+    # The host's identity comes from the vault, so a rebuilt host keeps it.
+    return [SecretFile(host_key_name(name), "/etc/ssh/ssh_host_ed25519_key", "root", "root")]
+
+
+def check_admin(fleet, hosts) -> list[Problem]:
+    """sshd is hardened to keys only: every host needs the admins' public keys."""
+    problems = []
+    for h in hosts:
+        keys = h.data.get("base_admin_ssh_keys") or []
+        if not isinstance(keys, list):
+            problems.append(Problem(h.name, "base_admin_ssh_keys", f"{keys!r} is not a list.",
+                                    "write it as a list of public key lines in group_data/all.py."))
+            continue
+        if not keys:
+            problems.append(Problem(
+                h.name, "base_admin_ssh_keys",
+                "is empty, but sshd is hardened to key-only logins.",
+                "add your public key(s) to base_admin_ssh_keys in group_data/all.py."))
+        for k in keys:
+            if not isinstance(k, str) or not k.startswith(("ssh-", "ecdsa-", "sk-")):
+                problems.append(Problem(h.name, "base_admin_ssh_keys",
+                                        f"{str(k)[:30]!r}... is not an OpenSSH public key.",
+                                        "paste the one-line contents of your ~/.ssh/*.pub."))
+    return problems
+
+
+def check_time_sync(fleet, hosts) -> list[Problem]:
+    problems = []
+    for h in hosts:
+        value = h.data.get("base_time_sync_running")
+        if value not in (True, False, None):
+            problems.append(Problem(h.name, "base_time_sync_running", f"{value!r} is not True, False or None.",
+                                    "use True (keep it running), or None only where systemd cannot run it."))
+    return problems
+
+
+COMPONENT = Component(
+    name="base",
+    deploy=base,
+    defaults=DEFAULTS,
+    secrets=host_key,
+    rules=(check_admin, check_time_sync),
+)

@@ -18,10 +18,12 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server
 from pyinfra.operations.util import any_changed
 
-from fleet.aptsource import vendor_apt_source
-from fleet.ops import keep_running, secret_file, validated_file
-from fleet.render import header, render
-from fleet.secrets import CLOUDFLARED_CREDENTIALS_FILE, cloudflared_credentials_key, secret
+from fleet.converge.aptsource import vendor_apt_source
+from fleet.converge.component import Component, Problem, SecretFile
+from fleet.converge.keys import secret
+from fleet.converge.ops import keep_running, secret_file, validated_file
+from fleet.converge.render import header, render
+from fleet.converge.services import ServiceMap, Unreachable
 
 DEFAULTS = {
     # Cloudflare's apt repository for cloudflared (deb822 source, key pinned by SHA-256).
@@ -41,52 +43,40 @@ DEFAULTS = {
 
 CONFIG = "/etc/cloudflared/config.yml"
 UNIT = "/etc/systemd/system/cloudflared.service"
+CREDENTIALS_FILE = "/etc/cloudflared/credentials.json"
 
 
-def service_url(fleet_hosts: dict, services: dict, tunnel_host: str, target: str, port: int) -> str:
-    """How the tunnel on `tunnel_host` reaches `target`:`port` (the port map says where it binds)."""
-    binds = next((svc["bind"] for svc in services.values() if svc["port"] == port
-                  and ("all" in svc["groups"] or set(svc["groups"]) & set(fleet_hosts[target]["groups"]))), [])
-    if target == tunnel_host and "loopback" in binds:
-        return f"http://127.0.0.1:{port}"
-    if "tailnet" in binds:
-        return f"http://{fleet_hosts[target]['tailnet_address']}:{port}"
-    raise ValueError(f"the tunnel on {tunnel_host} cannot reach {target}:{port} (binds {binds})")
+def credentials_key(host: str) -> str:
+    """The vault key of a host's tunnel credentials (`make edge-apply` writes it)."""
+    return f"cloudflared_credentials/{host}"
 
 
-def ingress_rules(name: str, data, fleet_hosts: dict) -> list[dict]:
-    """The tunnel's ingress, in order: the domain map's hostnames it carries, the failover
-    wildcards on failover hosts, then the catch-all (omitted only if data empties it, which
+def ingress_rules(name: str, data, services: ServiceMap) -> list[dict]:
+    """The tunnel's ingress, in order: the domain map's hostnames it carries (each to the
+    URL its service is reached at from this host), the failover wildcards where this host
+    runs the maintenance page, then the catch-all (omitted only if data empties it, which
     validation then refuses)."""
-    services = data.fleet_services
     rules = [
-        {"hostname": domain, "service": service_url(fleet_hosts, services, name, route["host"], route["port"])}
+        {"hostname": domain, "service": services.url(route["service"], server=route["host"], client=name)}
         for domain, route in sorted(data.fleet_domains.items()) if route.get("tunnel") == name
     ]
-    if "failover" in fleet_hosts[name]["groups"]:
-        port = services["maintenance"]["port"]
-        rules += [{"hostname": domain, "service": f"http://127.0.0.1:{port}"}
-                  for domain in data.edge_failover_domains]
+    if services.runs("maintenance", name):
+        page = services.url("maintenance", server=name, client=name)
+        rules += [{"hostname": domain, "service": page} for domain in data.edge_failover_domains]
     if data.cloudflared_catch_all_service:
         rules.append({"service": data.cloudflared_catch_all_service})
     return rules
 
 
-def render_config(name: str, tunnel_id: str, data, fleet_hosts: dict) -> str:
+def render_config(name: str, tunnel_id: str, data, services: ServiceMap) -> str:
     config = {
         "tunnel": tunnel_id,
-        "credentials-file": CLOUDFLARED_CREDENTIALS_FILE,
-        "metrics": f"127.0.0.1:{data.fleet_services['cloudflared-metrics']['port']}",
+        "credentials-file": CREDENTIALS_FILE,
+        "metrics": str(services.bind("cloudflared-metrics", name, "loopback")),
         "no-autoupdate": True,
-        "ingress": ingress_rules(name, data, fleet_hosts),
+        "ingress": ingress_rules(name, data, services),
     }
     return header("cloudflared") + yaml.safe_dump(config, sort_keys=False)
-
-
-def fleet_hosts_view() -> dict:
-    """name -> {groups, tailnet_address} for every host in the inventory."""
-    return {h.name: {"groups": list(h.groups), "tailnet_address": h.data.tailnet_address}
-            for h in host.inventory}
 
 
 @deploy("cloudflared", data_defaults=DEFAULTS)
@@ -95,7 +85,7 @@ def cloudflared():
     vendor_apt_source("cloudflared", host.data.cloudflared_apt, "cloudflared", ["cloudflared"])
     apt.packages(
         name="Install cloudflared (pinned)",
-        packages=[f"cloudflared={host.data.cloudflared_version}", "python3-yaml"],
+        packages=[f"cloudflared={host.data.cloudflared_version}"],
     )
     server.user(
         name="Create the cloudflared system user",
@@ -112,18 +102,18 @@ def cloudflared():
         group=user,
         mode="750",
     )
-    key = cloudflared_credentials_key(host.name)
+    key = credentials_key(host.name)
     credentials = secret_file(
         name="Install the tunnel credentials",
         key=key,
-        dest=CLOUDFLARED_CREDENTIALS_FILE,
+        dest=CREDENTIALS_FILE,
         user=user,
         group=user,
     )
     tunnel_id = json.loads(secret(key))["TunnelID"]
     config = validated_file(
         name="Render cloudflared ingress",
-        content=render_config(host.name, tunnel_id, host.data, fleet_hosts_view()),
+        content=render_config(host.name, tunnel_id, host.data, ServiceMap.of_pyinfra(host)),
         dest=CONFIG,
         validate="cloudflared tunnel --config {path} ingress validate",
         user="root",
@@ -139,3 +129,51 @@ def cloudflared():
     )
     keep_running("cloudflared", "cloudflared.service", any_changed(config, credentials, unit),
                  why="for its new config or credentials", unit_file=unit)
+
+
+def credentials(name: str, data) -> list[SecretFile]:
+    user = data.get("cloudflared_user")
+    return [SecretFile(credentials_key(name), CREDENTIALS_FILE, user, user)]
+
+
+def check_tunnels(fleet, hosts) -> list[Problem]:
+    """Each domain's tunnel is a host that runs cloudflared and can reach the service: over
+    127.0.0.1 on its own host, otherwise only where the service binds the tailnet address."""
+    problems = []
+    runners = [h.name for h in hosts]
+    for domain, route in fleet.domains.items():
+        key = f"fleet_domains[{domain!r}].tunnel"
+        tunnel, target, service = route.get("tunnel"), route.get("host"), route.get("service")
+        if tunnel not in runners:
+            problems.append(Problem(str(tunnel), key, f"{tunnel!r} is not a host that runs cloudflared.",
+                                    f"use one of {', '.join(runners) or '(none: add a host to ' + ', '.join(COMPONENT.groups) + ')'}."))
+            continue
+        if target not in fleet.hosts or service not in fleet.services.services:
+            continue  # the domain map's own check reports it
+        if not fleet.services.runs(service, target):
+            continue  # likewise
+        try:
+            fleet.services.reach(service, server=target, client=tunnel)
+        except Unreachable:
+            problems.append(Problem(
+                tunnel, key, f"the tunnel on {tunnel} cannot reach {service!r} on {target} "
+                f"(it binds {', '.join(fleet.services.scopes(service)) or 'nothing'}).",
+                f"carry the domain on {target}'s own tunnel, or bind the service to the tailnet."))
+    return problems
+
+
+def check_catch_all(fleet, hosts) -> list[Problem]:
+    return [Problem(h.name, "cloudflared_catch_all_service", "is empty, but cloudflared requires a "
+                    "catch-all rule last.", "set it to e.g. 'http_status:404'.")
+            for h in hosts if not h.data.get("cloudflared_catch_all_service")]
+
+
+COMPONENT = Component(
+    name="cloudflared",
+    deploy=cloudflared,
+    defaults=DEFAULTS,
+    groups=("gateway", "llm", "failover"),
+    secrets=credentials,
+    rules=(check_tunnels, check_catch_all),
+    after=("tailscale",),  # what its tunnel routes to says before=("cloudflared",)
+)

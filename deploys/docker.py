@@ -5,22 +5,30 @@ logs rotate, containers survive daemon restarts (live-restore), address pools co
 data (validation keeps them off every LAN and the tailnet), and on GPU hosts the nvidia
 runtime is part of the same file. It is validated before it replaces the live file
 (`dockerd --validate` where the engine has it, Docker >= 23; the shipped checker
-files/usr/local/lib/fleet/check-daemon-json otherwise), and docker restarts only when it
+templates/docker/usr/local/lib/fleet/check-daemon-json otherwise), and docker restarts only when it
 changed.
 """
 
+import ipaddress
 import json
 import shlex
-from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import apt, files, server
 
-from fleet.aptsource import vendor_apt_source
-from fleet.ops import keep_running, validated_file
+from fleet.converge.aptsource import vendor_apt_source
+from fleet.converge.component import Component, Problem, component
+from fleet.converge.ops import keep_running, validated_file
+from fleet.converge.render import source
 
 DEFAULTS = {
+    # Whether a host runs the Docker engine (group_data/healthcheck.py turns it off for the
+    # 512 MB Pi Zero).
+    "docker_enabled": True,
+    # Address pools for networks Docker creates. Must not overlap any LAN in the inventory
+    # or the tailnet (100.64.0.0/10), or containers lose the route to those hosts.
+    "docker_address_pools": [{"base": "172.30.0.0/16", "size": 24}],
     # Where the engine comes from: "docker-ce" (Docker's repository) or "distribution"
     # (Debian's docker.io).
     "docker_source": "docker-ce",
@@ -33,8 +41,9 @@ DEFAULTS = {
         "key_sha256": "1500c1f56fa9e26b9b8f42452a553675796ade0807cdce11975eb98170b3a570",
         "key_file": "docker.asc",
     },
-    # Log rotation for the json-file driver.
+    # Log rotation for the json-file driver: the size at which a container's log rotates ...
     "docker_log_max_size": "10m",
+    # ... and how many rotated files are kept.
     "docker_log_max_file": 3,
     # Extra daemon.json keys, merged last (validated on the host like the rest).
     "docker_daemon_extra": {},
@@ -56,7 +65,7 @@ def daemon_config(data, groups) -> dict:
         "live-restore": True,
         "default-address-pools": data.docker_address_pools,
     }
-    if "gpu" in groups:
+    if component("nvidia").applies(groups, data):
         # the NVIDIA toolkit's runc shim, registered here rather than by `nvidia-ctk runtime
         # configure`, so no second tool rewrites this file
         config["runtimes"] = {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
@@ -119,7 +128,7 @@ def docker():
     _engine()
     files.put(
         name="Install the daemon.json checker (for engines without --validate)",
-        src="files/usr/local/lib/fleet/check-daemon-json",
+        src=source("docker", "usr/local/lib/fleet/check-daemon-json"),
         dest=CHECKER,
         mode="755",
     )
@@ -150,3 +159,67 @@ def docker():
             tokens=host.data.docker_cmdline_tokens,
         )
 
+
+
+TAILNET_RANGE = ipaddress.ip_network("100.64.0.0/10")
+
+
+def check_pools(fleet, hosts) -> list[Problem]:
+    """Address pools must stay off every LAN and the tailnet, or containers lose those routes."""
+    problems = []
+    for h in hosts:
+        pools = h.data.get("docker_address_pools")
+        if not isinstance(pools, list):
+            problems.append(Problem(h.name, "docker_address_pools", f"{pools!r} is not a list of pools.",
+                                    "write pools as [{'base': '172.30.0.0/16', 'size': 24}]."))
+            continue
+        for pool in pools:
+            try:
+                base = ipaddress.ip_network(pool["base"])
+            except (KeyError, TypeError, ValueError):
+                problems.append(Problem(h.name, "docker_address_pools",
+                                        f"{pool!r} has no valid 'base' network.",
+                                        "write pools as {'base': '172.30.0.0/16', 'size': 24}."))
+                continue
+            for other in fleet.hosts.values():
+                try:
+                    other_lan = other.lan_interface.network
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if base.overlaps(other_lan):
+                    problems.append(Problem(
+                        h.name, "docker_address_pools",
+                        f"pool {base} overlaps the LAN {other_lan} of {other.name}.",
+                        "pick a pool outside every LAN in inventory.py (e.g. 172.30.0.0/16)."))
+            if base.overlaps(TAILNET_RANGE):
+                problems.append(Problem(h.name, "docker_address_pools",
+                                        f"pool {base} overlaps the tailnet {TAILNET_RANGE}.",
+                                        "pick a pool outside 100.64.0.0/10."))
+    return problems
+
+
+def check_source(fleet, hosts) -> list[Problem]:
+    return [Problem(h.name, "docker_source", f"{h.data.get('docker_source')!r} is not an engine source.",
+                    "use 'docker-ce' (Docker's repository) or 'distribution' (Debian's docker.io).")
+            for h in hosts if h.data.get("docker_source") not in ("docker-ce", "distribution")]
+
+
+def check_enabled(fleet, hosts) -> list[Problem]:
+    return [Problem(h.name, "docker_enabled", f"{h.data.get('docker_enabled')!r} is not True or False.",
+                    "write docker_enabled = True or False in the group's data.")
+            for h in fleet.hosts.values() if not isinstance(h.data.get("docker_enabled"), bool)]
+
+
+def enabled(data) -> bool:
+    """docker_enabled is true"""
+    return bool(data.get("docker_enabled"))
+
+
+COMPONENT = Component(
+    name="docker",
+    deploy=docker,
+    defaults=DEFAULTS,
+    when=enabled,
+    rules=(check_enabled, check_pools, check_source),
+    after=("tailscale",),
+)

@@ -11,8 +11,10 @@ from pyinfra.api import deploy
 from pyinfra.operations import files
 from pyinfra.operations.util import any_changed
 
-from fleet.ops import keep_running
-from fleet.render import render
+from fleet.converge.component import Component
+from fleet.converge.ops import keep_running
+from fleet.converge.render import render, source
+from fleet.converge.services import ServiceMap
 
 DEFAULTS = {
     # What the page says (HTML body text).
@@ -25,21 +27,30 @@ UNIT = "/etc/systemd/system/maintenance-page.service"
 
 @deploy("Maintenance page", data_defaults=DEFAULTS)
 def maintenance():
-    svc = host.data.fleet_services["maintenance"]
-    address = {"loopback": "127.0.0.1", "tailnet": host.data.tailnet_address}[svc["bind"][0]]
+    listen = ServiceMap.of_pyinfra(host).bind("maintenance", host.name)
     script = files.put(
         name="Install the maintenance page server",
-        src="files/usr/local/lib/fleet/maintenance-page",
+        src=source("maintenance", "usr/local/lib/fleet/maintenance-page"),
         dest=SCRIPT,
         mode="755",
     )
     unit = files.put(
         name="Install the maintenance page unit",
         src=StringIO(render("etc/systemd/system/maintenance-page.service.j2", "maintenance",
-                            script=SCRIPT, address=address, port=svc["port"],
+                            script=SCRIPT, address=listen.address, port=listen.port,
                             message=host.data.maintenance_message)),
         dest=UNIT,
         mode="644",
     )
     keep_running("the maintenance page", "maintenance-page.service", any_changed(script, unit),
                  why="", unit_file=unit)
+
+
+COMPONENT = Component(
+    name="maintenance",
+    deploy=maintenance,
+    defaults=DEFAULTS,
+    groups=("failover",),
+    after=("tailscale",),
+    before=("cloudflared",),  # the tunnel routes to it
+)

@@ -8,7 +8,8 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt
 
-from fleet.aptsource import vendor_apt_source
+from fleet.converge.aptsource import vendor_apt_source
+from fleet.converge.component import Component
 
 DEFAULTS = {
     # NVIDIA's flat apt repository; apt substitutes $(ARCH) itself.
@@ -39,3 +40,13 @@ def nvidia():
         name="Install the NVIDIA container toolkit (pinned together)",
         packages=[f"{name}={version}" for name in PACKAGES],
     )
+
+
+COMPONENT = Component(
+    name="nvidia",
+    deploy=nvidia,
+    defaults=DEFAULTS,
+    groups=("gpu",),
+    after=("tailscale",),
+    before=("docker",),  # docker's daemon.json names its runtime
+)

@@ -23,13 +23,16 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FactBase, OperationError, StringCommand, deploy, operation
-from pyinfra.facts.files import File, FileContents
+from pyinfra.facts.files import File
 from pyinfra.facts.server import Arch, Groups
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from fleet.ops import keep_running, verified_download
-from fleet.render import render
+from deploys.llm import engine_is
+from fleet.converge.component import Component, Problem
+from fleet.converge.ops import keep_running, verified_download
+from fleet.converge.render import render
+from fleet.converge.services import ServiceMap
 
 DEFAULTS = {
     # Where a release's assets are downloaded from; {version} is ollama_version (group_data/all.py).
@@ -39,8 +42,9 @@ DEFAULTS = {
     "ollama_sha256": {},
     # L4T major release (first field of /etc/nv_tegra_release) -> upstream's JetPack add-on.
     "ollama_jetpack_addons": {"R35": "jetpack5", "R36": "jetpack6"},
-    # The system user the server runs as; its home holds the models.
+    # The system user the server runs as ...
     "ollama_user": "ollama",
+    # ... and its home, which holds the models.
     "ollama_home": "/var/lib/ollama",
     # Models pulled once (the guide's default model); a second converge pulls nothing.
     "ollama_models": ["qwen2.5:7b"],
@@ -91,8 +95,9 @@ def assets(arch: str, addon: str | None) -> list[str]:
     return names
 
 
-def listen_address(data) -> str:
-    return f"{data.tailnet_address}:{data.fleet_services['llm']['port']}"
+def listen_address() -> str:
+    """host:port of the port map's `llm` service on this host's tailnet address."""
+    return str(ServiceMap.of_pyinfra(host).bind("llm", host.name, "tailnet"))
 
 
 @operation()
@@ -186,7 +191,7 @@ def ollama():
     dest = f"{INSTALL_ROOT}/{version}" + (f"-{addon}" if addon else "")
     unpacked = unpacked_release(name=f"Unpack Ollama {version}", archives=archives, dest=dest)
     binary = f"{dest}/bin/ollama"
-    address = listen_address(data)
+    address = listen_address()
     files.put(
         name="Install the ollama CLI (pointed at the tailnet address)",
         src=StringIO("#!/bin/sh\n" + render("usr/local/bin/ollama.j2", "ollama", binary=binary,
@@ -214,3 +219,39 @@ def ollama():
     for model in data.ollama_models:
         ollama_model(name=f"Pull the {model} model (only if absent)", model=model,
                      address=address, binary=binary)
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_release(fleet, hosts) -> list[Problem]:
+    """The release is never installed unchecked; models are a list of names."""
+    problems = []
+    for h in hosts:
+        data = h.data
+        asset = f"ollama-linux-{data.get('arch')}.tar.zst"
+        sums = data.get("ollama_sha256")
+        if not isinstance(sums, dict) or not SHA256.fullmatch(str(sums.get(asset, ""))):
+            problems.append(Problem(
+                h.name, "ollama_sha256",
+                f"has no SHA-256 for {asset} (ollama_version {data.get('ollama_version')}); "
+                "the release is never installed unchecked.",
+                "copy it (and the JetPack add-on's, on a Jetson) from the release's "
+                "sha256sum.txt into group_data/llm.py."))
+        models = data.get("ollama_models")
+        if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+            problems.append(Problem(h.name, "ollama_models", f"{models!r} is not a list of model names.",
+                                    "write it like ['qwen2.5:7b']."))
+    return problems
+
+
+COMPONENT = Component(
+    name="ollama",
+    deploy=ollama,
+    defaults=DEFAULTS,
+    groups=("llm",),
+    when=engine_is("ollama"),
+    rules=(check_release,),
+    after=("llm",),
+    before=("cloudflared",),  # serve before the tunnel routes to it
+)

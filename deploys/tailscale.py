@@ -7,6 +7,7 @@ which `set` cannot change), never using the auth key again.
 """
 
 import json
+import re
 import shlex
 from io import StringIO
 
@@ -14,10 +15,10 @@ from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import apt, files
 
-from fleet.aptsource import vendor_apt_source
-from fleet.ops import keep_running, secret_file
-from fleet.render import render
-from fleet.secrets import TAILSCALE_AUTHKEY, TAILSCALE_AUTHKEY_FILE
+from fleet.converge.aptsource import vendor_apt_source
+from fleet.converge.component import Component, Problem, SecretFile
+from fleet.converge.ops import keep_running, secret_file
+from fleet.converge.render import render
 
 DEFAULTS = {
     # Tailscale's apt repository (deb822 source, key pinned by SHA-256).
@@ -34,6 +35,11 @@ DEFAULTS = {
     # Extra tailscaled flags (FLAGS= in /etc/default/tailscaled).
     "tailscale_daemon_flags": "",
 }
+
+# The auth key (vault key -> file): tailscaled runs as root and reads it only through
+# `tailscale up --auth-key=file:`, and only to join.
+AUTHKEY = "tailscale_authkey"
+AUTHKEY_FILE = "/etc/tailscale/authkey"
 
 
 class TailscaleStatus(FactBase):
@@ -100,15 +106,15 @@ def tailscale():
     keep_running("tailscaled", "tailscaled.service", defaults.did_change, why="for its new port or flags")
     files.directory(
         name="Create /etc/tailscale (root only)",
-        path=TAILSCALE_AUTHKEY_FILE.rsplit("/", 1)[0],
+        path=AUTHKEY_FILE.rsplit("/", 1)[0],
         user="root",
         group="root",
         mode="700",
     )
     secret_file(
         name="Install the Tailscale auth key",
-        key=TAILSCALE_AUTHKEY,
-        dest=TAILSCALE_AUTHKEY_FILE,
+        key=AUTHKEY,
+        dest=AUTHKEY_FILE,
         user="root",
         group="root",
     )
@@ -116,5 +122,41 @@ def tailscale():
         name="Join the tailnet / converge hostname and tags",
         hostname=host.data.tailnet_name,
         tags=wanted_tags(host.groups, host.data.tailscale_tags_by_group),
-        auth_key_file=TAILSCALE_AUTHKEY_FILE,
+        auth_key_file=AUTHKEY_FILE,
     )
+
+
+def auth_key(name: str, data) -> list[SecretFile]:
+    return [SecretFile(AUTHKEY, AUTHKEY_FILE, "root", "root")]
+
+
+def check_tags(fleet, hosts) -> list[Problem]:
+    problems = []
+    tags_by_group = fleet.all_data.get("tailscale_tags_by_group", {})
+    if not isinstance(tags_by_group, dict):
+        return [Problem("all", "tailscale_tags_by_group", f"{tags_by_group!r} is not a dict.",
+                        "map each group to its tags, e.g. {'pis': ['tag:pi']}.")]
+    for group, tags in tags_by_group.items():
+        key = f"tailscale_tags_by_group[{group!r}]"
+        if group not in fleet.known_groups:
+            problems.append(Problem("all", key, f"unknown group {group!r}.",
+                                    f"use one of {', '.join(fleet.known_groups)}."))
+        if not isinstance(tags, list):
+            problems.append(Problem("all", key, f"{tags!r} is not a list of tags.",
+                                    "write it like ['tag:gateway']."))
+            continue
+        for tag in tags:
+            if not re.fullmatch(r"tag:[a-z0-9][a-z0-9-]*", str(tag)):
+                problems.append(Problem("all", key, f"{tag!r} is not a Tailscale ACL tag.",
+                                        "write tags like 'tag:gateway' (lowercase, digits, dashes)."))
+    return problems
+
+
+COMPONENT = Component(
+    name="tailscale",
+    deploy=tailscale,
+    defaults=DEFAULTS,
+    secrets=auth_key,
+    rules=(check_tags,),
+    after=("base",),
+)

@@ -19,23 +19,25 @@ Hosts that cannot reach a registry can load the image from an archive instead
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shlex
+import re
 
 from pyinfra import host
-from pyinfra.api import FactBase, OperationError, StringCommand, deploy, operation
+from pyinfra.api import OperationError, deploy
 from pyinfra.operations import files
 
-from fleet.ops import secret_file, verified_download
-from fleet.secrets import VLLM_API_KEY, VLLM_ENV_FILE, VLLM_ENV_FORMAT
+from deploys.llm import engine_is
+from fleet.converge import docker
+from fleet.converge.component import Component, Problem, SecretFile
+from fleet.converge.ops import secret_file, verified_download
+from fleet.converge.services import ServiceMap
 
 DEFAULTS = {
     # The image (see the module docstring for why this L4T build is the default).
     "vllm_image": "dustynv/vllm:0.8.6-r36.4-cu128-24.04",
     # Optional: load the image from this archive (a `docker save` tarball) instead of a
-    # registry pull; its SHA-256 is required with it.
+    # registry pull ...
     "vllm_image_archive_url": "",
+    # ... checked against this SHA-256 first (required with the URL).
     "vllm_image_archive_sha256": "",
     # The command that starts vLLM's OpenAI-compatible server in the image.
     "vllm_command": ["vllm", "serve"],
@@ -47,71 +49,31 @@ DEFAULTS = {
     "vllm_max_model_len": 4096,
     # Further server arguments (never secrets: they are visible in `ps`).
     "vllm_extra_args": ["--gpu-memory-utilization", "0.8"],
-    # Container and model-cache volume names.
+    # The container's name.
     "vllm_container": "vllm",
+    # The named volume that caches the model, so a recreated container does not download again.
     "vllm_cache_volume": "vllm-cache",
 }
 
 CONTAINER_PORT = 8000
 CACHE_DIR = "/root/.cache/huggingface"
-LABEL = "fleet.settings"
+# vLLM reads its API key from the environment; Docker passes it from this file (never argv).
+API_KEY = "vllm_api_key"
+ENV_FILE = "/etc/fleet/vllm.env"
+ENV_FORMAT = "VLLM_API_KEY={value}\n"
 
 
-class DockerImageId(FactBase):
-    """The local image ID of `ref`, or None when the engine does not have it."""
-
-    def command(self, ref: str) -> str:
-        return f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(ref)} 2>/dev/null || true"
-
-    def process(self, output):
-        return "\n".join(output).strip() or None
-
-
-class DockerContainer(FactBase):
-    """A container's state and fleet settings label, or None when there is no such container."""
-
-    def command(self, container: str) -> str:
-        fmt = "{{json .State.Running}} {{json .Config.Labels}}"
-        return f"docker container inspect --format '{fmt}' {shlex.quote(container)} 2>/dev/null || true"
-
-    def process(self, output):
-        text = "\n".join(output).strip()
-        if not text:
-            return None
-        running, _, labels = text.partition(" ")
-        return {"running": running == "true", "settings": (json.loads(labels) or {}).get(LABEL)}
-
-
-@operation()
-def docker_image(ref: str, archive: str = ""):
-    """Make the engine have image `ref`: `docker load` a verified archive, else pull it.
-
-    + ref: image reference (name:tag)
-    + archive: a local `docker save` archive holding `ref` (already checksum-verified)
-    """
-    if host.get_fact(DockerImageId, ref=ref):
-        host.noop(f"image {ref} is present")
-        return
-    q = shlex.quote
-    if archive:
-        yield StringCommand(
-            f"docker load --input {q(archive)} && docker image inspect {q(ref)} >/dev/null"
-            f" || {{ echo '{archive} does not hold {ref}' >&2; exit 1; }}")
-    else:
-        yield StringCommand(f"docker pull {q(ref)}")
-
-
-def run_arguments(data) -> list[str]:
-    """`docker run` arguments, secrets excluded (the env file is named, not read)."""
-    address, port = data.tailnet_address, data.fleet_services["llm"]["port"]
+def run_arguments(data, publish) -> list[str]:
+    """`docker run` arguments, secrets excluded (the env file is named, not read).
+    `publish`: the Endpoint of the port map's `llm` service on the host's tailnet address."""
     return [
         "--detach", "--name", data.vllm_container,
         "--restart", "unless-stopped",
         "--runtime", "nvidia", "--env", "NVIDIA_VISIBLE_DEVICES=all",
         "--ipc", "host",
-        "--env-file", VLLM_ENV_FILE,
+        "--env-file", ENV_FILE,
         "--volume", f"{data.vllm_cache_volume}:{CACHE_DIR}",
-        "--publish", f"{address}:{port}:{CONTAINER_PORT}",
+        "--publish", f"{publish}:{CONTAINER_PORT}",
         "--entrypoint", "",
         data.vllm_image,
         *data.vllm_command, data.vllm_model,
@@ -123,48 +85,12 @@ def run_arguments(data) -> list[str]:
     ]
 
 
-@operation()
-def llm_container(container: str, image: str, arguments: list[str], recreate_if=None):
-    """`container` runs with `arguments`; recreated only when they or the image changed.
-
-    + container: its name
-    + image: its image reference (its ID counts as a setting: a new image is a change)
-    + arguments: the full `docker run` arguments (no secrets)
-    + recreate_if: a callable (e.g. the env file operation's did_change) that forces a new container
-    """
-    image_id = host.get_fact(DockerImageId, ref=image)
-    settings = hashlib.sha256(json.dumps([image_id, arguments]).encode()).hexdigest()[:32]
-    current = host.get_fact(DockerContainer, container=container)
-    forced = bool(recreate_if and recreate_if())
-    q = shlex.quote
-    if current and current["settings"] == settings and not forced:
-        if current["running"]:
-            host.noop(f"container {container} runs with its settings")
-        else:
-            yield StringCommand(f"docker start {q(container)}")
-        return
-    run = " ".join(q(a) for a in ["docker", "run", "--label", f"{LABEL}={settings}", *arguments])
-    yield StringCommand(f"{{ docker rm --force {q(container)} >/dev/null 2>&1 || true; }} && {run}")
-
-
-@operation()
-def container_absent(container: str):
-    """No container named `container` exists (stopped and removed).
-
-    + container: its name
-    """
-    if host.get_fact(DockerContainer, container=container) is None:
-        host.noop(f"there is no container {container}")
-        return
-    yield StringCommand(f"docker rm --force {shlex.quote(container)}")
-
-
 def retire():
     """The host switched to another engine: remove the container (freeing the LLM port) and
     the API key file; the image and the model cache volume stay for a switch back."""
-    container_absent(name="Remove the vLLM container (another engine serves the LLM port)",
+    docker.container_absent(name="Remove the vLLM container (another engine serves the LLM port)",
                      container=host.data.vllm_container)
-    files.file(name="Remove the vLLM API key file", path=VLLM_ENV_FILE, present=False)
+    files.file(name="Remove the vLLM API key file", path=ENV_FILE, present=False)
 
 
 @deploy("vLLM", data_defaults=DEFAULTS)
@@ -179,14 +105,50 @@ def vllm():
         verified_download(name="Download the vLLM image archive (checksum verified)",
                           src=data.vllm_image_archive_url, dest=archive,
                           sha256=data.vllm_image_archive_sha256)
-    docker_image(name=f"Provide the vLLM image {data.vllm_image}", ref=data.vllm_image, archive=archive)
+    docker.image(name=f"Provide the vLLM image {data.vllm_image}", ref=data.vllm_image, archive=archive)
     files.directory(name="Create /etc/fleet", path="/etc/fleet", mode="755")
-    env_file = secret_file(name="Install the vLLM API key (env file)", key=VLLM_API_KEY,
-                           dest=VLLM_ENV_FILE, user="root", group="root", fmt=VLLM_ENV_FORMAT)
-    llm_container(
+    env_file = secret_file(name="Install the vLLM API key (env file)", key=API_KEY,
+                           dest=ENV_FILE, user="root", group="root", fmt=ENV_FORMAT)
+    publish = ServiceMap.of_pyinfra(host).bind("llm", host.name, "tailnet")
+    docker.container(
         name="Run the vLLM container (recreated only when its settings change)",
         container=data.vllm_container,
         image=data.vllm_image,
-        arguments=run_arguments(data),
+        arguments=run_arguments(data, publish),
         recreate_if=env_file.did_change,
     )
+
+
+def api_key(name: str, data) -> list[SecretFile]:
+    return [SecretFile(API_KEY, ENV_FILE, "root", "root", fmt=ENV_FORMAT)]
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_settings(fleet, hosts) -> list[Problem]:
+    problems = []
+    for h in hosts:
+        data = h.data
+        if data.get("vllm_image_archive_url") and not SHA256.fullmatch(str(data.get("vllm_image_archive_sha256", ""))):
+            problems.append(Problem(h.name, "vllm_image_archive_sha256",
+                                    "is missing or not a SHA-256, but vllm_image_archive_url is set.",
+                                    "add the archive's sha256sum next to its URL."))
+        max_len = data.get("vllm_max_model_len")
+        if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len <= 0:
+            problems.append(Problem(h.name, "vllm_max_model_len", f"{max_len!r} is not a positive integer.",
+                                    "write the model's maximum context in tokens, e.g. 4096."))
+    return problems
+
+
+COMPONENT = Component(
+    name="vllm",
+    deploy=vllm,
+    defaults=DEFAULTS,
+    groups=("llm",),
+    when=engine_is("vllm"),
+    secrets=api_key,
+    rules=(check_settings,),
+    after=("llm", "nvidia"),
+    before=("cloudflared",),  # serve before the tunnel routes to it
+)

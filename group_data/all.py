@@ -4,9 +4,12 @@ inventory.py overrides per host. Keys are prefixed with the component that reads
 
 # --- fleet-wide maps (read by validation and by several components) ----------------------
 
-# The port map: every service the fleet runs, its TCP port, where it binds and which
-# groups run it. bind: "loopback" = 127.0.0.1, "tailnet" = the host's tailnet address,
-# "lan" = the host's LAN address. Nothing ever binds 0.0.0.0 or ::.
+# The port map: every service the fleet runs, its TCP port, where it binds and where it
+# runs: the hosts of its `groups` ("all": every host), or, with `component`, the hosts that
+# component applies to (deploys/<component>.py says which). bind: "loopback" = 127.0.0.1,
+# "tailnet" = the host's tailnet address, "lan" = the host's LAN address. Nothing ever
+# binds 0.0.0.0 or ::. Everything else names a service, never its port
+# (fleet/converge/services.py answers where it binds and how another host reaches it).
 fleet_services = {
     "ssh": {"port": 22, "bind": ["lan", "tailnet"], "groups": ["all"]},
     "node-exporter": {"port": 9100, "bind": ["tailnet"], "groups": ["all"]},
@@ -17,27 +20,24 @@ fleet_services = {
     "postgres": {"port": 5432, "bind": ["loopback", "tailnet"], "groups": ["database"]},
     "prometheus": {"port": 9090, "bind": ["tailnet"], "groups": ["monitoring"]},
     "grafana": {"port": 3000, "bind": ["tailnet"], "groups": ["monitoring"]},
-    "llm": {"port": 8080, "bind": ["tailnet"], "groups": ["llm"]},
-    "maintenance": {"port": 8080, "bind": ["loopback"], "groups": ["failover"]},
-    "cloudflared-metrics": {
-        "port": 20241,
-        "bind": ["loopback"],
-        "groups": ["gateway", "llm", "failover"],
-    },
+    "llm": {"port": 8080, "bind": ["tailnet"], "component": "llm"},
+    "maintenance": {"port": 8080, "bind": ["loopback"], "component": "maintenance"},
+    "cloudflared-metrics": {"port": 20241, "bind": ["loopback"], "component": "cloudflared"},
 }
 
-# The domain map (the guide's "Domain Routing"): public hostname -> the host and port that
-# serve it, and the tunnel (a host running cloudflared) that carries it from Cloudflare.
+# The domain map (the guide's "Domain Routing"): public hostname -> the host and the service
+# (a name of the port map) that serve it, and the tunnel (a host running cloudflared) that
+# carries it from Cloudflare.
 # The tunnel reaches a service on its own host over 127.0.0.1, another host's over the
 # tailnet. status.blackroad.io is a Cloudflare Worker, not a tunnel route: not here.
 fleet_domains = {
-    "blackroad.io": {"host": "pi5-alpha", "port": 3000, "tunnel": "pi5-alpha"},
-    "www.blackroad.io": {"host": "pi5-alpha", "port": 3000, "tunnel": "pi5-alpha"},
-    "api.blackroad.io": {"host": "pi5-alpha", "port": 8000, "tunnel": "pi5-alpha"},
-    "lucidia.earth": {"host": "pi5-alpha", "port": 3001, "tunnel": "pi5-alpha"},
-    "www.lucidia.earth": {"host": "pi5-alpha", "port": 3001, "tunnel": "pi5-alpha"},
-    "agents.blackroad.io": {"host": "pi5-beta", "port": 8001, "tunnel": "pi5-alpha"},
-    "llm.blackroad.io": {"host": "jetson-prime", "port": 8080, "tunnel": "jetson-prime"},
+    "blackroad.io": {"host": "pi5-alpha", "service": "web", "tunnel": "pi5-alpha"},
+    "www.blackroad.io": {"host": "pi5-alpha", "service": "web", "tunnel": "pi5-alpha"},
+    "api.blackroad.io": {"host": "pi5-alpha", "service": "api", "tunnel": "pi5-alpha"},
+    "lucidia.earth": {"host": "pi5-alpha", "service": "lucidia", "tunnel": "pi5-alpha"},
+    "www.lucidia.earth": {"host": "pi5-alpha", "service": "lucidia", "tunnel": "pi5-alpha"},
+    "agents.blackroad.io": {"host": "pi5-beta", "service": "agents", "tunnel": "pi5-alpha"},
+    "llm.blackroad.io": {"host": "jetson-prime", "service": "llm", "tunnel": "jetson-prime"},
 }
 
 # UDP ports allowed to listen on a wildcard address (0.0.0.0 / ::). Everything else must
@@ -89,15 +89,8 @@ tailscale_tags_by_group = {
     "failover": ["tag:failover"],
 }
 
-# --- docker ------------------------------------------------------------------------------
-# Whether a host runs the Docker engine (group_data/healthcheck.py turns it off).
-docker_enabled = True
-# Address pools for networks Docker creates. Must not overlap any LAN in the inventory or
-# the tailnet (100.64.0.0/10), or containers lose the route to those hosts.
-docker_address_pools = [{"base": "172.30.0.0/16", "size": 24}]
-
 # --- base ----------------------------------------------------------------------------
-# (the base deploy's other settings and their defaults: DEFAULTS in deploys/base.py)
+# (every component's other settings and their defaults: docs/settings.md)
 # Public SSH keys of the people who administer the fleet, installed for each host's
 # ssh_user (the admin account). Required: sshd is hardened to keys only.
 base_admin_ssh_keys = []

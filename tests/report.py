@@ -1,8 +1,11 @@
 """Sum JUnit XML files from the test run into one closing line, and (with --per-host) a
 per-host table of spec results.
 
-    python tests/report.py .state/junit-*.xml
+    python tests/report.py "product unit=.state/junit-unit.xml" "specs=.state/junit-specs.xml" ...
     python tests/report.py --per-host .state/junit-specs.xml
+
+Each `label=path` part gets its own count (the product's unit tests apart from the test
+stand-ins' own), then one closing line sums them all.
 """
 
 from __future__ import annotations
@@ -13,7 +16,14 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fleet.inventory import read_inventory_data  # noqa: E402
+from fleet.preflight.inventory import read_inventory_data  # noqa: E402
+
+
+def counted(counter: Counter) -> str:
+    line = f"{counter['passed']} passed, {counter['failed']} failed"
+    if counter["skipped"]:
+        line += f", {counter['skipped']} skipped"
+    return line
 
 
 def outcome(case: ET.Element) -> str:
@@ -37,7 +47,9 @@ def host_of(name: str, hosts: list[str]) -> str | None:
 
 def main(argv: list[str]) -> int:
     per_host = "--per-host" in argv
-    paths = [a for a in argv if a != "--per-host" and Path(a).exists()]
+    parts = [a.partition("=") if "=" in a else ("", "", a) for a in argv if a != "--per-host"]
+    parts = [(label, path) for label, _, path in parts if Path(path).exists()]
+    paths = [path for _, path in parts]
     if not paths:
         print("no test results found", file=sys.stderr)
         return 1
@@ -54,11 +66,13 @@ def main(argv: list[str]) -> int:
             print(f"{name:<18} {','.join(entry['groups']):<26} {c['passed']:>6} {c['failed']:>6} {c['skipped']:>7}")
         failed = sum(c["failed"] for c in table.values())
         return 1 if failed or len(table) != len(hosts) else 0
-    total = Counter(outcome(c) for c in cases(paths))
-    line = f"{total['passed']} passed, {total['failed']} failed"
-    if total["skipped"]:
-        line += f", {total['skipped']} skipped"
-    print(f"tests: {line}")
+    total = Counter()
+    for label, path in parts:
+        part = Counter(outcome(c) for c in cases([path]))
+        total += part
+        if label:
+            print(f"  {label + ':':<16} {counted(part)}")
+    print(f"tests: {counted(total)}")
     return 1 if total["failed"] or not total["passed"] else 0
 
 

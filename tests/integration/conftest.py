@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet import testfleet
+from harness import testfleet
 
 REPO = Path(__file__).resolve().parents[2]
 

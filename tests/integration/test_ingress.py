@@ -4,7 +4,7 @@ only; an invalid ingress fails the run before any restart and the tunnel keeps r
 import json
 import runpy
 
-from fleet import testfleet
+from harness import testfleet
 from integration.conftest import docker_exec, main_pid, settle
 
 TUNNELS = ("pi5-alpha", "jetson-prime", "droplet-failover")

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from fleet import testfleet
+from harness import testfleet
 from integration.conftest import REPO, docker_exec, run_specs, settle, wait_until
 
 HOST = "jetson-prime"
@@ -26,7 +26,7 @@ def converge(*args: str, log: str) -> dict:
 
 
 def llm_check(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fleet.llm_check", HOST, "--via", CLIENT, *args],
+    return subprocess.run([sys.executable, "-m", "fleet", "llm-check", HOST, "--via", CLIENT, *args],
                           cwd=REPO, env={**os.environ, "FLEET_TARGET": "test"}, text=True,
                           capture_output=True, timeout=120)
 

@@ -21,10 +21,12 @@ from secrets import token_urlsafe as secrets_token
 
 import pytest
 
-from fleet import secrets as fleet_secrets
-from fleet import testfleet
-from fleet.secrets import TAILSCALE_AUTHKEY, new_host_key, public_host_key
-from fleet.vault import KdfParams, Vault
+from deploys.tailscale import AUTHKEY as TAILSCALE_AUTHKEY
+from fleet.converge import keys
+from fleet.converge.keys import new_host_key, public_host_key
+from fleet.converge.vault import KdfParams, Vault
+from fleet.preflight.inventory import select_vault
+from harness import testfleet
 from integration.conftest import docker_exec
 
 PASS = "canary-run passphrase"
@@ -93,7 +95,8 @@ def canary_value(key: str) -> tuple[str, list[str]]:
 @pytest.fixture
 def canary_vault(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEET_TARGET", "test")
-    made = {key: canary_value(key) for key in fleet_secrets.current()}
+    select_vault(testfleet.REPO, testfleet.load_inventory()[1], "test")
+    made = {key: canary_value(key) for key in keys.current()}
     data = {key: value for key, (value, _) in made.items()}
     path, phrase = tmp_path / "canary.vault", tmp_path / "canary.pass"
     phrase.write_text(PASS)

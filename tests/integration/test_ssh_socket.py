@@ -2,7 +2,7 @@
 ignores ListenAddress. A host switched to it is caught by the specs and converged back to
 ssh.service bound to LAN + tailnet, over the very SSH session the socket served."""
 
-from fleet import testfleet
+from harness import testfleet
 from integration.conftest import docker_exec, run_specs, wait_until
 from integration.test_sshd_safety import new_ssh_session_works
 

@@ -5,7 +5,7 @@ import json
 import subprocess
 
 from deploys.base import DEFAULTS
-from fleet import testfleet
+from harness import testfleet
 from integration.conftest import docker_exec
 
 HOST = "pi5-gamma"

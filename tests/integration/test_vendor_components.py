@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import runpy
 
-from fleet import testfleet
+from harness import testfleet
 from integration.conftest import docker_exec, main_pid, settle
 
 AGENTS = ("pi5-alpha", "pi5-beta")

@@ -10,7 +10,7 @@
   whose only program is the stand-in `vllm` (tests/mirror/standins/vllm) with the Python
   runtime it needs, copied from the test-host base image IMAGE.
 - BUILT_DATA_JSON: the checksums the deploys must be given (`ollama_sha256`,
-  `vllm_image_archive_sha256`), merged into the test fleet's data by fleet.inventory.
+  `vllm_image_archive_sha256`), merged into the test fleet's data by fleet.preflight.inventory.
 
 Archives are deterministic for the same inputs: sorted members, fixed owner and mtime. The
 zstd frames are written here with raw (stored) blocks, a valid encoding every zstd decoder

@@ -1,7 +1,8 @@
 """Specs run against the fleet FLEET_TARGET names: the real hosts (`make verify`) or the
 Docker test fleet (molecule's verify step). Each spec is parametrized over the hosts it
-applies to, so each host fails on its own. Expected values come from the same inventory
-and data the deploys use.
+applies to (tests/specs/selection.py: a spec file named after a component runs where that
+component applies), so each host fails on its own. Expected values come from the same
+inventory, data and defaults the deploys use (the fleet model).
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from fleet.inventory import prepare, read_inventory_data, ssh_options, target_from_env
+from fleet.converge import component as registry
+from fleet.converge.services import ServiceMap
+from fleet.preflight.inventory import prepare, read_inventory_data, ssh_options, target_from_env
+from specs.selection import spec_hosts
 from specs.waivers import WAIVERS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,16 +54,6 @@ _CACHE: dict[str, FleetHost] = {}
 _OVERRIDES = json.loads(os.environ.get("FLEET_SPEC_DATA") or "{}")
 
 
-def _deploy_defaults() -> dict:
-    """Every deploy's DEFAULTS: the values a host gets when data does not set them."""
-    from deploys import base, cloudflared, docker, llm, maintenance, nvidia, ollama, tailscale, vllm
-
-    merged = {}
-    for module in (base, tailscale, nvidia, docker, llm, ollama, vllm, maintenance, cloudflared):
-        merged.update(module.DEFAULTS)
-    return merged
-
-
 def _testinfra_host(entry: dict, sudo: bool) -> testinfra.host.Host:
     user, address = entry["ssh_user"], entry["ssh_hostname"]
     kwargs = {"sudo": sudo}
@@ -74,10 +68,15 @@ def fleet_entries() -> dict:
     return _ENTRIES
 
 
+def fleet_services() -> ServiceMap:
+    """Services by name over the fleet (where each binds, how one host reaches another's)."""
+    return _FLEET.services
+
+
 def fleet_host(name: str) -> FleetHost:
     if name not in _CACHE:
         model = _FLEET.hosts[name]
-        data = {**_deploy_defaults(), **model.data, **_OVERRIDES}
+        data = {**model.data, **_OVERRIDES}
         entry = _ENTRIES[name]
         _CACHE[name] = FleetHost(
             name=name, groups=model.groups, data=data,
@@ -88,25 +87,20 @@ def fleet_host(name: str) -> FleetHost:
 
 
 def pytest_generate_tests(metafunc):
-    only = os.environ.get("FLEET_SPEC_HOSTS")
+    only = [n for n in os.environ.get("FLEET_SPEC_HOSTS", "").split(",") if n] or None
     if "secret_file" in metafunc.fixturenames:
         # one case per (host, secret file), so each fails on its own
-        from fleet.secrets import secret_files
-
-        defaults = _deploy_defaults()
-        pairs = [(name, item) for name, h in _FLEET.hosts.items() if not only or name in only.split(",")
-                 for item in secret_files(name, h.groups, {**defaults, **h.data, **_OVERRIDES})]
+        pairs = [(name, item) for name, h in _FLEET.hosts.items() if not only or name in only
+                 for item in registry.secret_files(name, h.groups, {**h.data, **_OVERRIDES})]
         metafunc.parametrize(("fh", "secret_file"), pairs, indirect=["fh"],
                              ids=[f"{name}-{item.path}" for name, item in pairs])
         return
     if "fh" in metafunc.fixturenames:
-        # @pytest.mark.fleet_hosts(predicate): only hosts the spec applies to, e.g. the gpu
-        # group (predicate(groups, data) -> bool); other hosts are not parametrized at all.
+        # @pytest.mark.fleet_hosts(predicate) overrides the file's default selection, e.g.
+        # the hosts where a component does NOT apply; other hosts are not parametrized at all.
         marker = metafunc.definition.get_closest_marker("fleet_hosts")
-        applies = marker.args[0] if marker else (lambda groups, data: True)
-        defaults = _deploy_defaults()
-        names = [n for n, h in _FLEET.hosts.items()
-                 if (not only or n in only.split(",")) and applies(h.groups, {**defaults, **h.data, **_OVERRIDES})]
+        names = spec_hosts(metafunc.definition.fspath, _FLEET.hosts, _OVERRIDES,
+                           marker.args[0] if marker else None, only)
         metafunc.parametrize("fh", names, indirect=True, ids=names)
 
 

@@ -4,12 +4,10 @@ import json
 
 import pytest
 
-from deploys.docker import daemon_config
+from deploys.docker import COMPONENT, daemon_config
 
-
-with_docker = pytest.mark.fleet_hosts(lambda groups, data: data.get("docker_enabled"))
-without_docker = pytest.mark.fleet_hosts(lambda groups, data: not data.get("docker_enabled"))
-gpu_hosts = pytest.mark.fleet_hosts(lambda groups, data: "gpu" in groups)
+# The other specs here run where the docker component applies (the file's name says so).
+without_docker = pytest.mark.fleet_hosts(lambda groups, data: not COMPONENT.applies(groups, data))
 
 
 def docker_info(fh) -> dict:
@@ -26,21 +24,18 @@ def test_dk00_no_docker_where_disabled(fh):
     assert not fh.host.exists("dockerd")
 
 
-@with_docker
 def test_dk01_running(fh):
     """dk-01: docker is enabled and running."""
     svc = fh.host.service("docker")
     assert svc.is_enabled and svc.is_running
 
 
-@with_docker
 def test_dk02_daemon_json_is_the_model(fh):
     """dk-02: daemon.json is exactly the deploy's model for this host."""
     live = json.loads(fh.host.file("/etc/docker/daemon.json").content_string)
     assert live == daemon_config(Data(fh.data), fh.groups)
 
 
-@with_docker
 def test_dk03_effective_settings(fh):
     """dk-03: the running engine applies them (docker info: logging, live-restore, runtimes)."""
     info = docker_info(fh)
@@ -49,7 +44,6 @@ def test_dk03_effective_settings(fh):
     assert ("nvidia" in info["Runtimes"]) == ("gpu" in fh.groups)
 
 
-@with_docker
 def test_dk04_published_ports_on_loopback(fh):
     """dk-04: a container published with -p PORT:80 listens on 127.0.0.1 only (no pulls:
     the image is imported from a tarball made on the host)."""
@@ -70,20 +64,6 @@ def test_dk04_published_ports_on_loopback(fh):
         h.run(f"docker rmi {image}")
 
 
-@with_docker
 def test_dk05_admin_in_docker_group(fh):
     """dk-05: the admin user can drive docker without sudo."""
     assert "docker" in fh.host.user(fh.data["ssh_user"]).groups
-
-
-@gpu_hosts
-def test_gpu01_nvidia_toolkit(fh):
-    """gpu-01: on GPU hosts the toolkit is installed at one pinned version and docker knows
-    the nvidia runtime (registered through daemon.json, not by nvidia-ctk)."""
-    version = fh.data["nvidia_container_toolkit_version"]
-    for pkg in ("nvidia-container-toolkit", "nvidia-container-toolkit-base",
-                "libnvidia-container-tools", "libnvidia-container1"):
-        assert fh.host.package(pkg).version == version, pkg
-    assert version.split("-")[0] in fh.host.check_output("nvidia-ctk --version")
-    runtime = docker_info(fh)["Runtimes"]["nvidia"]
-    assert runtime["path"] == "nvidia-container-runtime"

@@ -2,7 +2,7 @@
 
 import hashlib
 
-from fleet.secrets import host_key_name, public_host_key, secret
+from fleet.converge.keys import host_key_name, public_host_key, secret
 
 
 def test_sec01_secret_file_private(fh, secret_file):

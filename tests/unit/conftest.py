@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.inventory import read_inventory_data
-from fleet.model import build_fleet, load_group_data
+from fleet.preflight.inventory import read_inventory_data
+from fleet.preflight.model import build_fleet, load_group_data
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE0tW0vL7n3p7yB0Zy1hPqNnB8lP2r3s4t5u6v7w8x9y admin@test"
@@ -32,12 +32,3 @@ class FleetData:
 @pytest.fixture
 def data() -> FleetData:
     return FleetData()
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The offline stand-in mirror (tests/mirror/build.py), built once per test module."""
-    from mirror import build as mirror_build
-
-    out = tmp_path_factory.mktemp("mirror")
-    return out, mirror_build.build(out)

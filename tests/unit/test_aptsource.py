@@ -8,7 +8,7 @@ import pytest
 from deploys.docker import DEFAULTS as DOCKER
 from deploys.nvidia import DEFAULTS as NVIDIA
 from deploys.tailscale import DEFAULTS as TAILSCALE
-from fleet.aptsource import check_spec, render_source, source_path, stale_sources
+from fleet.converge.aptsource import check_spec, render_source, source_path, stale_sources
 
 REPO = Path(__file__).resolve().parents[2]
 

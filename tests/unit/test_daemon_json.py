@@ -11,7 +11,7 @@ import pytest
 from deploys.docker import DEFAULTS, daemon_config, render_daemon_json
 
 REPO = Path(__file__).resolve().parents[2]
-CHECKER = REPO / "files/usr/local/lib/fleet/check-daemon-json"
+CHECKER = REPO / "templates/docker/usr/local/lib/fleet/check-daemon-json"
 
 
 class Data(dict):

@@ -1,4 +1,4 @@
-"""fleet.edge against a local fake of the Cloudflare API (tests/fakes): plan changes nothing,
+"""fleet.commands.edge against a local fake of the Cloudflare API (tests/fakes): plan changes nothing,
 apply converges and a second apply writes nothing, the audit deletes only with the flag, and
 token problems are clear errors that never show the token.
 
@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from fakes.cloudflare_api import FakeCloudflare
-from fleet import edge
-from fleet.inventory import read_inventory_data
-from fleet.model import load_group_data
-from fleet.vault import KdfParams, Vault
+from fleet.commands import edge
+from fleet.preflight.model import load_group_data
+from fleet.converge.vault import KdfParams, Vault
 
 REPO = Path(__file__).resolve().parents[2]
 ACCOUNT = "0123456789abcdef0123456789abcdef"
@@ -100,9 +99,7 @@ def tunnel_id(fake: FakeCloudflare, name: str) -> str:
 # --- the desired state (pure) ----------------------------------------------------------------
 
 def test_desired_state_from_the_repo_data(repo):
-    hosts, _ = read_inventory_data(repo / "inventory.py")
-    all_data, _ = load_group_data(repo / "group_data")
-    desired = edge.desired_state(hosts, all_data)
+    desired = edge.desired_state(edge.load_data(repo))
     assert desired.account_id == ACCOUNT
     assert sorted(desired.tunnels) == sorted(TUNNELS)
     assert {r.name: (r.zone, r.tunnel) for r in desired.records} == {
@@ -112,12 +109,11 @@ def test_desired_state_from_the_repo_data(repo):
 
 
 def test_a_domain_in_no_zone_is_an_error(repo):
-    hosts, _ = read_inventory_data(repo / "inventory.py")
-    all_data, _ = load_group_data(repo / "group_data")
-    all_data["fleet_domains"]["shop.example.com"] = {"host": "pi5-alpha", "port": 3000, "tunnel": "pi5-alpha"}
-    all_data["fleet_domains"]["notblackroad.io"] = {"host": "pi5-alpha", "port": 3000, "tunnel": "pi5-alpha"}
+    fleet = edge.load_data(repo)
+    fleet.all_data["fleet_domains"]["shop.example.com"] = {"host": "pi5-alpha", "service": "web", "tunnel": "pi5-alpha"}
+    fleet.all_data["fleet_domains"]["notblackroad.io"] = {"host": "pi5-alpha", "service": "web", "tunnel": "pi5-alpha"}
     with pytest.raises(edge.EdgeError) as err:
-        edge.desired_state(hosts, all_data)
+        edge.desired_state(fleet)
     assert len(err.value.problems) == 2
     assert "shop.example.com is in none of edge_zones" in str(err.value)
     assert "notblackroad.io is in none of edge_zones" in str(err.value)
@@ -295,7 +291,7 @@ def test_a_rejected_token_is_a_clear_error(run, fake, monkeypatch):
 def test_a_rejected_token_through_the_cli(repo, vault, fake):
     """The real command line: exit 1, one clear line, no traceback, no token."""
     env = dict(os.environ, CLOUDFLARE_API_TOKEN="cf-wrong-token-5e1c0d")
-    proc = subprocess.run([sys.executable, "-m", "fleet.edge", "--repo", str(repo), "apply"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "fleet", "edge", "--repo", str(repo), "apply"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("edge: the Cloudflare API rejected the token (HTTP 403")

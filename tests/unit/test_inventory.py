@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.inventory import FleetConfigError, apply_target, prepare, pyinfra_groups, read_inventory_data
+from fleet.preflight.inventory import FleetConfigError, apply_target, prepare, pyinfra_groups, read_inventory_data
 
 REPO = Path(__file__).resolve().parents[2]
 BUILT = {"ollama_sha256": {f"ollama-linux-{arch}.tar.zst": "ab" * 32 for arch in ("amd64", "arm64")},
@@ -18,7 +18,7 @@ BUILT = {"ollama_sha256": {f"ollama-linux-{arch}.tar.zst": "ab" * 32 for arch in
 @pytest.fixture
 def fake_repo(tmp_path):
     """A copy of the repository's data with a test SSH key, as fleet-up would leave it."""
-    for item in ("inventory.py", "group_data", "deploys", "config.py", "templates", "fleet"):
+    for item in ("inventory.py", "group_data", "deploys", "config.py", "templates", "fleet", "secrets"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
     key_dir = tmp_path / ".state" / "testfleet"
@@ -35,6 +35,10 @@ def test_groups_match_the_spec(fake_repo, monkeypatch):
     monkeypatch.setenv("FLEET_TARGET", "test")
     hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
     groups = pyinfra_groups(hosts, test_fleet, str(fake_repo / "inventory.py"))
+    # `all`: every host, with the components' DEFAULTS as the lowest data layer
+    every, defaults = groups.pop("all")
+    assert sorted(every) == sorted(hosts)
+    assert defaults["docker_enabled"] is True and defaults["llm_engine"] == "ollama"
     members = {g: sorted(name for name, _ in hosts_) for g, hosts_ in groups.items()}
     assert members == {
         "pis": ["pi0-epsilon", "pi400-delta", "pi5-alpha", "pi5-beta", "pi5-gamma"],
@@ -55,8 +59,10 @@ def test_test_target_swaps_only_addresses_connection_and_vendor_sources(fake_rep
     test = apply_target(hosts, test_fleet, fake_repo, "test")
     # the vendor sources point at the offline mirror; docker comes from Debian
     # and the LLM engines' release files and image at the test suite's stand-in builds
+    # and timesyncd's running state is left alone (systemd skips it in a container)
     assert set(test_fleet["data"]) == {"tailscale_apt", "nvidia_apt", "cloudflared_apt", "docker_source",
-                                       "ollama_release_url", "vllm_image", "vllm_image_archive_url"}
+                                       "ollama_release_url", "vllm_image", "vllm_image_archive_url",
+                                       "base_time_sync_running"}
     for name, entry in hosts.items():
         changed = {k for k in test[name] if test[name][k] != entry.get(k)}
         assert changed <= {"lan_address", "base_admin_ssh_keys", "ssh_key", "ssh_known_hosts_file",

@@ -1,12 +1,12 @@
-"""fleet.llm_check against the ollama and vllm stand-ins on 127.0.0.1: what answered, and a
+"""fleet.commands.llm_check against the ollama and vllm stand-ins on 127.0.0.1: what answered, and a
 clear LLMCheckError (never a traceback or the API key) for each way it can fail."""
 
 from __future__ import annotations
 
 import pytest
 
-from fleet.llm_check import LLMCheckError, chat_completion, first_tokens
-from unit.test_llm_standins import API_KEY, Ollama, Vllm, free_port, spawn  # noqa: F401 (fixture)
+from fleet.commands.llm_check import LLMCheckError, chat_completion, first_tokens
+from standins.test_llm_standins import API_KEY, Ollama, Vllm, free_port, spawn  # noqa: F401 (fixture)
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from deploys import ollama, vllm
-from fleet.secrets import VLLM_ENV_FILE
+from fleet.converge import docker
+from fleet.converge.services import Endpoint
 from mirror import llm_release
 
 
@@ -37,15 +38,16 @@ def test_model_names_get_ollamas_default_tag():
 
 
 def vllm_data(**over):
-    data = {**vllm.DEFAULTS, "tailnet_address": "100.100.0.10",
-            "fleet_services": {"llm": {"port": 8080}}, **over}
-    return SimpleNamespace(**data)
+    return SimpleNamespace(**{**vllm.DEFAULTS, **over})
+
+
+PUBLISH = Endpoint("100.100.0.10", 8080)
 
 
 def test_vllm_publishes_on_the_tailnet_only_and_reads_the_key_from_a_file():
-    args = vllm.run_arguments(vllm_data())
+    args = vllm.run_arguments(vllm_data(), PUBLISH)
     assert args[args.index("--publish") + 1] == "100.100.0.10:8080:8000"
-    assert args[args.index("--env-file") + 1] == VLLM_ENV_FILE
+    assert args[args.index("--env-file") + 1] == vllm.ENV_FILE
     assert args[args.index("--runtime") + 1] == "nvidia"
     assert args[args.index("--restart") + 1] == "unless-stopped"
     assert args[args.index("--volume") + 1] == "vllm-cache:/root/.cache/huggingface"
@@ -56,12 +58,12 @@ def test_vllm_publishes_on_the_tailnet_only_and_reads_the_key_from_a_file():
 
 
 def test_vllm_settings_change_changes_the_arguments():
-    assert vllm.run_arguments(vllm_data()) != vllm.run_arguments(vllm_data(vllm_max_model_len=2048))
-    assert vllm.run_arguments(vllm_data()) == vllm.run_arguments(vllm_data())
+    assert vllm.run_arguments(vllm_data(), PUBLISH) != vllm.run_arguments(vllm_data(vllm_max_model_len=2048), PUBLISH)
+    assert vllm.run_arguments(vllm_data(), PUBLISH) == vllm.run_arguments(vllm_data(), PUBLISH)
 
 
 def test_container_fact_parses_labels():
-    fact = vllm.DockerContainer()
+    fact = docker.DockerContainer()
     assert fact.process(['true {"fleet.settings":"abc"}']) == {"running": True, "settings": "abc"}
     assert fact.process(["false null"]) == {"running": False, "settings": None}
     assert fact.process([""]) is None

@@ -1,7 +1,7 @@
 """Templates render from data, under the managed-by header."""
 
 from deploys.base import DEFAULTS
-from fleet.render import render
+from fleet.converge.render import render
 
 
 def sshd(**over):

@@ -1,6 +1,6 @@
 """Counting pyinfra's per-host results, which the idempotence check and the benchmark use."""
 
-from fleet.testfleet import count_changes, image_tag
+from harness.testfleet import count_changes, image_tag
 
 SAMPLE = """--> Starting operation: Base | Install base packages
     [pi5-alpha]        Success

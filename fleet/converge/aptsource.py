@@ -1,0 +1,102 @@
+"""One way to add a vendor apt repository: a signed deb822 source, never apt-key.
+
+    vendor_apt_source("tailscale", host.data.tailscale_apt, deploy="tailscale")
+
+`spec` (data, per vendor) holds: uris, suites, components ("" for a flat repository),
+key_url, key_sha256, key_file (its extension tells apt the format: .gpg binary, .asc
+armored). The key is fetched on the host and installed only if its SHA-256 matches the
+pin; the source names it in Signed-By. Any other source file for the same URI is removed
+(two files with different Signed-By make apt fail with "Conflicting values set for option
+Signed-By"). Package lists are refreshed only when something here changed.
+"""
+
+from __future__ import annotations
+
+import re
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import FactBase
+from pyinfra.facts.deb import DebPackages
+from pyinfra.operations import apt, files
+
+from fleet.converge.ops import verified_download
+from fleet.converge.render import header
+
+KEYRINGS = "/etc/apt/keyrings"
+SOURCES_DIR = "/etc/apt/sources.list.d"
+REQUIRED = ("uris", "suites", "components", "key_url", "key_sha256", "key_file")
+
+
+class AptSourceFiles(FactBase):
+    """Source files under sources.list.d that mention a repository URI."""
+
+    default = list
+
+    def command(self, uri: str) -> str:
+        needle = uri.rstrip("/")
+        return f"grep -lsF -- '{needle}' {SOURCES_DIR}/*.list {SOURCES_DIR}/*.sources || true"
+
+    def process(self, output):
+        return [line.strip() for line in output if line.strip()]
+
+
+def source_path(name: str) -> str:
+    return f"{SOURCES_DIR}/{name}.sources"
+
+
+def stale_sources(found: list[str], keep: str) -> list[str]:
+    """The files to remove: every file for the URI except the one we manage."""
+    return sorted(path for path in found if path != keep)
+
+
+def render_source(name: str, spec: dict, deploy: str) -> str:
+    lines = [
+        "Types: deb",
+        f"URIs: {spec['uris']}",
+        f"Suites: {spec['suites']}",
+    ]
+    if spec["components"]:
+        lines.append(f"Components: {spec['components']}")
+    lines.append(f"Signed-By: {KEYRINGS}/{spec['key_file']}")
+    return header(deploy) + "\n".join(lines) + "\n"
+
+
+def check_spec(name: str, spec: dict) -> None:
+    missing = [k for k in REQUIRED if k not in spec]
+    if missing:
+        raise ValueError(f"{name} apt source data lacks {', '.join(missing)}")
+    if not re.fullmatch(r"[0-9a-f]{64}", str(spec["key_sha256"])):
+        raise ValueError(f"{name} apt source: key_sha256 must be the key file's SHA-256 (64 hex digits)")
+    if not spec["key_file"].endswith((".gpg", ".asc")):
+        raise ValueError(f"{name} apt source: key_file must end in .gpg (binary) or .asc (armored)")
+
+
+def vendor_apt_source(name: str, spec: dict, deploy: str, packages: list[str]):
+    """Ensure the vendor's key, source and fresh package lists. Returns the operations."""
+    check_spec(name, spec)
+    key = verified_download(
+        name=f"Install the {name} repository key (pinned SHA-256)",
+        src=spec["key_url"],
+        dest=f"{KEYRINGS}/{spec['key_file']}",
+        sha256=spec["key_sha256"],
+    )
+    ours = source_path(name)
+    removed = []
+    for path in stale_sources(host.get_fact(AptSourceFiles, uri=spec["uris"]), ours):
+        removed.append(files.file(name=f"Remove the stale {name} source {path}", path=path, present=False))
+    source = files.put(
+        name=f"Add the {name} apt source",
+        src=StringIO(render_source(name, spec, deploy)),
+        dest=ours,
+        mode="644",
+    )
+    installed = host.get_fact(DebPackages)
+    missing = any(p.split("=")[0] not in installed for p in packages)
+    changed = [key, source, *removed]
+    refresh = apt.update(
+        name=f"Refresh package lists for {name}",
+        _if=lambda: missing or any(op.did_change() for op in changed),
+    )
+    return [key, source, refresh, *removed]
+

@@ -1,0 +1,202 @@
+"""The component contract, and the one ordered registry of components.
+
+A component is one module in `deploys/` that ends with
+
+    COMPONENT = Component(
+        name="docker",                 # the module's name
+        deploy=docker,                 # its @deploy function
+        defaults=DEFAULTS,             # its settings, one comment per key
+        groups=("all",),               # hosts in any of these groups ("all": every host) ...
+        when=lambda data: ...,         # ... for which this data predicate holds (optional)
+        secrets=secret_files,          # (host name, data) -> [SecretFile] it installs (optional)
+        rules=(check_pools,),          # (fleet, hosts it applies to) -> [Problem] (optional)
+        after=("nvidia",),             # components that must run before it on a host
+    )
+
+`components()` finds every module of the `deploys` package (but `site`), imports it and
+orders the components so each runs after everything it names in `after` (and before what
+it names in `before`); ties are broken by name, so the order is stable. This list is what
+`deploys/site.py`, the secrets registry, validation, the specs, the operator commands and
+the settings reference in docs/ read: adding a component edits no other file.
+
+Nothing here imports pyinfra: the registry is read before any host is touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+PACKAGE = "deploys"
+REPO = Path(__file__).resolve().parents[2]
+# Modules of the package that are not components.
+NOT_COMPONENTS = ("site",)
+
+
+class ComponentError(Exception):
+    """The registry itself is inconsistent (a module without COMPONENT, a cycle in the order)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the fleet's data: `host: key: what is wrong. Fix: what to change.`"""
+
+    host: str
+    key: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.key}: {self.message} Fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A secret a component installs on a host: vault key -> file, owner, mode 0600."""
+
+    key: str
+    path: str
+    user: str
+    group: str
+    mode: str = "600"
+    # How the value is written: "{value}" as is, or wrapped, e.g. "VLLM_API_KEY={value}\n".
+    fmt: str = "{value}"
+
+    def content(self, value: str) -> str:
+        return self.fmt.format(value=value)
+
+
+def _no_secrets(name: str, data: Mapping) -> list[SecretFile]:
+    return []
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    deploy: Callable[[], Any]
+    defaults: dict
+    # The groups whose hosts get it; "all" means every host.
+    groups: tuple[str, ...] = ("all",)
+    # A further condition on the host's effective data (defaults included), e.g. an engine choice.
+    when: Callable[[Mapping], bool] | None = None
+    # (host name, effective data) -> the secret files it installs on that host.
+    secrets: Callable[[str, Mapping], list[SecretFile]] = _no_secrets
+    # Validation rules: (fleet model, the hosts it applies to) -> problems.
+    rules: tuple[Callable[..., list[Problem]], ...] = ()
+    # Order on a host: run after these components / before these.
+    after: tuple[str, ...] = ()
+    before: tuple[str, ...] = ()
+    # Filled in by the registry: the module's name and the first paragraph of its docstring.
+    module: str = field(default="", compare=False)
+    summary: str = field(default="", compare=False)
+
+    def applies(self, groups: Iterable[str], data: Mapping) -> bool:
+        """Whether a host with these groups and effective data gets this component.
+        `data` is a dict (the fleet model) or pyinfra's host.data: both have .get()."""
+        if "all" not in self.groups and not set(self.groups) & set(groups):
+            return False
+        return self.when is None or bool(self.when(data))
+
+    def secret_files(self, name: str, groups: Iterable[str], data: Mapping) -> list[SecretFile]:
+        return list(self.secrets(name, data)) if self.applies(groups, data) else []
+
+
+def order(found: list[Component]) -> list[Component]:
+    """Topological order by after/before, ties broken by name (Kahn's algorithm)."""
+    by_name = {c.name: c for c in found}
+    needs: dict[str, set[str]] = {c.name: set() for c in found}
+    for c in found:
+        for other in c.after:
+            if other not in by_name:
+                raise ComponentError(f"deploys/{c.name}.py: after={other!r} names no component. "
+                                     f"Fix: use one of {', '.join(sorted(by_name))}.")
+            needs[c.name].add(other)
+        for other in c.before:
+            if other not in by_name:
+                raise ComponentError(f"deploys/{c.name}.py: before={other!r} names no component. "
+                                     f"Fix: use one of {', '.join(sorted(by_name))}.")
+            needs[other].add(c.name)
+    ordered: list[Component] = []
+    ready = sorted(n for n, deps in needs.items() if not deps)
+    while ready:
+        name = ready.pop(0)
+        ordered.append(by_name[name])
+        for other, deps in needs.items():
+            if name in deps:
+                deps.discard(name)
+                if not deps and other not in ready and by_name[other] not in ordered:
+                    ready.append(other)
+        ready.sort()
+    if len(ordered) != len(found):
+        stuck = sorted(n for n, deps in needs.items() if deps)
+        raise ComponentError(f"the components {', '.join(stuck)} order each other in a cycle "
+                             "(after/before). Fix: remove one of the constraints.")
+    return ordered
+
+
+def discover(package: str = PACKAGE) -> list[Component]:
+    """Import every component module of `package` and return their COMPONENTs, ordered."""
+    if package == PACKAGE and importlib.util.find_spec(package) is None:
+        sys.path.insert(0, str(REPO))  # run from outside the repository
+    pkg = importlib.import_module(package)
+    found = []
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name in NOT_COMPONENTS or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package}.{info.name}")
+        component = getattr(module, "COMPONENT", None)
+        if not isinstance(component, Component):
+            raise ComponentError(f"{package}/{info.name}.py defines no COMPONENT. Fix: end it with "
+                                 "COMPONENT = Component(...) (see docs/architecture.md).")
+        if component.name != info.name:
+            raise ComponentError(f"{package}/{info.name}.py: COMPONENT is named {component.name!r}. "
+                                 f"Fix: name it {info.name!r}, like its module.")
+        summary = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+        object.__setattr__(component, "module", module.__name__)
+        object.__setattr__(component, "summary", summary)
+        found.append(component)
+    return order(found)
+
+
+@lru_cache(maxsize=None)
+def _registry(package: str) -> tuple[Component, ...]:
+    return tuple(discover(package))
+
+
+def components(package: str = PACKAGE) -> tuple[Component, ...]:
+    """Every component, in the order they run on a host (imported once per process)."""
+    return _registry(package)
+
+
+def component(name: str, package: str = PACKAGE) -> Component:
+    for c in components(package):
+        if c.name == name:
+            return c
+    raise ComponentError(f"no component {name!r}. Fix: use one of "
+                         f"{', '.join(c.name for c in components(package))}.")
+
+
+def defaults(package: str = PACKAGE) -> dict[str, Any]:
+    """Every component's DEFAULTS, merged: the lowest data layer, under group_data/all.py.
+    Keys are prefixed with their component, so two components never set the same key."""
+    merged: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for c in components(package):
+        for key, value in c.defaults.items():
+            if key in owner:
+                raise ComponentError(f"DEFAULTS key {key!r} is set by both deploys/{owner[key]}.py and "
+                                     f"deploys/{c.name}.py. Fix: keep it in one component.")
+            owner[key] = c.name
+            merged[key] = value
+    return merged
+
+
+def secret_files(name: str, groups: Iterable[str], data: Mapping, package: str = PACKAGE) -> list[SecretFile]:
+    """Every secret file a host gets, from the components that apply to it."""
+    return [item for c in components(package) for item in c.secret_files(name, groups, data)]

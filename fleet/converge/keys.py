@@ -1,0 +1,114 @@
+"""How deploys and tools reach the vault: which file, which passphrase, which secret.
+
+Deploys read secrets only through `secret(key)`. A secret reaches a host only as a file
+(fleet.converge.ops.secret_file), never as an argument, template variable or command line.
+Which secret files a host gets is declared by its components (fleet.converge.component).
+
+Which vault (first that applies):
+  FLEET_VAULT                      an explicit path
+  use(...)                         the target's vault, chosen before any host is touched
+                                   (fleet.preflight.target: the demo vault for FLEET_TARGET=test)
+  otherwise                        secrets/fleet.vault
+Its passphrase (first that applies):
+  FLEET_VAULT_PASSPHRASE_FILE      a file holding it (best for automation)
+  FLEET_VAULT_PASSPHRASE           the environment
+  use(..., passphrase_file=...)    the test fleet's documented, test-only passphrase file
+  a prompt                         when there is a terminal
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fleet.converge.vault import Vault, VaultError
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_VAULT = "secrets/fleet.vault"
+
+_selected: dict[str, Path | None] = {"path": None, "passphrase_file": None}
+
+
+def use(path: Path, passphrase_file: Path | None = None) -> None:
+    """Select the vault the target uses (FLEET_VAULT still wins)."""
+    _selected["path"] = Path(path).resolve()
+    _selected["passphrase_file"] = Path(passphrase_file).resolve() if passphrase_file else None
+
+
+def vault_path() -> Path:
+    if os.environ.get("FLEET_VAULT"):
+        return Path(os.environ["FLEET_VAULT"]).resolve()
+    return _selected["path"] or REPO / DEFAULT_VAULT
+
+
+def passphrase(prompt: str = "vault passphrase: ", confirm: bool = False, env_prefix: str = "FLEET_VAULT") -> str:
+    file_var, value_var = f"{env_prefix}_PASSPHRASE_FILE", f"{env_prefix}_PASSPHRASE"
+    if os.environ.get(file_var):
+        path = Path(os.environ[file_var])
+        if not path.exists():
+            raise VaultError(f"{file_var}={path} does not exist")
+        return path.read_text().rstrip("\n")
+    if os.environ.get(value_var):
+        return os.environ[value_var]
+    selected = _selected["passphrase_file"]
+    if env_prefix == "FLEET_VAULT" and selected and not os.environ.get("FLEET_VAULT"):
+        return selected.read_text().rstrip("\n")
+    if not sys.stdin.isatty():
+        raise VaultError(f"no vault passphrase: set {file_var} (or {value_var}), or run in a terminal to be prompted")
+    first = getpass.getpass(prompt)
+    if confirm and getpass.getpass("again: ") != first:
+        raise VaultError("the two passphrases differ; nothing was written")
+    return first
+
+
+@lru_cache(maxsize=None)
+def _open(path: str, phrase: str) -> dict[str, str]:
+    return Vault(path, phrase).load()
+
+
+def current() -> dict[str, str]:
+    """The current vault's content, decrypted once per process."""
+    return _open(str(vault_path()), passphrase())
+
+
+def secret(key: str) -> str:
+    """The one way deploys read a secret. A missing key is a clear error."""
+    data = current()
+    if key not in data:
+        raise VaultError(f"{vault_path()}: no secret {key!r}; add it with `python -m fleet vault set {key}`")
+    return data[key]
+
+
+# --- SSH host keys: every host's identity is in the vault --------------------------------------
+
+def host_key_name(host: str) -> str:
+    return f"ssh_host_ed25519_key/{host}"
+
+
+def new_host_key() -> str:
+    """A new ed25519 host key, OpenSSH private key format."""
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+
+
+def public_host_key(private_pem: str, comment: str = "") -> str:
+    key = serialization.load_ssh_private_key(private_pem.encode(), password=None)
+    line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return f"{line} {comment}".strip()
+
+
+def known_hosts_lines(data: dict[str, str], hosts: dict[str, list[str]]) -> list[str]:
+    """known_hosts lines for hosts whose key is in the vault. hosts: name -> addresses."""
+    lines = []
+    for name, addresses in hosts.items():
+        pem = data.get(host_key_name(name))
+        if pem:
+            lines.append(f"{','.join(addresses)} {public_host_key(pem)}")
+    return lines

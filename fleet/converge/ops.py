@@ -1,0 +1,146 @@
+"""Operations pyinfra does not ship: a config file that is validated before it goes live."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from io import BytesIO
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.facts.files import File, Sha256File
+from pyinfra.facts.server import Home
+
+
+@operation()
+def validated_file(
+    content: str,
+    dest: str,
+    validate: str,
+    user: str = "root",
+    group: str = "root",
+    mode: str = "644",
+):
+    """Install `content` at `dest` only if `validate` accepts it; else fail, live file intact.
+
+    + content: the file's full text (rendered on the operator's machine)
+    + dest: the live file
+    + validate: a command with `{path}` where the candidate's path goes (`sshd -t -f {path}`)
+    + user, group, mode: ownership and octal mode of the installed file
+
+    The candidate is uploaded next to `dest` (same filesystem, so the final `mv` is atomic),
+    checked, and either moved into place or removed. An unchanged file is a no-op.
+    """
+    data = content.encode()
+    wanted_sum = hashlib.sha256(data).hexdigest()
+    current = host.get_fact(File, path=dest)
+    if current and host.get_fact(Sha256File, path=dest) == wanted_sum:
+        same_owner = current.get("user") == user and current.get("group") == group
+        same_mode = current.get("mode") == int(mode)
+        if same_owner and same_mode:
+            host.noop(f"{dest} is up to date")
+            return
+
+    candidate = f"{dest}.fleet-candidate"
+    q_candidate, q_dest = shlex.quote(candidate), shlex.quote(dest)
+    yield FileUploadCommand(BytesIO(data), candidate,
+                            remote_temp_filename=host.get_temp_filename(candidate))
+    yield StringCommand(f"chown {shlex.quote(user)}:{shlex.quote(group)} {q_candidate}")
+    yield StringCommand(f"chmod {shlex.quote(mode)} {q_candidate}")
+    check = validate.format(path=q_candidate)
+    yield StringCommand(
+        f"if {check}; then mv -f {q_candidate} {q_dest}; "
+        f"else rm -f {q_candidate}; echo 'validation failed: {dest} left unchanged' >&2; exit 1; fi"
+    )
+
+
+@operation()
+def secret_file(key: str, dest: str, user: str, group: str, mode: str = "600", fmt: str = "{value}"):
+    """Install the vault secret `key` as the file `dest` (owner user:group, mode 0600).
+
+    + key: the vault key (its name, never its value, is this operation's argument)
+    + dest: the file on the host; its directory must exist
+    + fmt: the file's content around the value ("VLLM_API_KEY={value}\n" for an env file)
+
+    The value goes over SFTP, without sudo, into a 0700 directory in the admin user's home
+    (pyinfra's own sudo upload would stage it world-readable in /tmp), then root copies it
+    under umask 077 to a candidate beside `dest`, sets owner and mode, and renames it into
+    place. No diff is shown, nothing is echoed, and the staged copy is removed even when a
+    step fails. Unchanged content, owner and mode is a no-op (compared by SHA-256).
+    """
+    from fleet.converge.keys import secret
+
+    data = fmt.format(value=secret(key)).encode()
+    current = host.get_fact(File, path=dest)
+    if current and host.get_fact(Sha256File, path=dest) == hashlib.sha256(data).hexdigest():
+        if (current.get("user"), current.get("group"), current.get("mode")) == (user, group, int(mode)):
+            host.noop(f"{dest} is up to date")
+            return
+
+    # the SSH user's home, asked by name: facts run under sudo, where ~ is /root
+    stage_dir = f"{host.get_fact(Home, user=host.data.ssh_user)}/.cache/fleet-upload"
+    staged = f"{stage_dir}/{hashlib.sha256(dest.encode()).hexdigest()[:16]}"
+    candidate = f"{dest}.fleet-candidate"
+    q = shlex.quote
+    yield StringCommand(f"install -d -m 700 {q(stage_dir)}", _sudo=False)
+    yield FileUploadCommand(BytesIO(data), staged, _sudo=False)
+    yield StringCommand(
+        f"(umask 077 && cp {q(staged)} {q(candidate)} && chown {q(user)}:{q(group)} {q(candidate)}"
+        f" && chmod {q(mode)} {q(candidate)} && mv -f {q(candidate)} {q(dest)}); rc=$?;"
+        f" rm -f {q(staged)} {q(candidate)}; exit $rc"
+    )
+
+
+@operation()
+def verified_download(src: str, dest: str, sha256: str, mode: str = "644"):
+    """Download `src` to `dest` only if its SHA-256 is `sha256`; otherwise fail, `dest` untouched.
+
+    + src: URL (fetched on the host with curl)
+    + dest: where the verified file goes
+    + sha256: the pinned checksum (from data)
+
+    pyinfra's files.download moves the file into place before checking the sum, so a bad
+    key or binary would already be where apt or systemd trusts it. Here the download lands
+    in a candidate beside `dest`, is checked, and only then renamed. A file that already
+    has the checksum is a no-op.
+    """
+    if host.get_fact(Sha256File, path=dest) == sha256:
+        host.noop(f"{dest} has the pinned checksum")
+        return
+    q = shlex.quote
+    candidate = f"{dest}.fleet-candidate"
+    yield StringCommand(f"install -d -m 755 {q(dest.rsplit('/', 1)[0] or '/')}")
+    yield StringCommand(
+        f"curl -fsSL --retry 3 --max-time 300 -o {q(candidate)} {q(src)}"
+        f" && echo {q(sha256 + '  ' + candidate)} | sha256sum --check --quiet --strict"
+        f" && chmod {q(mode)} {q(candidate)} && mv -f {q(candidate)} {q(dest)}"
+        f" || {{ rm -f {q(candidate)}; echo 'checksum or download failed for {src}: {dest} left unchanged' >&2; exit 1; }}"
+    )
+
+
+def keep_running(label: str, unit: str, changed, *, why: str, reload: bool = False, unit_file=None):
+    """A daemon the deploys own: enabled and running, and restarted (or reloaded) only when
+    `changed` says its validated config changed; never otherwise.
+
+    + label: how operation names call the daemon ("docker" -> "Enable docker")
+    + unit: the systemd unit
+    + changed: a callable, e.g. config.did_change or any_changed(a, b)
+    + why: the end of the restart operation's name ("for its new daemon.json")
+    + reload: reload instead of restart (sshd re-reads its config and listeners on SIGHUP)
+    + unit_file: the operation that installs the unit file (or a callable saying whether any
+      unit file or drop-in changed); systemd reloads its units first
+    """
+    from pyinfra.operations import systemd
+
+    if unit_file is not None:
+        units_changed = getattr(unit_file, "did_change", unit_file)
+        systemd.daemon_reload(name=f"Reload systemd for {unit}", _if=units_changed)
+    systemd.service(name=f"Enable {label}", service=unit, running=True, enabled=True)
+    verb = "Reload" if reload else "Restart"
+    return systemd.service(
+        name=f"{verb} {label} {why}".strip(),
+        service=unit,
+        restarted=not reload,
+        reloaded=reload,
+        _if=changed,
+    )

@@ -1,0 +1,263 @@
+"""Target selection: turn inventory.py's data into pyinfra groups, after validating the
+whole fleet. Nothing here touches a host.
+
+Targets (FLEET_TARGET):
+  fleet  the real hosts, reached on their tailnet address (FLEET_CONNECT=lan: on the LAN)
+  test   the Docker test fleet: TEST_FLEET's LAN addresses, the test network's tailnet
+         addresses (the same as the real ones), and the test SSH key made by fleet-up
+Nothing but addresses, the SSH connection and the vault differ between the two.
+
+Host keys: every host's SSH identity is in the vault, so pyinfra checks hosts strictly
+against a known_hosts file generated from it (.state/<target>/known_hosts). A host that
+does not hold its vault key yet (freshly flashed or rebuilt) is named in FLEET_BOOTSTRAP
+(comma-separated, or "all"): for it, pyinfra uses .state/<target>/bootstrap_known_hosts,
+trusting the key it first sees on the real fleet (accept-new), and the key recorded at
+flash time on the test fleet. The base deploy then installs the vault key.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pyinfra.api.exceptions import PyinfraError
+
+from fleet.converge import component as registry
+from fleet.converge import keys
+from fleet.converge.vault import VaultError
+from fleet.preflight import validate as validation
+from fleet.preflight.model import Fleet, load_fleet
+
+TARGETS = ("fleet", "test")
+CONNECT = ("tailnet", "lan")
+
+
+class FleetConfigError(PyinfraError):
+    """Raised before any host is touched; pyinfra prints it without a traceback."""
+
+
+def state_dir(repo: Path, target: str = "test") -> Path:
+    return repo / ".state" / ("testfleet" if target == "test" else target)
+
+
+def test_ssh_key(repo: Path) -> Path:
+    return state_dir(repo) / "id_ed25519"
+
+
+def read_inventory_data(inventory_file: str | Path) -> tuple[dict, dict]:
+    """HOSTS and TEST_FLEET from inventory.py, read as literals (nothing is executed)."""
+    tree = ast.parse(Path(inventory_file).read_text(), filename=str(inventory_file))
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name) and target.id in ("HOSTS", "TEST_FLEET"):
+                found[target.id] = ast.literal_eval(node.value)
+    missing = {"HOSTS", "TEST_FLEET"} - set(found)
+    if missing:
+        raise FleetConfigError(f"{inventory_file}: {', '.join(sorted(missing))} must be plain "
+                               "dict literals. Fix: define them as data, without code.")
+    return found["HOSTS"], found["TEST_FLEET"]
+
+
+def target_from_env() -> str:
+    target = os.environ.get("FLEET_TARGET", "fleet")
+    if target not in TARGETS:
+        raise FleetConfigError(
+            f"FLEET_TARGET={target!r} is not a target. Fix: use one of {', '.join(TARGETS)}."
+        )
+    return target
+
+
+def select_vault(repo: Path, test_fleet: dict, target: str | None = None) -> None:
+    """The target's vault: the demo vault (and its documented passphrase file) for the test
+    fleet, secrets/fleet.vault otherwise (FLEET_VAULT overrides both; see fleet.converge.keys)."""
+    if (target or target_from_env()) == "test":
+        keys.use(repo / test_fleet["vault"], repo / test_fleet["vault_passphrase_file"])
+    else:
+        keys.use(repo / keys.DEFAULT_VAULT)
+
+
+def bootstrap_hosts(hosts: dict) -> set[str]:
+    raw = os.environ.get("FLEET_BOOTSTRAP", "").strip()
+    if not raw:
+        return set()
+    names = set(hosts) if raw == "all" else {n.strip() for n in raw.split(",") if n.strip()}
+    unknown = names - set(hosts)
+    if unknown:
+        raise FleetConfigError(
+            f"FLEET_BOOTSTRAP names unknown host(s) {', '.join(sorted(unknown))}. "
+            f"Fix: use host names from inventory.py ({', '.join(hosts)}) or 'all'."
+        )
+    return names
+
+
+def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict:
+    """The host entries for a target, with connection data for pyinfra's SSH connector."""
+    hosts = copy.deepcopy(hosts)
+    connect = os.environ.get("FLEET_CONNECT", "tailnet")
+    if connect not in CONNECT:
+        raise FleetConfigError(
+            f"FLEET_CONNECT={connect!r} is not a way to connect. Fix: use one of {', '.join(CONNECT)}."
+        )
+    if target == "test":
+        key = test_ssh_key(repo)
+        if not key.exists():
+            raise FleetConfigError(
+                f"the test fleet's SSH key {key} does not exist. Fix: run `make fleet-up` first."
+            )
+        pubkey = key.with_suffix(".pub").read_text().strip()
+        built = built_data(repo, test_fleet)
+        for name, entry in hosts.items():
+            if name not in test_fleet["lan_addresses"]:
+                raise FleetConfigError(
+                    f"{name}: TEST_FLEET['lan_addresses'] has no entry. "
+                    f"Fix: add a test LAN address for {name} in inventory.py."
+                )
+            entry["lan_address"] = test_fleet["lan_addresses"][name]
+            entry.update(copy.deepcopy(test_fleet.get("data", {})))
+            entry.update(copy.deepcopy(built))
+            entry["base_admin_ssh_keys"] = [pubkey]
+            entry["ssh_key"] = str(key)
+    bootstrap = bootstrap_hosts(hosts)
+    for name, entry in hosts.items():
+        known = "bootstrap_known_hosts" if name in bootstrap else "known_hosts"
+        entry["ssh_known_hosts_file"] = str(state_dir(repo, target) / known)
+        first_contact = name in bootstrap and target == "fleet"
+        entry["ssh_strict_host_key_checking"] = "accept-new" if first_contact else "yes"
+        address = entry.get("tailnet_address") if connect == "tailnet" else entry.get("lan_address")
+        if address:
+            entry["ssh_hostname"] = address.split("/")[0]
+    return hosts
+
+
+def built_data(repo: Path, test_fleet: dict) -> dict:
+    """TEST_FLEET["built_data"]: data the test suite wrote when it built the mirror."""
+    if not test_fleet.get("built_data"):
+        return {}
+    path = repo / test_fleet["built_data"]
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FleetConfigError(f"{path} does not exist. Fix: run `make fleet-up` first.") from None
+    except ValueError as exc:
+        raise FleetConfigError(f"{path} is not JSON ({exc}). Fix: run `make fleet-up` again.") from None
+    if not isinstance(data, dict):
+        raise FleetConfigError(f"{path} must hold a JSON object. Fix: run `make fleet-up` again.")
+    return data
+
+
+def ssh_options(entry: dict) -> list[str]:
+    """ssh -o options that reach a prepared entry's host as pyinfra does (strict known_hosts)."""
+    return ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+            "-o", f"UserKnownHostsFile={entry['ssh_known_hosts_file']}",
+            "-o", f"StrictHostKeyChecking={entry['ssh_strict_host_key_checking']}"]
+
+
+def offered_keys(entry: dict) -> set[str]:
+    """Public keys pyinfra's SSH connector will offer for a host, as far as they can be
+    known here: the host's ssh_key (its .pub), else the agent's and ~/.ssh's default keys."""
+    key = entry.get("ssh_key")
+    if key:
+        pub = Path(f"{key}.pub")
+        if pub.exists():
+            return {pub.read_text().strip()}
+        derived = subprocess.run(["ssh-keygen", "-y", "-P", "", "-f", key],
+                                 capture_output=True, text=True, check=False)
+        return {derived.stdout.strip()} if derived.returncode == 0 else set()
+    keys = set()
+    if os.environ.get("SSH_AUTH_SOCK"):
+        agent = subprocess.run(["ssh-add", "-L"], capture_output=True, text=True, check=False)
+        if agent.returncode == 0:
+            keys |= {line for line in agent.stdout.splitlines() if line.strip()}
+    for name in ("id_ed25519", "id_ecdsa", "id_rsa"):
+        pub = Path.home() / ".ssh" / f"{name}.pub"
+        if pub.exists():
+            keys.add(pub.read_text().strip())
+    return keys
+
+
+def prepare(hosts: dict, test_fleet: dict, inventory_file: str, target: str | None = None):
+    """(host entries for the target, validated Fleet), or FleetConfigError on bad data."""
+    repo = Path(inventory_file).resolve().parent
+    target = target or target_from_env()
+    select_vault(repo, test_fleet, target)
+    entries = apply_target(hosts, test_fleet, repo, target)
+    fleet = load_fleet(entries, repo / "group_data")
+    try:
+        validation.validate(fleet, {name: offered_keys(entry) for name, entry in entries.items()})
+        check_vault(fleet)
+    except validation.InventoryError as exc:
+        raise FleetConfigError(str(exc)) from None
+    write_known_hosts(fleet, state_dir(repo, target))
+    return entries, fleet
+
+
+def check_vault(fleet: Fleet) -> None:
+    """The vault opens, and holds every secret the fleet's hosts get."""
+    try:
+        data = keys.current()
+    except VaultError as exc:
+        raise FleetConfigError(f"vault: {exc}. No host was touched.") from None
+    found = []
+    for host in fleet.hosts.values():
+        for item in registry.secret_files(host.name, host.groups, host.data):
+            if item.key not in data:
+                how = ("python -m fleet vault hostkeys" if item.key == keys.host_key_name(host.name)
+                       else f"python -m fleet vault set {item.key}")
+                found.append(validation.Problem(
+                    host.name, f"vault[{item.key!r}]",
+                    f"is missing from {keys.vault_path()}.", f"run `{how}`."))
+    if found:
+        raise validation.InventoryError(found)
+
+
+def write_known_hosts(fleet: Fleet, directory: Path) -> None:
+    """known_hosts from the vault's host keys: both addresses of every host."""
+    directory.mkdir(parents=True, exist_ok=True)
+    addresses = {h.name: [h.tailnet_address, h.lan_address] for h in fleet.hosts.values()}
+    lines = keys.known_hosts_lines(keys.current(), addresses)
+    path = directory / "known_hosts"
+    text = "".join(f"{line}\n" for line in lines)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def pyinfra_groups(hosts: dict, test_fleet: dict, inventory_file: str) -> dict[str, Any]:
+    """{group: [(host, host_data), ...]} for pyinfra, and `all`: (every host, the components'
+    DEFAULTS). pyinfra merges group_data/all.py over `all`'s data and the group files over
+    that, so the DEFAULTS are the lowest layer for every deploy, as in the fleet model."""
+    entries, fleet = prepare(hosts, test_fleet, inventory_file)
+    groups: dict[str, Any] = {}
+    for name, host in fleet.hosts.items():
+        data = {k: v for k, v in entries[name].items() if k != "groups"}
+        for group in host.groups:
+            groups.setdefault(group, []).append((name, data))
+    groups["all"] = (list(fleet.hosts), copy.deepcopy(registry.defaults()))
+    return groups
+
+
+def main(argv: list[str]) -> int:
+    """`python -m fleet check`: validate the inventory for FLEET_TARGET."""
+    inventory_file = Path(__file__).resolve().parents[2] / "inventory.py"
+    try:
+        hosts, test_fleet = read_inventory_data(inventory_file)
+        _, fleet = prepare(hosts, test_fleet, str(inventory_file))
+    except FleetConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    target = target_from_env()
+    print(f"inventory OK ({target}): {len(fleet.hosts)} hosts, {len(fleet.known_groups)} groups")
+    for host in fleet.hosts.values():
+        print(f"  {host.name:<18} {host.tailnet_address:<15} {host.lan_address:<15} {','.join(host.groups)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

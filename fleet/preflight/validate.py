@@ -1,0 +1,250 @@
+"""Inventory validation: every rule runs before any host is touched.
+
+Each problem is reported as `host: key: what is wrong. Fix: what to change.` All problems
+are collected, so one run shows everything to fix. The rules here are about the fleet as a
+whole (hosts, groups, addresses, the port and domain maps); each component adds its own
+(`COMPONENT.rules` in deploys/), run on the hosts it applies to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from fleet.converge.component import Problem, components
+from fleet.converge.services import SCOPES
+from fleet.preflight.model import Fleet
+
+TAILNET_RANGE = ipaddress.ip_network("100.64.0.0/10")
+REQUIRED_HOST_KEYS = ("lan_address", "tailnet_address", "ssh_user", "arch")
+KNOWN_ARCHS = ("arm64", "amd64")
+
+__all__ = ["Problem", "InventoryError", "problems", "validate"]
+
+
+class InventoryError(Exception):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        lines = [f"inventory is invalid ({len(problems)} problem(s)); no host was touched:"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+def check_groups(fleet: Fleet) -> list[Problem]:
+    problems = []
+    known = fleet.known_groups
+    for host in fleet.hosts.values():
+        if not host.groups:
+            problems.append(Problem(host.name, "groups", "the host is in no group.",
+                                    f"list its groups in inventory.py (known: {', '.join(known)})."))
+        for group in host.groups:
+            if group not in known:
+                problems.append(Problem(
+                    host.name, "groups", f"unknown group {group!r}.",
+                    f"use one of {', '.join(known)}, or add group_data/{group}.py for a new group."))
+    return problems
+
+
+def check_required(fleet: Fleet) -> list[Problem]:
+    problems = []
+    for host in fleet.hosts.values():
+        for key in REQUIRED_HOST_KEYS:
+            if not host.data.get(key):
+                problems.append(Problem(host.name, key, "is missing.",
+                                        f"set {key!r} in the host's entry in inventory.py."))
+        arch = host.data.get("arch")
+        if arch and arch not in KNOWN_ARCHS:
+            problems.append(Problem(host.name, "arch", f"{arch!r} is not a known architecture.",
+                                    f"use one of {', '.join(KNOWN_ARCHS)} (Debian's names)."))
+        lan = host.data.get("lan_address")
+        if lan:
+            try:
+                iface = ipaddress.ip_interface(lan)
+                if iface.network.prefixlen == iface.max_prefixlen:
+                    raise ValueError
+            except ValueError:
+                problems.append(Problem(host.name, "lan_address",
+                                        f"{lan!r} is not an address/prefix.",
+                                        "write it like '192.168.1.11/24'."))
+        if host.data.get("ssh_user") == "root":
+            problems.append(Problem(host.name, "ssh_user",
+                                    "is root, but sshd is hardened to refuse root logins.",
+                                    "connect as the admin user (e.g. 'pi'); create it at first boot."))
+    return problems
+
+
+def check_tailnet(fleet: Fleet) -> list[Problem]:
+    problems = []
+    seen: dict[str, str] = {}
+    for host in fleet.hosts.values():
+        raw = host.data.get("tailnet_address")
+        if not raw:
+            continue
+        try:
+            address = ipaddress.ip_address(raw)
+        except ValueError:
+            problems.append(Problem(host.name, "tailnet_address", f"{raw!r} is not an IP address.",
+                                    "use the node's Tailscale IPv4, e.g. 100.100.0.1."))
+            continue
+        if address not in TAILNET_RANGE:
+            problems.append(Problem(
+                host.name, "tailnet_address", f"{raw} is outside Tailscale's {TAILNET_RANGE}.",
+                "use the address Tailscale assigned to the node (100.64.0.0/10)."))
+        if raw in seen:
+            problems.append(Problem(
+                host.name, "tailnet_address", f"{raw} is also the tailnet address of {seen[raw]}.",
+                "give each host its own tailnet address."))
+        else:
+            seen[raw] = host.name
+    return problems
+
+
+def check_ports(fleet: Fleet) -> list[Problem]:
+    problems = []
+    services = fleet.all_data.get("fleet_services", {})
+    names = [c.name for c in components()]
+    for name, svc in services.items():
+        port = svc.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            problems.append(Problem("all", f"fleet_services[{name!r}].port",
+                                    f"{port!r} is not a TCP port.", "use an integer 1-65535."))
+        for bind in svc.get("bind", ()):
+            if bind not in SCOPES:
+                problems.append(Problem("all", f"fleet_services[{name!r}].bind",
+                                        f"{bind!r} is not a bind scope.",
+                                        f"use {', '.join(SCOPES)} (never a wildcard)."))
+        if ("groups" in svc) == ("component" in svc):
+            problems.append(Problem("all", f"fleet_services[{name!r}]",
+                                    "needs exactly one of 'groups' or 'component'.",
+                                    "name the groups that run it, or the component that serves it."))
+        if "component" in svc and svc["component"] not in names:
+            problems.append(Problem("all", f"fleet_services[{name!r}].component",
+                                    f"{svc['component']!r} is not a component.",
+                                    f"use one of {', '.join(names)}."))
+        for group in svc.get("groups", ()):
+            if group != "all" and group not in fleet.known_groups:
+                problems.append(Problem("all", f"fleet_services[{name!r}].groups",
+                                        f"unknown group {group!r}.",
+                                        f"use one of {', '.join(fleet.known_groups)} or 'all'."))
+    if problems:
+        return problems  # the per-host check below needs a sound port map
+    for host in fleet.hosts.values():
+        by_port: dict[int, str] = {}
+        for name in fleet.services.on(host.name):
+            port = services[name]["port"]
+            if port in by_port:
+                problems.append(Problem(
+                    host.name, f"fleet_services[{name!r}].port",
+                    f"port {port} is used by both {by_port[port]!r} and {name!r} on this host.",
+                    "give one of them another port in group_data/all.py fleet_services."))
+            else:
+                by_port[port] = name
+    return problems
+
+
+def check_domains(fleet: Fleet) -> list[Problem]:
+    """Each domain names a host and a service (by name) that the host runs."""
+    problems = []
+    services = fleet.services
+    for domain, route in fleet.domains.items():
+        key = f"fleet_domains[{domain!r}]"
+        target, service = route.get("host"), route.get("service")
+        if "port" in route:
+            problems.append(Problem(str(target), f"{key}.port", "names a port; domains name a service.",
+                                    f"write 'service': one of {', '.join(services.services)}."))
+            continue
+        if target not in fleet.hosts:
+            problems.append(Problem(str(target), key, f"routes to unknown host {target!r}.",
+                                    f"use one of {', '.join(fleet.hosts)}."))
+            continue
+        if service not in services.services:
+            problems.append(Problem(target, f"{key}.service", f"{service!r} is not a service of the port map.",
+                                    f"use one of {', '.join(services.services)}."))
+            continue
+        if not services.runs(service, target):
+            offered = ", ".join(services.on(target))
+            problems.append(Problem(
+                target, key, f"routes to {service!r}, but {target} does not run it "
+                f"(its services: {offered}).",
+                "route the domain to a host that runs the service, or add one of the host's "
+                "groups to the service in fleet_services."))
+    return problems
+
+
+def check_group_conflicts(fleet: Fleet) -> list[Problem]:
+    """A key set to different values by two groups of one host has no clear winner."""
+    problems = []
+    for host in fleet.hosts.values():
+        for key, groups in host.group_sources.items():
+            values = {repr(fleet.group_data[g][key]) for g in groups}
+            if len(values) > 1:
+                problems.append(Problem(
+                    host.name, key, f"is set differently by groups {', '.join(groups)}.",
+                    "set it in one group only, or per host in inventory.py."))
+    return problems
+
+
+def key_id(line: str) -> str:
+    """'type base64' of an OpenSSH public key line (the comment does not matter)."""
+    return " ".join(line.split()[:2])
+
+
+def check_operator_access(fleet: Fleet, offered: dict[str, set[str]]) -> list[Problem]:
+    """The admin's authorized_keys becomes exactly base_admin_ssh_keys. If none of the keys
+    this run authenticates with is in it, the converge would lock the operator out.
+    `offered`: per host, the public keys pyinfra will offer (hosts where that cannot be
+    known, e.g. no key file and no agent, are left out)."""
+    problems = []
+    for name, keys in offered.items():
+        host = fleet.hosts.get(name)
+        if host is None or not keys:
+            continue
+        listed = {key_id(k) for k in host.data.get("base_admin_ssh_keys") or [] if isinstance(k, str)}
+        if listed and not listed & {key_id(k) for k in keys}:
+            problems.append(Problem(
+                name, "base_admin_ssh_keys",
+                "lists none of the keys this run logs in with, and the converge makes it the "
+                "admin's only authorized keys: you would lock yourself out.",
+                "add your public key (the .pub of ssh_key, or `ssh-add -L`) to base_admin_ssh_keys."))
+    return problems
+
+
+# Rules about the fleet as a whole; each component adds its own (COMPONENT.rules).
+RULES = (
+    check_groups,
+    check_required,
+    check_tailnet,
+    check_ports,
+    check_domains,
+    check_group_conflicts,
+)
+
+
+def component_problems(fleet: Fleet, shape_ok: bool = True) -> list[Problem]:
+    """Every component's rules, each given the hosts the component applies to. A rule that
+    trips over data the fleet-wide rules already refused (shape_ok False) adds nothing more."""
+    found: list[Problem] = []
+    for component in components():
+        try:
+            hosts = [h for h in fleet.hosts.values() if component.applies(h.groups, h.data)]
+            for rule in component.rules:
+                found.extend(rule(fleet, hosts))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if shape_ok:
+                found.append(Problem("all", component.name, f"its data cannot be read ({type(exc).__name__}: {exc}).",
+                                     f"check the types of the {component.name}_* keys against docs/settings.md."))
+    return found
+
+
+def problems(fleet: Fleet, offered: dict[str, set[str]] | None = None) -> list[Problem]:
+    found: list[Problem] = []
+    for rule in RULES:
+        found.extend(rule(fleet))
+    found.extend(component_problems(fleet, shape_ok=not found))
+    found.extend(check_operator_access(fleet, offered or {}))
+    return found
+
+
+def validate(fleet: Fleet, offered: dict[str, set[str]] | None = None) -> None:
+    found = problems(fleet, offered)
+    if found:
+        raise InventoryError(found)

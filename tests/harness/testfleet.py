@@ -1,0 +1,455 @@
+"""The Docker test fleet: one systemd container per inventory host, like freshly flashed hosts.
+
+    python tests/harness/testfleet.py up | down | status | converge [pyinfra args...]
+
+`up` makes sure a Docker engine answers (installing docker.io and starting dockerd when
+none does), builds the Debian bookworm base image with debootstrap (cached by a hash of its
+recipe), creates the two test networks (tailnet 100.100.0.0/16, LAN 100.101.0.0/16, both
+inside 100.64.0.0/10, never RFC 1918), starts one container per host with its hostname and
+both addresses, and "flashes" it the way Raspberry Pi Imager's first boot does: fresh SSH
+host keys, the inventory's ssh_user with the test public key and passwordless sudo.
+Everything after that goes over SSH, like on real hosts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fleet.preflight.inventory import read_inventory_data, state_dir, test_ssh_key
+
+REPO = Path(__file__).resolve().parents[2]
+STATE = state_dir(REPO)
+LABEL = "fleet.testhost=1"
+NETWORK_PREFIX = "fleet-"
+
+# Everything that determines the base image; its hash is the image tag.
+IMAGE_RECIPE = {
+    "suite": "bookworm",
+    "variant": "minbase",
+    "mirror": "http://deb.debian.org/debian",
+    # What a freshly flashed Raspberry Pi OS Lite / cloud image already has.
+    "include": [
+        "systemd", "systemd-sysv", "dbus", "python3", "ca-certificates", "curl", "gnupg",
+        "iproute2", "procps", "openssh-server", "sudo",
+    ],
+    # Host keys are made per container at "flash" time, not shared through the image.
+    # Debian's kernel-wide sysctl defaults (pid_max, protected links) are dropped: in a
+    # container they would be written to the CI machine's kernel. Network sysctls are per
+    # network namespace and stay real.
+    "post": [
+        "rm -f etc/ssh/ssh_host_*",
+        "rm -f usr/lib/sysctl.d/50-pid-max.conf usr/lib/sysctl.d/99-protect-links.conf",
+        "rm -f etc/machine-id var/lib/dbus/machine-id && touch etc/machine-id",
+    ],
+}
+
+# TESTING.md: --privileged fails here; these flags boot systemd. systempaths=unconfined
+# makes /proc/sys writable so the base deploy's sysctls are applied for real.
+RUN_FLAGS = [
+    "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
+    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+    "--security-opt", "systempaths=unconfined",
+    "--tmpfs", "/run", "--tmpfs", "/run/lock",
+    "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--cgroupns=host",
+]
+
+
+def log(msg: str) -> None:
+    print(f"[testfleet] {msg}", flush=True)
+
+
+def run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, text=True, capture_output=True, **kw)
+
+
+def docker(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return run(["docker", *args], check=check, **kw)
+
+
+# --- the inventory, as the test target sees it ---------------------------------------------
+
+def load_inventory():
+    """HOSTS and TEST_FLEET from inventory.py."""
+    return read_inventory_data(REPO / "inventory.py")
+
+
+def networks(test_fleet: dict) -> dict[str, str]:
+    return {
+        f"{NETWORK_PREFIX}tailnet": test_fleet["tailnet_network"],
+        f"{NETWORK_PREFIX}lan": test_fleet["lan_network"],
+    }
+
+
+# --- engine -------------------------------------------------------------------------------
+
+def apt_install(*packages: str) -> None:
+    log(f"installing {' '.join(packages)} from Debian")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+def engine_answers() -> bool:
+    return shutil.which("docker") is not None and docker("info", check=False).returncode == 0
+
+
+def ensure_engine(timeout: float = 90) -> None:
+    if engine_answers():
+        return
+    if not shutil.which("dockerd"):
+        apt_install("docker.io")
+    STATE.mkdir(parents=True, exist_ok=True)
+    if Path("/run/systemd/system").exists():
+        subprocess.run(["systemctl", "start", "docker"], check=False)
+    else:
+        log(f"starting dockerd (log: {STATE / 'dockerd.log'})")
+        with open(STATE / "dockerd.log", "ab") as out:
+            subprocess.Popen(["dockerd"], stdout=out, stderr=out, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if engine_answers():
+            return
+        time.sleep(1)
+    raise SystemExit(f"the Docker engine did not answer within {timeout:.0f}s; see {STATE / 'dockerd.log'}")
+
+
+# --- base image ---------------------------------------------------------------------------
+
+def image_tag() -> str:
+    digest = hashlib.sha256(json.dumps(IMAGE_RECIPE, sort_keys=True).encode()).hexdigest()[:12]
+    return f"fleet-testhost:{digest}"
+
+
+def ensure_image() -> str:
+    tag = image_tag()
+    if docker("image", "inspect", tag, check=False).returncode == 0:
+        return tag
+    if not shutil.which("debootstrap"):
+        apt_install("debootstrap")
+    log(f"building {tag} with debootstrap (about a minute)")
+    with tempfile.TemporaryDirectory(prefix="fleet-rootfs-") as rootfs:
+        r = IMAGE_RECIPE
+        subprocess.run(
+            ["debootstrap", f"--variant={r['variant']}", f"--include={','.join(r['include'])}",
+             r["suite"], rootfs, r["mirror"]],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        for step in r["post"]:
+            subprocess.run(["sh", "-c", step], cwd=rootfs, check=True)
+        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]', "-", tag],
+                       stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL)
+        if tar.wait() != 0:
+            raise SystemExit("tar of the debootstrap rootfs failed")
+    return tag
+
+
+# --- hosts --------------------------------------------------------------------------------
+
+def ensure_key() -> Path:
+    key = test_ssh_key(REPO)
+    if not key.exists():
+        STATE.mkdir(parents=True, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleet-testfleet", "-f", str(key)])
+    return key
+
+
+def ensure_networks(test_fleet: dict) -> None:
+    for name, subnet in networks(test_fleet).items():
+        if docker("network", "inspect", name, check=False).returncode == 0:
+            continue
+        gateway = subnet.replace(".0.0/16", ".255.254")
+        docker("network", "create", "--label", LABEL, "--subnet", subnet, "--gateway", gateway, name)
+
+
+def addr(value: str) -> str:
+    return value.split("/")[0]
+
+
+def wait_for(check, what: str, timeout: float, interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def tcp_open(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+FLASH_SCRIPT = r"""
+set -eu
+ssh-keygen -A -q
+id -u "$FLEET_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$FLEET_USER"
+install -d -m 700 -o "$FLEET_USER" -g "$FLEET_USER" "/home/$FLEET_USER/.ssh"
+printf '%s\n' "$FLEET_PUBKEY" > "/home/$FLEET_USER/.ssh/authorized_keys"
+chown "$FLEET_USER:$FLEET_USER" "/home/$FLEET_USER/.ssh/authorized_keys"
+chmod 600 "/home/$FLEET_USER/.ssh/authorized_keys"
+printf '%s ALL=(ALL) NOPASSWD: ALL\n' "$FLEET_USER" > "/etc/sudoers.d/010_$FLEET_USER-nopasswd"
+chmod 440 "/etc/sudoers.d/010_$FLEET_USER-nopasswd"
+systemctl reset-failed ssh.service || true
+systemctl restart ssh.service
+"""
+
+
+def start_host(name: str, entry: dict, test_fleet: dict, image: str, pubkey: str) -> None:
+    tailnet, lan = entry["tailnet_address"], addr(test_fleet["lan_addresses"][name])
+    nets = list(networks(test_fleet))
+    docker("run", "-d", "--name", name, "--hostname", name, "--label", LABEL, *RUN_FLAGS,
+           "--network", nets[0], "--ip", tailnet, image, "/lib/systemd/systemd")
+    docker("network", "connect", "--ip", lan, nets[1], name)
+
+
+def flash_host(name: str, entry: dict, pubkey: str, l4t_release: str | None = None) -> str:
+    """First boot of a freshly flashed host; returns its SSH host key line. `l4t_release`:
+    the /etc/nv_tegra_release line a JetPack image has (Jetson hosts only)."""
+    wait_for(lambda: docker("exec", name, "systemctl", "is-system-running", check=False)
+             .stdout.strip() in ("running", "degraded"), f"systemd in {name}", timeout=90)
+    docker("exec", "-e", f"FLEET_USER={entry['ssh_user']}", "-e", f"FLEET_PUBKEY={pubkey}",
+           name, "sh", "-c", FLASH_SCRIPT)
+    if l4t_release:
+        docker("exec", "-e", f"L4T={l4t_release}", name, "sh", "-c",
+               'printf "%s\n" "$L4T" > /etc/nv_tegra_release')
+    return docker("exec", name, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2]
+
+
+MIRROR = "fleet-mirror"
+
+
+def ensure_mirror(test_fleet: dict, image: str) -> None:
+    """Build the offline vendor mirror (tests/mirror) and serve it on the test tailnet from
+    a container bound to its own address (port 80, nothing on a wildcard)."""
+    out = STATE / "mirror"
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, str(REPO / "tests" / "mirror" / "build.py"), str(out)], check=True,
+                   stdout=subprocess.DEVNULL)
+    # Ollama release files and the vLLM image archive; their checksums become test data.
+    subprocess.run([sys.executable, str(REPO / "tests" / "mirror" / "llm_release.py"), str(out),
+                    "--base-image", image, "--data", str(REPO / test_fleet["built_data"])],
+                   check=True, stdout=subprocess.DEVNULL)
+    address = test_fleet["mirror_address"]
+    if docker("inspect", "-f", "{{.State.Running}}", MIRROR, check=False).stdout.strip() != "true":
+        docker("rm", "-f", MIRROR, check=False)
+        docker("run", "-d", "--name", MIRROR, "--hostname", MIRROR, "--label", LABEL,
+               "--network", list(networks(test_fleet))[0], "--ip", address,
+               "-v", f"{out}:/srv/mirror:ro", image,
+               "python3", "-m", "http.server", "80", "--bind", address, "--directory", "/srv/mirror")
+    wait_for(lambda: tcp_open(address, 80), "the vendor mirror", timeout=30)
+
+
+def up() -> None:
+    t0 = time.monotonic()
+    ensure_engine()
+    image = ensure_image()
+    hosts, test_fleet = load_inventory()
+    key = ensure_key()
+    pubkey = key.with_suffix(".pub").read_text().strip()
+    ensure_networks(test_fleet)
+    ensure_mirror(test_fleet, image)
+    existing = set(docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}")
+                   .stdout.split())
+    fresh = [n for n in hosts if n not in existing]
+    for name in fresh:
+        log(f"starting {name}")
+        start_host(name, hosts[name], test_fleet, image, pubkey)
+    for name in hosts:
+        if docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip() != "true":
+            docker("start", name)
+    known = {}
+    for name in hosts:
+        if name in fresh:
+            known[name] = flash_host(name, hosts[name], pubkey,
+                                     test_fleet.get("l4t_release_files", {}).get(name))
+        else:
+            known[name] = docker("exec", name, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2]
+    lines = []
+    for name, (kind, blob) in known.items():
+        names = ",".join([hosts[name]["tailnet_address"], addr(test_fleet["lan_addresses"][name])])
+        lines.append(f"{names} {kind} {blob}\n")
+    # First contact trusts exactly these keys (what the operator reads off the console of a
+    # freshly flashed host); after the base deploy the host presents its vault key.
+    (STATE / "bootstrap_known_hosts").write_text("".join(lines))
+    for name, entry in hosts.items():
+        wait_for(lambda: tcp_open(entry["tailnet_address"], 22), f"SSH on {name}", timeout=60)
+    (STATE / "fleet-up.json").write_text(json.dumps({"seconds": round(time.monotonic() - t0, 1),
+                                                     "image": image, "started": fresh}))
+    log(f"{len(hosts)} hosts up ({len(fresh)} started) in {time.monotonic() - t0:.1f}s")
+
+
+def down() -> None:
+    if not engine_answers():
+        log("no Docker engine answers: nothing to remove")
+        return
+    names = docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}").stdout.split()
+    if names:
+        docker("rm", "-f", "-v", *names)
+    nets = docker("network", "ls", "--filter", f"label={LABEL}", "--format", "{{.Name}}").stdout.split()
+    kept = []
+    for net in nets:
+        # Docker 20.10 may hold a removed container's endpoint for a moment, and sometimes
+        # for good ("has active endpoints" with none attached, until dockerd restarts). Such
+        # a network is harmless: its addresses are free and fleet-up reuses it.
+        for _ in range(10):
+            removed = docker("network", "rm", net, check=False)
+            if removed.returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            kept.append(net)
+            log(f"kept network {net}: {removed.stderr.strip()} (a stale Docker endpoint; "
+                "fleet-up reuses the network)")
+    for stale in ("known_hosts", "bootstrap_known_hosts", "fleet-up.json"):
+        (STATE / stale).unlink(missing_ok=True)
+    log(f"removed {len(names)} hosts and {len(nets) - len(kept)} networks")
+
+
+def status() -> int:
+    hosts, _ = load_inventory()
+    out = docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}} {{.Status}}",
+                 check=False).stdout
+    print(out.strip() or "no test hosts")
+    running = {line.split()[0] for line in out.splitlines() if " Up " in f" {line} "}
+    return 0 if set(hosts) <= running else 1
+
+
+# --- converge -----------------------------------------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+HOST_RESULT = re.compile(r"^\s*\[(?P<host>[^\]]+)\]\s+(?P<result>Success|No changes|Error)")
+
+
+def count_changes(output: str) -> dict[str, dict[str, int]]:
+    """Per host: operations that changed something, did nothing, or failed."""
+    counts: dict[str, dict[str, int]] = {}
+    for line in ANSI.sub("", output).splitlines():
+        m = HOST_RESULT.match(line)
+        if m:
+            c = counts.setdefault(m["host"], {"changed": 0, "unchanged": 0, "error": 0})
+            key = {"Success": "changed", "No changes": "unchanged", "Error": "error"}[m["result"]]
+            c[key] += 1
+    return counts
+
+
+def presented_key(address: str) -> str | None:
+    """The ed25519 host key a host presents over SSH ('type base64'), or None."""
+    scan = run(["ssh-keyscan", "-T", "5", "-t", "ed25519", address], check=False)
+    for line in scan.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and not line.startswith("#"):
+            return " ".join(parts[1:3])
+    return None
+
+
+def known_keys(path: Path) -> dict[str, str]:
+    """address -> 'type base64' from a known_hosts file."""
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3:
+                for address in parts[0].split(","):
+                    out[address] = " ".join(parts[1:3])
+    return out
+
+
+def hosts_to_bootstrap(env: dict) -> list[str]:
+    """Hosts that do not present their vault key yet. A host presenting neither its vault
+    key nor the key recorded at first boot is refused: that is what a MITM looks like."""
+    from fleet.preflight.inventory import prepare
+
+    hosts, test_fleet = load_inventory()
+    saved = dict(os.environ)
+    os.environ.update(env)
+    os.environ.pop("FLEET_BOOTSTRAP", None)
+    try:
+        prepare(hosts, test_fleet, str(REPO / "inventory.py"), "test")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    vault_keys = known_keys(STATE / "known_hosts")
+    first_boot = known_keys(STATE / "bootstrap_known_hosts")
+    bootstrap = []
+    for name, entry in hosts.items():
+        address = entry["tailnet_address"]
+        key = presented_key(address)
+        if key is None or key == vault_keys.get(address):
+            continue  # unreachable hosts fail in pyinfra with its own error
+        if key == first_boot.get(address):
+            bootstrap.append(name)
+        else:
+            raise SystemExit(f"{name} presents host key {key[:40]}..., neither its vault key "
+                             f"nor the key recorded at first boot: refusing to connect")
+    return bootstrap
+
+
+def converge(extra: list[str], log_name: str = "converge", env: dict | None = None) -> dict:
+    """Run pyinfra on deploys/site.py against the test fleet; return change counts."""
+    STATE.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, FLEET_TARGET="test", **(env or {}))
+    bootstrap = hosts_to_bootstrap(env)
+    if bootstrap:
+        env["FLEET_BOOTSTRAP"] = ",".join(bootstrap)
+    cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", "inventory.py", "deploys/site.py",
+           *extra]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, text=True, capture_output=True)
+    seconds = time.monotonic() - t0
+    output = proc.stdout + proc.stderr
+    (STATE / f"{log_name}.log").write_text(output)
+    counts = count_changes(output)
+    return {
+        "returncode": proc.returncode,
+        "seconds": round(seconds, 1),
+        "hosts": counts,
+        "changed": sum(c["changed"] for c in counts.values()),
+        "errors": sum(c["error"] for c in counts.values()),
+        "log": str(STATE / f"{log_name}.log"),
+        "bootstrap": bootstrap,
+        "output": output,
+    }
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("up", "down", "status", "converge"):
+        print(__doc__.strip().splitlines()[2], file=sys.stderr)
+        return 2
+    if argv[0] == "up":
+        up()
+    elif argv[0] == "down":
+        down()
+    elif argv[0] == "status":
+        return status()
+    else:
+        result = converge(argv[1:])
+        sys.stdout.write(result.pop("output"))
+        print(f"converge: {result['changed']} changed operation(s), {result['errors']} error(s), "
+              f"{result['seconds']}s (log {result['log']})")
+        if result["bootstrap"]:
+            print(f"  first contact (FLEET_BOOTSTRAP): {', '.join(result['bootstrap'])}")
+        for name, c in sorted(result["hosts"].items()):
+            # (not "changed=N": molecule's idempotence check greps for that pattern)
+            print(f"  {name}: {c['changed']} changed, {c['unchanged']} unchanged, {c['error']} failed")
+        print(f"FLEET_CHANGED={result['changed']}")
+        return result["returncode"]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
