@@ -53,8 +53,9 @@ IMAGE_RECIPE = {
     ],
 }
 
-# TESTING.md: --privileged fails here; these flags boot systemd. systempaths=unconfined
-# makes /proc/sys writable so the base deploy's sysctls are applied for real.
+# --privileged fails on our CI machines (one capability is withheld); these flags boot
+# systemd. systempaths=unconfined makes /proc/sys writable so the base deploy's sysctls are
+# applied for real.
 RUN_FLAGS = [
     "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
     "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",

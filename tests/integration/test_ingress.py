@@ -13,7 +13,7 @@ UNIT = "cloudflared.service"
 
 def test_domain_map_change_restarts_only_that_tunnel():
     domains = runpy.run_path(str(testfleet.REPO / "group_data" / "all.py"))["fleet_domains"]
-    domains = dict(domains, **{"docs.blackroad.io": {"host": "pi5-alpha", "port": 3000, "tunnel": "pi5-alpha"}})
+    domains = dict(domains, **{"docs.blackroad.io": {"host": "pi5-alpha", "service": "web", "tunnel": "pi5-alpha"}})
     before = {h: main_pid(h, UNIT) for h in TUNNELS}
     run = testfleet.converge(["--data", f"fleet_domains={json.dumps(domains)}"], log_name="converge-domains")
     assert run["returncode"] == 0, run["output"][-3000:]
