@@ -4,18 +4,21 @@ Order matters for safety: the admin account and its keys exist before sshd is ha
 keys only, and the sshd config is validated (`sshd -t`) before it replaces the live one.
 """
 
+import re
+import shlex
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.server import Home
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from fleet.converge.component import Component, Problem, SecretFile
 from fleet.converge.keys import host_key_name, public_host_key, secret
-from fleet.converge.ops import keep_running, secret_file, validated_file
+from fleet.converge.daemons import keep_running
+from fleet.converge.ops import secret_file, validated_file
 from fleet.converge.render import render, source
 from fleet.converge.services import ServiceMap
 
@@ -34,6 +37,9 @@ DEFAULTS = {
     ],
     # Timezone, a name under /usr/share/zoneinfo.
     "base_timezone": "UTC",
+    # Seconds apt and dpkg wait for the package lock another run holds (unattended-upgrades)
+    # before the converge fails.
+    "base_apt_lock_timeout": 120,
     # Whether systemd-timesyncd is kept running (it is always enabled). None leaves its
     # running state alone: systemd skips it inside a container (ConditionVirtualization).
     "base_time_sync_running": True,
@@ -60,16 +66,163 @@ DEFAULTS = {
 }
 
 SYSCTL_FILE = "/etc/sysctl.d/60-fleet.conf"
+HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
+SSHD_CONFIG = "/etc/ssh/sshd_config"
+WILDCARDS = ("0.0.0.0", "*", "[::]", "::")
+
+
+class Leftovers(FactBase):
+    """Files an interrupted converge can leave: `*.fleet-candidate` beside a config (a
+    validated file or secret that never moved into place) and staged secret uploads."""
+
+    default = list
+
+    def command(self, places: tuple[str, ...]) -> str:
+        where = " ".join(shlex.quote(p) for p in places)
+        return (f"find {where} -xdev \\( -name '*.fleet-candidate' -o -path '*/.cache/fleet-upload/*' \\)"
+                " -type f 2>/dev/null || true")
+
+    def process(self, output):
+        return [line.strip() for line in output if line.strip()]
+
+
+@operation()
+def leftovers_removed(places: list[str]):
+    """No file an interrupted run left behind remains under `places`.
+
+    + places: directories to look in
+    """
+    found = host.get_fact(Leftovers, places=tuple(places))
+    if not found:
+        host.noop("nothing was left by an interrupted run")
+        return
+    yield StringCommand("rm -f -- " + " ".join(shlex.quote(p) for p in found))
+
+
+class DpkgInterrupted(FactBase):
+    """Whether dpkg has pending work from a run that was cut off (its journal, or packages
+    `dpkg --audit` finds half-installed)."""
+
+    def command(self) -> str:
+        return "{ ls -A /var/lib/dpkg/updates; dpkg --audit; } 2>/dev/null | head -n 3"
+
+    def process(self, output):
+        return any(line.strip() for line in output)
+
+
+@operation()
+def dpkg_consistent():
+    """dpkg has no unfinished work: apt refuses to install anything until `dpkg --configure
+    -a` has run after an interrupted install."""
+    if not host.get_fact(DpkgInterrupted):
+        host.noop("dpkg has no unfinished work")
+        return
+    yield StringCommand("DEBIAN_FRONTEND=noninteractive dpkg --configure -a")
+
+
+class LocalAddresses(FactBase):
+    """Every IP address on an interface of the host (`ip -o addr`)."""
+
+    default = list
+
+    def command(self) -> str:
+        return "ip -o addr show 2>/dev/null || true"
+
+    def process(self, output):
+        found = []
+        for line in output:
+            fields = line.split()
+            if len(fields) >= 4 and fields[2] in ("inet", "inet6"):
+                found.append(fields[3].split("/")[0])
+        return found
+
+
+def bound_addresses(services: ServiceMap, name: str) -> dict[str, str]:
+    """address -> what binds it, for every address the host's services bind but loopback and
+    the tailnet address (tailscale0 may be down at converge time: ip_nonlocal_bind covers it)."""
+    wanted: dict[str, str] = {}
+    for service in services.on(name):
+        for scope in services.scopes(service):
+            if scope not in ("loopback", "tailnet"):
+                wanted.setdefault(services.address(scope, name), f"{service} ({scope})")
+    return wanted
+
+
+@operation()
+def addresses_present(wanted: dict[str, str]):
+    """Stop the run for this host, before anything changes, if an address its services bind
+    is on none of its interfaces: sshd bound to a mistyped LAN address (ip_nonlocal_bind
+    allows it) would cut the real one off.
+
+    + wanted: address -> the service and scope that bind it
+    """
+    have = host.get_fact(LocalAddresses)
+    missing = {a: why for a, why in wanted.items() if a not in have}
+    if not missing:
+        host.noop(f"the host holds {', '.join(wanted) or 'every address it binds'}")
+        return
+    lines = "; ".join(f"{a} (for {why})" for a, why in missing.items())
+    message = (f"{host.name}: lan_address: the host has no interface with {lines}; its addresses are "
+               f"{', '.join(have) or 'none'}. Nothing was changed on it. Fix: correct lan_address in "
+               "inventory.py (or give the host that address).")
+    yield StringCommand(f"echo {shlex.quote(message)} >&2; exit 1")
+
+
+class SshdWildcardListeners(FactBase):
+    """The local addresses sshd listens on that are wildcards (inherited from ssh.socket)."""
+
+    default = list
+
+    def command(self) -> str:
+        return "ss -Htlnp 2>/dev/null | grep '\"sshd\"' || true"
+
+    def process(self, output):
+        found = []
+        for line in output:
+            fields = line.split()
+            if len(fields) >= 4 and fields[3].rpartition(":")[0] in WILDCARDS:
+                found.append(fields[3])
+        return found
+
+
+@operation()
+def sshd_on_own_listeners():
+    """ssh.service holds no wildcard listener: once socket activation is off, the running
+    sshd may still hold the socket's, and only a restart (not a reload) drops it. Sessions
+    survive: ssh.service has KillMode=process."""
+    if not host.get_fact(SshdWildcardListeners):
+        host.noop("sshd holds no wildcard listener")
+        return
+    yield StringCommand("systemctl restart ssh.service")
 
 
 @deploy("Base", data_defaults=DEFAULTS)
 def base():
+    # First, before anything changes: every address the deploys bind must be on this host.
+    addresses_present(name="Check the host holds the addresses its services bind",
+                      wanted=bound_addresses(ServiceMap.of_pyinfra(host), host.name))
+    _after_an_interrupted_run()
     _packages()
     _time()
     _unattended_upgrades()
     _admin_user()
     _sysctls()
     _sshd()
+
+
+def _after_an_interrupted_run():
+    """What a converge killed mid-way can leave behind, put right before anything else runs."""
+    home = host.get_fact(Home, user=host.data.ssh_user) or f"/home/{host.data.ssh_user}"
+    leftovers_removed(name="Remove what an interrupted run left (candidates, staged uploads)",
+                      places=["/etc", "/usr/local/lib/fleet", "/var/cache/fleet", f"{home}/.cache/fleet-upload"])
+    dpkg_consistent(name="Finish an interrupted dpkg run (dpkg --configure -a)")
+    files.put(
+        name="Make apt wait for the package lock",
+        src=_text(render("etc/apt/apt.conf.d/50fleet-lock-timeout.j2", "base", comment="//",
+                         timeout=int(host.data.base_apt_lock_timeout))),
+        dest="/etc/apt/apt.conf.d/50fleet-lock-timeout",
+        mode="644",
+    )
 
 
 def _packages():
@@ -172,14 +325,14 @@ def _sshd():
     key = secret_file(
         name="Install the SSH host key",
         key=host_key_name(host.name),
-        dest="/etc/ssh/ssh_host_ed25519_key",
+        dest=HOST_KEY,
         user="root",
         group="root",
     )
     public = files.put(
         name="Install the SSH host public key",
         src=_text(public_host_key(secret(host_key_name(host.name)), f"root@{host.name}") + "\n"),
-        dest="/etc/ssh/ssh_host_ed25519_key.pub",
+        dest=f"{HOST_KEY}.pub",
         mode="644",
     )
     listeners = ServiceMap.of_pyinfra(host).binds("ssh", host.name)
@@ -192,7 +345,7 @@ def _sshd():
             port=listeners[0].port,
             settings=host.data.base_sshd_settings,
         ),
-        dest="/etc/ssh/sshd_config",
+        dest=SSHD_CONFIG,
         validate="/usr/sbin/sshd -t -f {path}",
         mode="644",
     )
@@ -206,19 +359,17 @@ def _sshd():
         SystemdStatus, services=[socket]
     ).get(socket)
     if socket_on:
-        socket_off = systemd.service(
+        systemd.service(
             name="Stop socket-activated sshd",
             service=socket,
             running=False,
             enabled=False,
         )
-        systemd.service(
-            name="Restart sshd on its own listeners",
-            service="ssh.service",
-            restarted=True,
-            _if=socket_off.did_change,
-        )
-    keep_running("sshd", "ssh.service", any_changed(key, public, config), why="", reload=True)
+    # Decided from what sshd holds now, so a run killed between the two steps is finished
+    # by the next one.
+    sshd_on_own_listeners(name="Restart sshd on its own listeners (if it holds a wildcard one)")
+    keep_running("sshd", "ssh.service", inputs=[HOST_KEY, f"{HOST_KEY}.pub", SSHD_CONFIG], why="",
+                 changed=(key, public, config), reload=True)
 
 
 def _text(content: str) -> StringIO:
@@ -252,13 +403,15 @@ def check_admin(fleet, hosts) -> list[Problem]:
     return problems
 
 
-def check_time_sync(fleet, hosts) -> list[Problem]:
+def check_sshd_settings(fleet, hosts) -> list[Problem]:
+    """Each setting becomes one `Key value` line of sshd_config: one line each, no comments."""
     problems = []
     for h in hosts:
-        value = h.data.get("base_time_sync_running")
-        if value not in (True, False, None):
-            problems.append(Problem(h.name, "base_time_sync_running", f"{value!r} is not True, False or None.",
-                                    "use True (keep it running), or None only where systemd cannot run it."))
+        for key, value in (h.data.get("base_sshd_settings") or {}).items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", str(key)) or not re.fullmatch(r"[^\x00-\x1f#]+", str(value)):
+                problems.append(Problem(h.name, f"base_sshd_settings[{key!r}]",
+                                        f"{key!r}: {value!r} is not one sshd_config setting.",
+                                        "use sshd's keyword and a one-line value."))
     return problems
 
 
@@ -267,5 +420,6 @@ COMPONENT = Component(
     deploy=base,
     defaults=DEFAULTS,
     secrets=host_key,
-    rules=(check_admin, check_time_sync),
+    rules=(check_admin, check_sshd_settings),
+    types={"base_time_sync_running": (bool, type(None))},
 )

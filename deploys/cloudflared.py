@@ -10,18 +10,20 @@ on a command line: cloudflared reads the credentials file itself.
 """
 
 import json
+import re
 from io import StringIO
 
 import yaml
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server
-from pyinfra.operations.util import any_changed
 
+from fleet.converge import aptsource
 from fleet.converge.aptsource import vendor_apt_source
 from fleet.converge.component import Component, Problem, SecretFile
 from fleet.converge.keys import secret
-from fleet.converge.ops import keep_running, secret_file, validated_file
+from fleet.converge.daemons import keep_running
+from fleet.converge.ops import secret_file, validated_file
 from fleet.converge.render import header, render
 from fleet.converge.services import ServiceMap, Unreachable
 
@@ -127,8 +129,8 @@ def cloudflared():
         dest=UNIT,
         mode="644",
     )
-    keep_running("cloudflared", "cloudflared.service", any_changed(config, credentials, unit),
-                 why="for its new config or credentials", unit_file=unit)
+    keep_running("cloudflared", "cloudflared.service", inputs=[CONFIG, CREDENTIALS_FILE, UNIT],
+                 why="for its new config or credentials", changed=(config, credentials, unit), unit_files=True)
 
 
 def credentials(name: str, data) -> list[SecretFile]:
@@ -162,6 +164,12 @@ def check_tunnels(fleet, hosts) -> list[Problem]:
     return problems
 
 
+def check_user(fleet, hosts) -> list[Problem]:
+    return [Problem(h.name, "cloudflared_user", f"{h.data.get('cloudflared_user')!r} is not a system user name.",
+                    "use lowercase letters, digits, '-' and '_', starting with a letter (e.g. 'cloudflared').")
+            for h in hosts if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", str(h.data.get("cloudflared_user")))]
+
+
 def check_catch_all(fleet, hosts) -> list[Problem]:
     return [Problem(h.name, "cloudflared_catch_all_service", "is empty, but cloudflared requires a "
                     "catch-all rule last.", "set it to e.g. 'http_status:404'.")
@@ -174,6 +182,6 @@ COMPONENT = Component(
     defaults=DEFAULTS,
     groups=("gateway", "llm", "failover"),
     secrets=credentials,
-    rules=(check_tunnels, check_catch_all),
+    rules=(check_tunnels, check_catch_all, check_user, aptsource.rule("cloudflared_apt")),
     after=("tailscale",),  # what its tunnel routes to says before=("cloudflared",)
 )

@@ -11,15 +11,18 @@ changed.
 
 import ipaddress
 import json
+import re
 import shlex
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import apt, files, server
 
+from fleet.converge import aptsource
 from fleet.converge.aptsource import vendor_apt_source
 from fleet.converge.component import Component, Problem, component
-from fleet.converge.ops import keep_running, validated_file
+from fleet.converge.daemons import keep_running
+from fleet.converge.ops import validated_file
 from fleet.converge.render import source
 
 DEFAULTS = {
@@ -103,8 +106,9 @@ def cmdline_tokens(path: str, tokens: list[str]):
         host.noop(f"{path} has {' '.join(tokens)}")
         return
     q = shlex.quote
-    # keep it one line: append to the first line only, then ask for a reboot
-    yield StringCommand(f"sed -i '1s|$| {' '.join(missing)}|' {q(path)}")
+    # keep it one line: append to the first line only, then ask for a reboot (validation
+    # keeps tokens to [A-Za-z0-9_.,:=-], nothing sed or the shell would read specially)
+    yield StringCommand(f"sed -i {q('1s|$| ' + ' '.join(missing) + '|')} {q(path)}")
     yield StringCommand("echo 'docker: memory cgroups enabled in cmdline.txt' >> /var/run/reboot-required.pkgs"
                         " && touch /var/run/reboot-required")
     host.log(f"reboot needed for {' '.join(missing)} in {path} (not forced)")
@@ -145,7 +149,7 @@ def docker():
         validate=validate,
         mode="644",
     )
-    keep_running("docker", "docker.service", config.did_change, why="for its new daemon.json")
+    keep_running("docker", "docker.service", inputs=[DAEMON_JSON], why="for its new daemon.json", changed=(config,))
     server.user(
         name="Add the admin user to the docker group",
         user=host.data.ssh_user,
@@ -164,9 +168,23 @@ def docker():
 TAILNET_RANGE = ipaddress.ip_network("100.64.0.0/10")
 
 
+def _names(names: list[str], every: list[str]) -> str:
+    return "all" if names == every and len(names) > 1 else ",".join(names)
+
+
 def check_pools(fleet, hosts) -> list[Problem]:
-    """Address pools must stay off every LAN and the tailnet, or containers lose those routes."""
+    """Address pools must stay off every LAN and the tailnet, or containers lose those routes.
+    One problem per mistake: a pool set for many hosts that overlaps a LAN many hosts share
+    is one line, naming them."""
     problems = []
+    lans: dict = {}  # LAN network -> the hosts on it
+    for other in fleet.hosts.values():
+        try:
+            lans.setdefault(other.lan_interface.network, []).append(other.name)
+        except (KeyError, TypeError, ValueError):
+            continue
+    overlaps: dict = {}  # (pool, what it overlaps) -> hosts whose pools include it
+    every = [h.name for h in hosts]
     for h in hosts:
         pools = h.data.get("docker_address_pools")
         if not isinstance(pools, list):
@@ -181,20 +199,17 @@ def check_pools(fleet, hosts) -> list[Problem]:
                                         f"{pool!r} has no valid 'base' network.",
                                         "write pools as {'base': '172.30.0.0/16', 'size': 24}."))
                 continue
-            for other in fleet.hosts.values():
-                try:
-                    other_lan = other.lan_interface.network
-                except (KeyError, TypeError, ValueError):
-                    continue
-                if base.overlaps(other_lan):
-                    problems.append(Problem(
-                        h.name, "docker_address_pools",
-                        f"pool {base} overlaps the LAN {other_lan} of {other.name}.",
-                        "pick a pool outside every LAN in inventory.py (e.g. 172.30.0.0/16)."))
+            for lan in lans:
+                if base.overlaps(lan):
+                    overlaps.setdefault((base, lan), []).append(h.name)
             if base.overlaps(TAILNET_RANGE):
-                problems.append(Problem(h.name, "docker_address_pools",
-                                        f"pool {base} overlaps the tailnet {TAILNET_RANGE}.",
-                                        "pick a pool outside 100.64.0.0/10."))
+                overlaps.setdefault((base, TAILNET_RANGE), []).append(h.name)
+    for (base, net), names in overlaps.items():
+        what = (f"the tailnet {net}" if net == TAILNET_RANGE
+                else f"the LAN {net} of {', '.join(lans[net])}")
+        problems.append(Problem(_names(names, every), "docker_address_pools", f"pool {base} overlaps {what}.",
+                                "pick a pool outside every LAN in inventory.py and outside 100.64.0.0/10 "
+                                "(e.g. 172.30.0.0/16)."))
     return problems
 
 
@@ -202,6 +217,17 @@ def check_source(fleet, hosts) -> list[Problem]:
     return [Problem(h.name, "docker_source", f"{h.data.get('docker_source')!r} is not an engine source.",
                     "use 'docker-ce' (Docker's repository) or 'distribution' (Debian's docker.io).")
             for h in hosts if h.data.get("docker_source") not in ("docker-ce", "distribution")]
+
+
+TOKEN = re.compile(r"[A-Za-z0-9_.,:=-]+")
+
+
+def check_cmdline_tokens(fleet, hosts) -> list[Problem]:
+    tokens = {h.name: h.data.get("docker_cmdline_tokens") for h in hosts}
+    return [Problem(name, "docker_cmdline_tokens", f"{value!r} is not a list of key=value kernel tokens.",
+                    "write tokens like 'cgroup_memory=1' (letters, digits and . , : = _ -).")
+            for name, value in tokens.items()
+            if not isinstance(value, list) or not all(isinstance(t, str) and TOKEN.fullmatch(t) for t in value)]
 
 
 def check_enabled(fleet, hosts) -> list[Problem]:
@@ -220,6 +246,7 @@ COMPONENT = Component(
     deploy=docker,
     defaults=DEFAULTS,
     when=enabled,
-    rules=(check_enabled, check_pools, check_source),
+    rules=(check_enabled, check_pools, check_source, check_cmdline_tokens,
+           aptsource.rule("docker_apt", when=lambda data: data.get("docker_source") == "docker-ce")),
     after=("tailscale",),
 )

@@ -9,10 +9,9 @@ from io import StringIO
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
-from pyinfra.operations.util import any_changed
 
 from fleet.converge.component import Component
-from fleet.converge.ops import keep_running
+from fleet.converge.daemons import keep_running
 from fleet.converge.render import render, source
 from fleet.converge.services import ServiceMap
 
@@ -42,8 +41,8 @@ def maintenance():
         dest=UNIT,
         mode="644",
     )
-    keep_running("the maintenance page", "maintenance-page.service", any_changed(script, unit),
-                 why="", unit_file=unit)
+    keep_running("the maintenance page", "maintenance-page.service", inputs=[SCRIPT, UNIT], why="",
+                 changed=(script, unit), unit_files=True)
 
 
 COMPONENT = Component(

@@ -8,6 +8,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt
 
+from fleet.converge import aptsource
 from fleet.converge.aptsource import vendor_apt_source
 from fleet.converge.component import Component
 
@@ -47,6 +48,7 @@ COMPONENT = Component(
     deploy=nvidia,
     defaults=DEFAULTS,
     groups=("gpu",),
+    rules=(aptsource.rule("nvidia_apt"),),
     after=("tailscale",),
     before=("docker",),  # docker's daemon.json names its runtime
 )

@@ -26,11 +26,11 @@ from pyinfra.api import FactBase, OperationError, StringCommand, deploy, operati
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Arch, Groups
 from pyinfra.operations import apt, files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from deploys.llm import engine_is
 from fleet.converge.component import Component, Problem
-from fleet.converge.ops import keep_running, verified_download
+from fleet.converge.daemons import keep_running
+from fleet.converge.ops import verified_download
 from fleet.converge.render import render
 from fleet.converge.services import ServiceMap
 
@@ -135,7 +135,7 @@ def ollama_model(model: str, address: str, binary: str, timeout: int = 600):
     # The server may have just (re)started: wait for it, bounded, before pulling.
     yield StringCommand(
         f"i=0; until {env} {q(binary)} list >/dev/null 2>&1; do i=$((i+1)); "
-        f"[ $i -ge 60 ] && {{ echo 'the Ollama server at {address} did not answer within 60s' >&2; exit 1; }}; "
+        f"[ $i -ge 60 ] && {{ echo {q(f'the Ollama server at {address} did not answer within 60s')} >&2; exit 1; }}; "
         f"sleep 1; done; {env} timeout {int(timeout)} {q(binary)} pull {q(model)}"
     )
 
@@ -214,8 +214,8 @@ def ollama():
         dest=OVERRIDE,
         mode="644",
     )
-    keep_running("ollama", "ollama.service", any_changed(unpacked, unit, override),
-                 why="for its new release or settings", unit_file=any_changed(unit, override))
+    keep_running("ollama", "ollama.service", inputs=[binary, UNIT, OVERRIDE],
+                 why="for its new release or settings", changed=(unpacked, unit, override), unit_files=True)
     for model in data.ollama_models:
         ollama_model(name=f"Pull the {model} model (only if absent)", model=model,
                      address=address, binary=binary)

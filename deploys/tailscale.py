@@ -15,9 +15,11 @@ from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import apt, files
 
+from fleet.converge import aptsource
 from fleet.converge.aptsource import vendor_apt_source
 from fleet.converge.component import Component, Problem, SecretFile
-from fleet.converge.ops import keep_running, secret_file
+from fleet.converge.daemons import keep_running
+from fleet.converge.ops import secret_file
 from fleet.converge.render import render
 
 DEFAULTS = {
@@ -40,6 +42,8 @@ DEFAULTS = {
 # `tailscale up --auth-key=file:`, and only to join.
 AUTHKEY = "tailscale_authkey"
 AUTHKEY_FILE = "/etc/tailscale/authkey"
+# tailscaled's port and flags, read by its unit (EnvironmentFile).
+DEFAULTS_FILE = "/etc/default/tailscaled"
 
 
 class TailscaleStatus(FactBase):
@@ -100,10 +104,11 @@ def tailscale():
         name="Set tailscaled's port and flags",
         src=StringIO(render("etc/default/tailscaled.j2", "tailscale",
                             port=host.data.tailscale_port, flags=host.data.tailscale_daemon_flags)),
-        dest="/etc/default/tailscaled",
+        dest=DEFAULTS_FILE,
         mode="644",
     )
-    keep_running("tailscaled", "tailscaled.service", defaults.did_change, why="for its new port or flags")
+    keep_running("tailscaled", "tailscaled.service", inputs=[DEFAULTS_FILE], why="for its new port or flags",
+                 changed=(defaults,))
     files.directory(
         name="Create /etc/tailscale (root only)",
         path=AUTHKEY_FILE.rsplit("/", 1)[0],
@@ -157,6 +162,6 @@ COMPONENT = Component(
     deploy=tailscale,
     defaults=DEFAULTS,
     secrets=auth_key,
-    rules=(check_tags,),
+    rules=(check_tags, aptsource.rule("tailscale_apt")),
     after=("base",),
 )

@@ -115,7 +115,8 @@ def vllm():
         container=data.vllm_container,
         image=data.vllm_image,
         arguments=run_arguments(data, publish),
-        recreate_if=env_file.did_change,
+        inputs=(ENV_FILE,),
+        changed=(env_file,),
     )
 
 

@@ -13,6 +13,7 @@ Signed-By"). Package lists are refreshed only when something here changed.
 from __future__ import annotations
 
 import re
+import shlex
 from io import StringIO
 
 from pyinfra import host
@@ -34,8 +35,8 @@ class AptSourceFiles(FactBase):
     default = list
 
     def command(self, uri: str) -> str:
-        needle = uri.rstrip("/")
-        return f"grep -lsF -- '{needle}' {SOURCES_DIR}/*.list {SOURCES_DIR}/*.sources || true"
+        needle = shlex.quote(uri.rstrip("/"))
+        return f"grep -lsF -- {needle} {SOURCES_DIR}/*.list {SOURCES_DIR}/*.sources || true"
 
     def process(self, output):
         return [line.strip() for line in output if line.strip()]
@@ -66,10 +67,39 @@ def check_spec(name: str, spec: dict) -> None:
     missing = [k for k in REQUIRED if k not in spec]
     if missing:
         raise ValueError(f"{name} apt source data lacks {', '.join(missing)}")
+    for key in REQUIRED:
+        if not isinstance(spec[key], str) or re.search(r"[\s'\"\\]", spec[key].replace(" ", "")
+                                                     if key == "components" else spec[key]):
+            raise ValueError(f"{name} apt source: {key} must be one line of text without quotes or "
+                             "backslashes (components may hold spaces)")
     if not re.fullmatch(r"[0-9a-f]{64}", str(spec["key_sha256"])):
         raise ValueError(f"{name} apt source: key_sha256 must be the key file's SHA-256 (64 hex digits)")
     if not spec["key_file"].endswith((".gpg", ".asc")):
         raise ValueError(f"{name} apt source: key_file must end in .gpg (binary) or .asc (armored)")
+
+
+def rule(key: str, when=None):
+    """A validation rule (fleet.converge.component) for the apt source spec in data `key`:
+    every problem check_spec would raise at converge time, reported before any host is touched.
+    `when(data)`: only hosts where the source is used."""
+    from fleet.converge.component import Problem
+
+    def check_apt_source(fleet, hosts):
+        problems = []
+        for h in hosts:
+            if when is not None and not when(h.data):
+                continue
+            spec = h.data.get(key)
+            try:
+                if not isinstance(spec, dict):
+                    raise ValueError(f"{spec!r} is not a dict")
+                check_spec(key, spec)
+            except ValueError as exc:
+                problems.append(Problem(h.name, key, f"{exc}.",
+                                        f"write it like the default in docs/settings.md ({', '.join(REQUIRED)})."))
+        return problems
+
+    return check_apt_source
 
 
 def vendor_apt_source(name: str, spec: dict, deploy: str, packages: list[str]):

@@ -89,6 +89,9 @@ class Component:
     secrets: Callable[[str, Mapping], list[SecretFile]] = _no_secrets
     # Validation rules: (fleet model, the hosts it applies to) -> problems.
     rules: tuple[Callable[..., list[Problem]], ...] = ()
+    # The types a setting may have when its default's type is not enough (e.g. True or None);
+    # every other key must have its default's type (validation checks).
+    types: dict = field(default_factory=dict)
     # Order on a host: run after these components / before these.
     after: tuple[str, ...] = ()
     before: tuple[str, ...] = ()

@@ -2,8 +2,10 @@
 and monitoring later). The engine itself is the docker component's (deploys/docker.py).
 
 A container is recreated only when its settings change: a label holds the hash of the image
-ID and the full `docker run` arguments (never secrets: those come from env files), and a
-caller can force a recreation (e.g. when its env file changed).
+ID and the full `docker run` arguments (never secrets: those come from env files), or when
+one of its input files (an env file) changed after the container was created. Both are read
+from the host, so a run killed between writing an env file and recreating the container is
+finished by the next one (see fleet.converge.daemons).
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+from datetime import datetime, timezone
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
+
+from fleet.converge.daemons import NewestChange
 
 LABEL = "fleet.settings"
 
@@ -32,15 +37,26 @@ class DockerContainer(FactBase):
     """A container's state and fleet settings label, or None when there is no such container."""
 
     def command(self, container: str) -> str:
-        fmt = "{{json .State.Running}} {{json .Config.Labels}}"
+        fmt = "{{json .State.Running}} {{json .Created}} {{json .Config.Labels}}"
         return f"docker container inspect --format '{fmt}' {shlex.quote(container)} 2>/dev/null || true"
 
     def process(self, output):
         text = "\n".join(output).strip()
         if not text:
             return None
-        running, _, labels = text.partition(" ")
-        return {"running": running == "true", "settings": (json.loads(labels) or {}).get(LABEL)}
+        running, created, labels = text.split(" ", 2)
+        return {"running": running == "true", "created": created_at(json.loads(created)),
+                "settings": (json.loads(labels) or {}).get(LABEL)}
+
+
+def created_at(text: str) -> float | None:
+    """Docker's RFC 3339 time with nanoseconds ("2026-12-02T13:05:01.730071234Z") as epoch seconds."""
+    try:
+        stamp, _, fraction = text.rstrip("Z").partition(".")
+        whole = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+        return whole + (float(f"0.{fraction}") if fraction else 0.0)
+    except ValueError:
+        return None
 
 
 @operation()
@@ -68,18 +84,22 @@ def settings_hash(image_id: str | None, arguments: list[str]) -> str:
 
 
 @operation()
-def container(container: str, image: str, arguments: list[str], recreate_if=None):
-    """`container` runs with `arguments`; recreated only when they or the image changed.
+def container(container: str, image: str, arguments: list[str], inputs: tuple[str, ...] = (), changed=()):
+    """`container` runs with `arguments`; recreated only when they, the image or an input
+    file changed.
 
     + container: its name
     + image: its image reference (its ID counts as a setting: a new image is a change)
     + arguments: the full `docker run` arguments (no secrets)
-    + recreate_if: a callable (e.g. the env file operation's did_change) that forces a new container
+    + inputs: files read when the container is created (its env file): newer than it, it is recreated
+    + changed: the operations that write those inputs in this run (only so a dry run shows it)
     """
     image_id = host.get_fact(DockerImageId, ref=image)
     settings = settings_hash(image_id, arguments)
     current = host.get_fact(DockerContainer, container=container)
-    forced = bool(recreate_if and recreate_if())
+    newest = host.get_fact(NewestChange, paths=tuple(inputs)) if inputs and current else None
+    forced = bool(current and newest is not None and current["created"] is not None
+                  and newest > current["created"]) or any(op.changed for op in changed)
     q = shlex.quote
     if current and current["settings"] == settings and not forced:
         if current["running"]:

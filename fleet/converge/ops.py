@@ -50,7 +50,7 @@ def validated_file(
     check = validate.format(path=q_candidate)
     yield StringCommand(
         f"if {check}; then mv -f {q_candidate} {q_dest}; "
-        f"else rm -f {q_candidate}; echo 'validation failed: {dest} left unchanged' >&2; exit 1; fi"
+        f"else rm -f {q_candidate}; echo {shlex.quote(f'validation failed: {dest} left unchanged')} >&2; exit 1; fi"
     )
 
 
@@ -114,33 +114,5 @@ def verified_download(src: str, dest: str, sha256: str, mode: str = "644"):
         f"curl -fsSL --retry 3 --max-time 300 -o {q(candidate)} {q(src)}"
         f" && echo {q(sha256 + '  ' + candidate)} | sha256sum --check --quiet --strict"
         f" && chmod {q(mode)} {q(candidate)} && mv -f {q(candidate)} {q(dest)}"
-        f" || {{ rm -f {q(candidate)}; echo 'checksum or download failed for {src}: {dest} left unchanged' >&2; exit 1; }}"
-    )
-
-
-def keep_running(label: str, unit: str, changed, *, why: str, reload: bool = False, unit_file=None):
-    """A daemon the deploys own: enabled and running, and restarted (or reloaded) only when
-    `changed` says its validated config changed; never otherwise.
-
-    + label: how operation names call the daemon ("docker" -> "Enable docker")
-    + unit: the systemd unit
-    + changed: a callable, e.g. config.did_change or any_changed(a, b)
-    + why: the end of the restart operation's name ("for its new daemon.json")
-    + reload: reload instead of restart (sshd re-reads its config and listeners on SIGHUP)
-    + unit_file: the operation that installs the unit file (or a callable saying whether any
-      unit file or drop-in changed); systemd reloads its units first
-    """
-    from pyinfra.operations import systemd
-
-    if unit_file is not None:
-        units_changed = getattr(unit_file, "did_change", unit_file)
-        systemd.daemon_reload(name=f"Reload systemd for {unit}", _if=units_changed)
-    systemd.service(name=f"Enable {label}", service=unit, running=True, enabled=True)
-    verb = "Reload" if reload else "Restart"
-    return systemd.service(
-        name=f"{verb} {label} {why}".strip(),
-        service=unit,
-        restarted=not reload,
-        reloaded=reload,
-        _if=changed,
+        f" || {{ rm -f {q(candidate)}; echo {q(f'checksum or download failed for {src}: {dest} left unchanged')} >&2; exit 1; }}"
     )

@@ -10,6 +10,7 @@ content: template variables never appear in pyinfra's operation arguments or out
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import jinja2
@@ -23,6 +24,32 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+def _one_line(value) -> str:
+    text = str(value)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError(f"{text[:40]!r}: a control character (a newline?) cannot go into this file")
+    return text
+
+
+def dquote(value) -> str:
+    """A double-quoted value for a shell-style file (/etc/default/*, a systemd EnvironmentFile)."""
+    text = _one_line(value)
+    return '"' + re.sub(r'(["\\$`])', r"\\\1", text) + '"'
+
+
+def systemd_env(value) -> str:
+    """One assignment for a unit's Environment= line: as is when plain, else quoted with
+    systemd's escapes (\\ and \" inside quotes, %% for a literal %)."""
+    text = _one_line(value)
+    if re.fullmatch(r"[A-Za-z0-9_./:=@+,-]*", text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
+_env.filters["dquote"] = dquote
+_env.filters["systemd_env"] = systemd_env
 
 
 def header(deploy: str, comment: str = "#") -> str:

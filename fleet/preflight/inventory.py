@@ -32,9 +32,11 @@ from fleet.converge import component as registry
 from fleet.converge import keys
 from fleet.converge.vault import VaultError
 from fleet.preflight import validate as validation
-from fleet.preflight.model import Fleet, load_fleet
+from fleet.preflight.model import DataFileError, Fleet, load_fleet
 
 TARGETS = ("fleet", "test")
+# pyinfra's SSH connector with the fleet's TCP settings (fleet.converge.connector).
+CONNECTOR = "@fleet/"
 CONNECT = ("tailnet", "lan")
 
 
@@ -52,13 +54,28 @@ def test_ssh_key(repo: Path) -> Path:
 
 def read_inventory_data(inventory_file: str | Path) -> tuple[dict, dict]:
     """HOSTS and TEST_FLEET from inventory.py, read as literals (nothing is executed)."""
-    tree = ast.parse(Path(inventory_file).read_text(), filename=str(inventory_file))
+    try:
+        tree = ast.parse(Path(inventory_file).read_text(), filename=str(inventory_file))
+    except SyntaxError as exc:
+        raise FleetConfigError(f"{inventory_file}:{exc.lineno}: invalid Python ({exc.msg}). "
+                               "Fix: correct that line.") from None
+    except OSError as exc:
+        raise FleetConfigError(f"{inventory_file}: cannot be read ({exc.strerror}). "
+                               "Fix: run from the repository root.") from None
     found = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
             if isinstance(target, ast.Name) and target.id in ("HOSTS", "TEST_FLEET"):
-                found[target.id] = ast.literal_eval(node.value)
+                try:
+                    found[target.id] = ast.literal_eval(node.value)
+                except ValueError:
+                    raise FleetConfigError(
+                        f"{inventory_file}:{node.lineno}: {target.id} must be a plain literal (no names, "
+                        "calls or expressions). Fix: write the values out.") from None
+    if not all(isinstance(v, dict) for v in found.values()):
+        raise FleetConfigError(f"{inventory_file}: HOSTS and TEST_FLEET must be dicts. "
+                               "Fix: write them like {'pi5-alpha': {...}}.")
     missing = {"HOSTS", "TEST_FLEET"} - set(found)
     if missing:
         raise FleetConfigError(f"{inventory_file}: {', '.join(sorted(missing))} must be plain "
@@ -101,6 +118,10 @@ def bootstrap_hosts(hosts: dict) -> set[str]:
 def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict:
     """The host entries for a target, with connection data for pyinfra's SSH connector."""
     hosts = copy.deepcopy(hosts)
+    for name, entry in hosts.items():
+        if not isinstance(entry, dict):
+            raise FleetConfigError(f"{name}: HOSTS: the entry is a {type(entry).__name__}, not a dict of the "
+                                   "host's facts. Fix: write it like the other entries in inventory.py.")
     connect = os.environ.get("FLEET_CONNECT", "tailnet")
     if connect not in CONNECT:
         raise FleetConfigError(
@@ -132,7 +153,7 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
         first_contact = name in bootstrap and target == "fleet"
         entry["ssh_strict_host_key_checking"] = "accept-new" if first_contact else "yes"
         address = entry.get("tailnet_address") if connect == "tailnet" else entry.get("lan_address")
-        if address:
+        if isinstance(address, str) and address:
             entry["ssh_hostname"] = address.split("/")[0]
     return hosts
 
@@ -189,7 +210,10 @@ def prepare(hosts: dict, test_fleet: dict, inventory_file: str, target: str | No
     target = target or target_from_env()
     select_vault(repo, test_fleet, target)
     entries = apply_target(hosts, test_fleet, repo, target)
-    fleet = load_fleet(entries, repo / "group_data")
+    try:
+        fleet = load_fleet(entries, repo / "group_data")
+    except DataFileError as exc:
+        raise FleetConfigError(str(exc)) from None
     try:
         validation.validate(fleet, {name: offered_keys(entry) for name, entry in entries.items()})
         check_vault(fleet)
@@ -232,14 +256,15 @@ def write_known_hosts(fleet: Fleet, directory: Path) -> None:
 def pyinfra_groups(hosts: dict, test_fleet: dict, inventory_file: str) -> dict[str, Any]:
     """{group: [(host, host_data), ...]} for pyinfra, and `all`: (every host, the components'
     DEFAULTS). pyinfra merges group_data/all.py over `all`'s data and the group files over
-    that, so the DEFAULTS are the lowest layer for every deploy, as in the fleet model."""
+    that, so the DEFAULTS are the lowest layer for every deploy, as in the fleet model.
+    Hosts go through the `fleet` connector (fleet.converge.connector) and keep their names."""
     entries, fleet = prepare(hosts, test_fleet, inventory_file)
     groups: dict[str, Any] = {}
     for name, host in fleet.hosts.items():
         data = {k: v for k, v in entries[name].items() if k != "groups"}
         for group in host.groups:
-            groups.setdefault(group, []).append((name, data))
-    groups["all"] = (list(fleet.hosts), copy.deepcopy(registry.defaults()))
+            groups.setdefault(group, []).append((f"{CONNECTOR}{name}", data))
+    groups["all"] = ([f"{CONNECTOR}{name}" for name in fleet.hosts], copy.deepcopy(registry.defaults()))
     return groups
 
 

@@ -30,6 +30,10 @@ class Host:
     data: dict[str, Any]
     # key -> the groups that set it (to find keys set differently by two groups)
     group_sources: dict[str, list[str]] = field(default_factory=dict)
+    # the keys the host's own entry in inventory.py sets
+    entry_keys: frozenset = frozenset()
+    # what is wrong with the entry's shape ("" when nothing)
+    entry_error: str = ""
 
     @property
     def tailnet_address(self) -> str:
@@ -54,6 +58,8 @@ class Fleet:
     # The all-hosts layer: the components' DEFAULTS under group_data/all.py.
     all_data: dict[str, Any]
     group_data: dict[str, dict[str, Any]]
+    # the keys group_data/all.py sets (the rest of all_data are components' defaults)
+    all_py_keys: frozenset = frozenset()
 
     @property
     def known_groups(self) -> list[str]:
@@ -85,12 +91,33 @@ def _public(namespace: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class DataFileError(Exception):
+    """A data file cannot be read; the message is one line: file:line, what, and the fix."""
+
+
+def _run_data_file(path: Path) -> dict[str, Any]:
+    try:
+        return runpy.run_path(str(path))
+    except SyntaxError as exc:
+        raise DataFileError(f"{path}:{exc.lineno}: invalid Python ({exc.msg}). Fix: correct that line; "
+                            "data files hold plain assignments like `key = value`.") from None
+    except Exception as exc:  # noqa: BLE001 - any error in a data file is the user's to fix, in one line
+        tb = exc.__traceback__
+        line = "?"
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == str(path):
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        raise DataFileError(f"{path}:{line}: {type(exc).__name__}: {exc}. Fix: data files hold plain "
+                            "assignments like `key = value`.") from None
+
+
 def load_group_data(group_data_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Read group_data/*.py the way pyinfra does: each file's public names are its data."""
     all_data: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {}
     for path in sorted(group_data_dir.glob("*.py")):
-        data = _public(runpy.run_path(str(path)))
+        data = _public(_run_data_file(path))
         if path.stem == "all":
             all_data = data
         else:
@@ -104,11 +131,19 @@ def build_fleet(
     group_data: dict[str, dict[str, Any]],
     defaults: dict[str, Any] | None = None,
 ) -> Fleet:
-    """`defaults`: the lowest layer (every component's DEFAULTS unless given)."""
+    """`defaults`: the lowest layer (every component's DEFAULTS unless given). An entry that is
+    not a dict, or groups that are not a list of names, give a host in no group (validation
+    names it)."""
+    all_py_keys = frozenset(all_data)
     all_data = {**(registry.defaults() if defaults is None else defaults), **all_data}
     built: dict[str, Host] = {}
     for name, entry in hosts.items():
-        groups = tuple(entry.get("groups", ()))
+        error = "" if isinstance(entry, dict) else f"the entry is a {type(entry).__name__}, not a dict of the host's facts"
+        entry = entry if isinstance(entry, dict) else {}
+        raw = entry.get("groups", ())
+        groups = tuple(raw) if isinstance(raw, (list, tuple)) and all(isinstance(g, str) for g in raw) else ()
+        if not error and not groups and raw:
+            error = f"groups is {raw!r}, not a list of group names"
         data = dict(all_data)
         sources: dict[str, list[str]] = {}
         for group in groups:
@@ -116,8 +151,9 @@ def build_fleet(
                 sources.setdefault(key, []).append(group)
                 data[key] = value
         data.update({k: v for k, v in entry.items() if k not in HOST_META_KEYS})
-        built[name] = Host(name=name, groups=groups, data=data, group_sources=sources)
-    return Fleet(hosts=built, all_data=all_data, group_data=group_data)
+        built[name] = Host(name=name, groups=groups, data=data, group_sources=sources,
+                           entry_keys=frozenset(entry), entry_error=error)
+    return Fleet(hosts=built, all_data=all_data, group_data=group_data, all_py_keys=all_py_keys)
 
 
 def load_fleet(hosts: dict[str, dict[str, Any]], group_data_dir: Path) -> Fleet:

@@ -29,6 +29,101 @@ class InventoryError(Exception):
         super().__init__("\n".join(lines))
 
 
+def where_set(fleet: Fleet, host, key: str) -> str:
+    """The data file a host's value of `key` comes from (for the Fix: part of a message)."""
+    if key in host.entry_keys:
+        return "its entry in inventory.py"
+    if key in host.group_sources:
+        return ", ".join(f"group_data/{g}.py" for g in host.group_sources[key])
+    if key in fleet.all_py_keys:
+        return "group_data/all.py"
+    return "the data"
+
+
+def check_hosts(fleet: Fleet) -> list[Problem]:
+    if not fleet.hosts:
+        return [Problem("inventory.py", "HOSTS", "is empty: there is no host to converge.",
+                        "add your hosts to HOSTS in inventory.py (name -> groups, addresses, ssh_user, arch).")]
+    return [Problem(str(name), "HOSTS", f"{h.entry_error}.",
+                    "write it like the other entries in inventory.py, e.g. 'groups': ['pis', 'gateway'].")
+            for name, h in fleet.hosts.items() if h.entry_error]
+
+
+def _a(name: str) -> str:
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _type_names(types: tuple) -> str:
+    names = ["None" if t is type(None) else t.__name__ for t in types]
+    first = names[0]
+    article = "" if first == "None" else ("an " if first[0] in "aeiou" else "a ")
+    return article + " or ".join(names)
+
+
+def _has_type(value, types: tuple) -> bool:
+    if isinstance(value, bool) and bool not in types:
+        return False  # True is an int to Python, never to a setting
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        return True
+    return isinstance(value, types)
+
+
+def check_setting_types(fleet: Fleet) -> list[Problem]:
+    """Every component setting has the type of its default (or one its component allows)."""
+    problems = []
+    for component in components():
+        for key, default in component.defaults.items():
+            types = component.types.get(key) or (type(default),)
+            if type(None) in (type(default),):
+                continue  # a None default takes anything
+            for host in fleet.hosts.values():
+                value = host.data.get(key)
+                if not _has_type(value, tuple(types)):
+                    problems.append(Problem(
+                        host.name, key, f"{value!r} is {_a(type(value).__name__)}, but it must be "
+                        f"{_type_names(tuple(types))} (default: {default!r}).",
+                        f"correct it in {where_set(fleet, host, key)}."))
+    return problems
+
+
+def check_shapes(fleet: Fleet) -> list[Problem]:
+    """The fleet-wide maps have the shape every other rule and deploy reads."""
+    problems = []
+    services = fleet.all_data.get("fleet_services")
+    if not isinstance(services, dict) or not all(isinstance(s, dict) for s in services.values()):
+        problems.append(Problem("all", "fleet_services", "must map each service name to a dict.",
+                                "write it like {'ssh': {'port': 22, 'bind': ['lan', 'tailnet'], 'groups': ['all']}}."))
+    else:
+        for name, svc in services.items():
+            for key in ("bind", "groups"):
+                if key in svc and (not isinstance(svc[key], list) or not all(isinstance(v, str) for v in svc[key])):
+                    problems.append(Problem("all", f"fleet_services[{name!r}].{key}", f"{svc[key]!r} is not a list of names.",
+                                            f"write it as a list, e.g. {['tailnet'] if key == 'bind' else ['all']}."))
+    domains = fleet.all_data.get("fleet_domains")
+    if not isinstance(domains, dict) or not all(isinstance(r, dict) for r in domains.values()):
+        problems.append(Problem("all", "fleet_domains", "must map each hostname to a dict.",
+                                "write it like {'blackroad.io': {'host': 'pi5-alpha', 'service': 'web', 'tunnel': 'pi5-alpha'}}."))
+    else:
+        for domain, route in domains.items():
+            if "port" in route:
+                problems.append(Problem(str(route.get("host")), f"fleet_domains[{domain!r}].port",
+                                        "names a port; domains name a service.",
+                                        f"write 'service': one of {', '.join(services or {})}."))
+                continue
+            for key in ("host", "service", "tunnel"):
+                if not isinstance(route.get(key), str):
+                    problems.append(Problem("all", f"fleet_domains[{domain!r}].{key}",
+                                            f"{route.get(key)!r} is not a name.",
+                                            f"set '{key}' to a {'service of the port map' if key == 'service' else 'host of inventory.py'}."))
+    for host in fleet.hosts.values():
+        for key in REQUIRED_HOST_KEYS:
+            value = host.data.get(key)
+            if value is not None and not isinstance(value, str):
+                problems.append(Problem(host.name, key, f"{value!r} is {_a(type(value).__name__)}, not text.",
+                                        f"quote it in the host's entry in inventory.py, e.g. {key}: '{value}'."))
+    return problems
+
+
 def check_groups(fleet: Fleet) -> list[Problem]:
     problems = []
     known = fleet.known_groups
@@ -210,6 +305,8 @@ def check_operator_access(fleet: Fleet, offered: dict[str, set[str]]) -> list[Pr
 
 # Rules about the fleet as a whole; each component adds its own (COMPONENT.rules).
 RULES = (
+    check_shapes,
+    check_setting_types,
     check_groups,
     check_required,
     check_tailnet,
@@ -236,10 +333,17 @@ def component_problems(fleet: Fleet, shape_ok: bool = True) -> list[Problem]:
 
 
 def problems(fleet: Fleet, offered: dict[str, set[str]] | None = None) -> list[Problem]:
-    found: list[Problem] = []
+    found = check_hosts(fleet)
+    if found:
+        return found  # nothing else can be judged without hosts
     for rule in RULES:
+        if rule in (check_ports, check_domains) and any(p.key.startswith(("fleet_services", "fleet_domains"))
+                                                         for p in found):
+            continue  # the maps' shape is wrong: one message about it is enough
         found.extend(rule(fleet))
-    found.extend(component_problems(fleet, shape_ok=not found))
+    # a setting of the wrong type is one problem, not one more per rule that reads it
+    mistyped = {(p.host, p.key) for p in found}
+    found.extend(p for p in component_problems(fleet, shape_ok=not found) if (p.host, p.key) not in mistyped)
     found.extend(check_operator_access(fleet, offered or {}))
     return found
 

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -400,22 +401,55 @@ def hosts_to_bootstrap(env: dict) -> list[str]:
     return bootstrap
 
 
-def converge(extra: list[str], log_name: str = "converge", env: dict | None = None) -> dict:
-    """Run pyinfra on deploys/site.py against the test fleet; return change counts."""
+_ENV_LOCK = threading.Lock()
+
+
+def converge(extra: list[str], log_name: str = "converge", env: dict | None = None,
+             kill_at: str | None = None, kill_delay: float = 0.0, timeout: float = 1800,
+             on_line=None) -> dict:
+    """Run pyinfra on deploys/site.py against the test fleet; return change counts.
+
+    kill_at: SIGKILL pyinfra `kill_delay` seconds after it prints a line containing this text
+    (the fault suite's interrupted runs); timeout: SIGKILL it after this many seconds.
+    on_line: called with each output line as it arrives."""
     STATE.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, FLEET_TARGET="test", **(env or {}))
-    bootstrap = hosts_to_bootstrap(env)
+    with _ENV_LOCK:  # hosts_to_bootstrap swaps os.environ while it validates
+        bootstrap = hosts_to_bootstrap(env)
     if bootstrap:
         env["FLEET_BOOTSTRAP"] = ",".join(bootstrap)
     cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", "inventory.py", "deploys/site.py",
            *extra]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, text=True, capture_output=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    killed: list[str] = []
+
+    def kill(why: str) -> None:
+        if proc.poll() is None:
+            killed.append(why)
+            proc.kill()
+
+    watchdog = threading.Timer(timeout, kill, args=(f"timed out after {timeout:.0f}s",))
+    watchdog.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line:
+                on_line(line)
+            if kill_at and not killed and kill_at in ANSI.sub("", line):
+                threading.Timer(kill_delay, kill, args=(f"killed at {kill_at!r} (+{kill_delay:g}s)",)).start()
+                kill_at = None
+        proc.wait()
+    finally:
+        watchdog.cancel()
     seconds = time.monotonic() - t0
-    output = proc.stdout + proc.stderr
+    output = "".join(lines)
     (STATE / f"{log_name}.log").write_text(output)
     counts = count_changes(output)
     return {
+        "killed": killed[0] if killed else None,
         "returncode": proc.returncode,
         "seconds": round(seconds, 1),
         "hosts": counts,

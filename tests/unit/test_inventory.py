@@ -37,9 +37,10 @@ def test_groups_match_the_spec(fake_repo, monkeypatch):
     groups = pyinfra_groups(hosts, test_fleet, str(fake_repo / "inventory.py"))
     # `all`: every host, with the components' DEFAULTS as the lowest data layer
     every, defaults = groups.pop("all")
-    assert sorted(every) == sorted(hosts)
+    # every host goes through the fleet's SSH connector, and keeps its name
+    assert sorted(every) == sorted(f"@fleet/{name}" for name in hosts)
     assert defaults["docker_enabled"] is True and defaults["llm_engine"] == "ollama"
-    members = {g: sorted(name for name, _ in hosts_) for g, hosts_ in groups.items()}
+    members = {g: sorted(name.removeprefix("@fleet/") for name, _ in hosts_) for g, hosts_ in groups.items()}
     assert members == {
         "pis": ["pi0-epsilon", "pi400-delta", "pi5-alpha", "pi5-beta", "pi5-gamma"],
         "gateway": ["pi5-alpha"],

@@ -64,8 +64,10 @@ def test_vllm_settings_change_changes_the_arguments():
 
 def test_container_fact_parses_labels():
     fact = docker.DockerContainer()
-    assert fact.process(['true {"fleet.settings":"abc"}']) == {"running": True, "settings": "abc"}
-    assert fact.process(["false null"]) == {"running": False, "settings": None}
+    assert fact.process(['true "2026-12-02T13:05:01.5Z" {"fleet.settings":"abc"}']) == {
+        "running": True, "created": 1796216701.5, "settings": "abc"}
+    assert fact.process(['false "2026-12-02T13:05:01Z" null']) == {
+        "running": False, "created": 1796216701.0, "settings": None}
     assert fact.process([""]) is None
 
 

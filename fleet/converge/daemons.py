@@ -1,0 +1,152 @@
+"""Daemons the deploys own: enabled, running, and restarted (or reloaded) when, and only
+when, one of their inputs changed after the running process read it.
+
+The decision is made from state on the host, never from what happened earlier in the same
+run: a daemon is owed a restart when the newest change time (ctime) of its inputs (config
+files, credentials, unit files, the release it runs) is later than the moment its main
+process started, or, for a daemon that is reloaded instead, than our last successful reload
+of it (a stamp under /var/lib/fleet/applied/). A converge killed between replacing a config
+and restarting its daemon therefore leaves the restart owed, and the next plain run does it;
+a run that changed nothing restarts nothing. ctime is used because nothing but a real change
+sets it (`touch -d` cannot move it back). The same goes for systemd's own view: a unit whose
+file changed since systemd loaded it (NeedDaemonReload) is reloaded into systemd first.
+
+pyinfra offers `_if=config.did_change` for this, which is decided within one run and is lost
+when that run dies before the restart; hence this module.
+"""
+
+from __future__ import annotations
+
+import shlex
+from datetime import datetime, timezone
+
+from pyinfra import host
+from pyinfra.api import FactBase, StringCommand, operation
+
+APPLIED_DIR = "/var/lib/fleet/applied"
+
+
+def stamp_path(unit: str) -> str:
+    return f"{APPLIED_DIR}/{unit}"
+
+
+def parse_timestamp(text: str) -> float | None:
+    """systemd's `--timestamp=us+utc` form ("Wed 2026-12-02 13:05:01.730071 UTC") as epoch seconds."""
+    text = text.strip()
+    if not text or text == "n/a":
+        return None
+    try:
+        return datetime.strptime(text, "%a %Y-%m-%d %H:%M:%S.%f %Z").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+class DaemonState(FactBase):
+    """A unit's load state, whether systemd needs a daemon-reload for it, when its main process
+    started, our last reload of it, and the newest ctime among `inputs` (epoch seconds)."""
+
+    def command(self, unit: str, inputs: tuple[str, ...] = ()) -> str:
+        q = shlex.quote
+        paths = " ".join(q(p) for p in inputs)
+        newest = (f"find {paths} -maxdepth 0 -printf '%C@\\n' 2>/dev/null | sort -n | tail -n 1"
+                  if inputs else "true")
+        return (f"systemctl show --timestamp=us+utc -p LoadState -p ActiveState -p NeedDaemonReload"
+                f" -p ExecMainStartTimestamp {q(unit)} 2>/dev/null;"
+                f" echo \"Stamp=$(find {q(stamp_path(unit))} -maxdepth 0 -printf '%T@' 2>/dev/null)\";"
+                f" echo \"Inputs=$({newest})\"")
+
+    def process(self, output):
+        values = dict(line.split("=", 1) for line in output if "=" in line)
+        started = parse_timestamp(values.get("ExecMainStartTimestamp", ""))
+        stamp = _float(values.get("Stamp", ""))
+        applied = max([t for t in (started, stamp) if t is not None], default=None)
+        return {
+            "loaded": values.get("LoadState") == "loaded",
+            "active": values.get("ActiveState") == "active",
+            "needs_daemon_reload": values.get("NeedDaemonReload") == "yes",
+            "applied": applied,
+            "inputs_changed": _float(values.get("Inputs", "")),
+        }
+
+
+class NewestChange(FactBase):
+    """The newest ctime (epoch seconds) among `paths`, or None when none exists."""
+
+    def command(self, paths: tuple[str, ...]) -> str:
+        listed = " ".join(shlex.quote(p) for p in paths)
+        return f"find {listed} -maxdepth 0 -printf '%C@\\n' 2>/dev/null | sort -n | tail -n 1"
+
+    def process(self, output):
+        return _float("".join(output).strip())
+
+
+def owed(state: dict) -> bool:
+    """Whether the running daemon predates a change of its inputs."""
+    if not state["active"] or state["applied"] is None or state["inputs_changed"] is None:
+        return False  # not running: starting it (the enable step) reads the current inputs
+    return state["inputs_changed"] > state["applied"]
+
+
+@operation()
+def unit_loaded(unit: str):
+    """systemd has loaded the current unit file (and drop-ins) of `unit`.
+
+    + unit: the systemd unit
+    """
+    state = host.get_fact(DaemonState, unit=unit)
+    if state["loaded"] and not state["needs_daemon_reload"]:
+        host.noop(f"systemd has the current definition of {unit}")
+        return
+    yield StringCommand("systemctl daemon-reload")
+
+
+@operation()
+def applied(unit: str, inputs: list[str], reload: bool = False, changed: tuple = ()):
+    """Restart (or reload) `unit` if one of `inputs` changed after its process started (or
+    after our last reload of it). Crash-safe: decided from the host's state.
+
+    + unit: the systemd unit
+    + inputs: the files and directories the daemon reads at start
+    + reload: reload instead of restart, and record when (sshd re-reads its config on SIGHUP)
+    + changed: operations that replace inputs in this run (only so a dry run shows the restart)
+    """
+    state = host.get_fact(DaemonState, unit=unit, inputs=tuple(inputs))
+    if not owed(state) and not any(op.changed for op in changed):
+        host.noop(f"{unit} runs with its current inputs")
+        return
+    q = shlex.quote
+    if reload:
+        yield StringCommand(f"systemctl reload {q(unit)} && install -d -m 755 {q(APPLIED_DIR)}"
+                            f" && touch {q(stamp_path(unit))}")
+    else:
+        yield StringCommand(f"systemctl restart {q(unit)}")
+
+
+def keep_running(label: str, unit: str, *, inputs: list[str], why: str, changed=(), reload: bool = False,
+                 unit_files: bool = False):
+    """A daemon the deploys own: enabled and running, and restarted (or reloaded) only when
+    its inputs changed after it read them; never otherwise (see the module docstring).
+
+    + label: how operation names call the daemon ("docker" -> "Enable docker")
+    + unit: the systemd unit
+    + inputs: paths of everything it reads at start (configs, credentials, unit files, release)
+    + why: the end of the restart operation's name ("for its new daemon.json")
+    + changed: the operations that install those inputs in this run (for dry runs)
+    + reload: reload instead of restart
+    + unit_files: the deploy installs the unit's file or drop-ins (systemd reloads them first)
+    """
+    from pyinfra.operations import systemd
+
+    if unit_files:
+        unit_loaded(name=f"Load the current {unit} definition into systemd", unit=unit)
+    systemd.service(name=f"Enable {label}", service=unit, running=True, enabled=True)
+    verb = "Reload" if reload else "Restart"
+    return applied(name=f"{verb} {label} {why}".strip(), unit=unit, inputs=list(inputs), reload=reload,
+                   changed=tuple(changed))

@@ -1,0 +1,185 @@
+"""Bad input gets one line naming the host (or file), the key and the fix, before any host is
+touched; never a traceback. Each case is one the project was seen to mishandle, or a
+neighbour of one."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploys import tailscale
+from fleet.converge.render import dquote, systemd_env
+from fleet.preflight.inventory import FleetConfigError, read_inventory_data
+from fleet.preflight.model import DataFileError, load_group_data
+from fleet.preflight.validate import problems
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def one_line(found) -> list[str]:
+    lines = [str(p) for p in found]
+    assert all("\n" not in line and "Fix:" in line for line in lines), lines
+    return lines
+
+
+def test_a_port_given_as_a_string_names_the_service(data):
+    data.all_data["fleet_services"]["llm"]["port"] = "8080"
+    assert one_line(problems(data.fleet())) == [
+        "all: fleet_services['llm'].port: '8080' is not a TCP port. Fix: use an integer 1-65535."]
+
+
+def test_an_empty_inventory_is_one_line(data):
+    data.hosts = {}
+    assert one_line(problems(data.fleet())) == [
+        "inventory.py: HOSTS: is empty: there is no host to converge. Fix: add your hosts to HOSTS in "
+        "inventory.py (name -> groups, addresses, ssh_user, arch)."]
+
+
+def test_a_docker_pool_overlapping_every_lan_is_one_line(data):
+    data.all_data["docker_address_pools"] = [{"base": "0.0.0.0/0", "size": 24}]
+    found = one_line(p for p in problems(data.fleet()) if p.key == "docker_address_pools")
+    # one line per LAN network it overlaps (the Pis and the Jetson share one), plus the tailnet
+    assert len(found) == 3, found
+    assert all(line.startswith("all: docker_address_pools: pool 0.0.0.0/0 overlaps") for line in found)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("docker_log_max_file", "3", "'3' is a str, but it must be an int (default: 3)."),
+    ("docker_enabled", "yes", "'yes' is a str, but it must be a bool (default: True)."),
+    ("base_time_sync_running", 1, "1 is an int, but it must be a bool or None (default: True)."),
+    ("ollama_models", "qwen2.5:7b", "'qwen2.5:7b' is a str, but it must be a list (default: ['qwen2.5:7b'])."),
+])
+def test_a_setting_of_the_wrong_type_is_one_line_per_host(data, key, value, message):
+    data.hosts["jetson-prime"][key] = value
+    [line] = one_line(p for p in problems(data.fleet()) if p.key == key)
+    assert line == f"jetson-prime: {key}: {message} Fix: correct it in its entry in inventory.py."
+
+
+def test_a_group_set_value_names_its_file(data):
+    data.group_data["gpu"]["docker_log_max_size"] = 10
+    [line] = one_line(p for p in problems(data.fleet()) if p.key == "docker_log_max_size")
+    assert line.endswith("Fix: correct it in group_data/gpu.py.")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("pi5-zeta", "the entry is a str, not a dict of the host's facts."),
+    ({"groups": "pis", "lan_address": "192.168.1.30/24", "tailnet_address": "100.100.0.30",
+      "ssh_user": "pi", "arch": "arm64"}, "groups is 'pis', not a list of group names."),
+])
+def test_a_malformed_host_entry_is_one_line(data, entry, message):
+    data.hosts["pi5-zeta"] = entry
+    [line] = one_line(problems(data.fleet()))
+    assert line.startswith(f"pi5-zeta: HOSTS: {message}")
+
+
+def test_host_facts_must_be_text(data):
+    data.hosts["pi5-beta"]["tailnet_address"] = 100
+    found = one_line(p for p in problems(data.fleet()) if p.key == "tailnet_address")
+    assert found[0].startswith("pi5-beta: tailnet_address: 100 is an int, not text.")
+
+
+def test_domains_must_name_hosts_and_services(data):
+    data.all_data["fleet_domains"]["x.blackroad.io"] = {"host": "pi5-alpha", "service": 3000, "tunnel": "pi5-alpha"}
+    [line] = one_line(p for p in problems(data.fleet()) if p.key.startswith("fleet_domains"))
+    assert line.startswith("all: fleet_domains['x.blackroad.io'].service: 3000 is not a name.")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("docker_cmdline_tokens", ["cgroup_memory=1'; reboot; '"]),
+    ("cloudflared_user", "cloud flared"),
+])
+def test_values_that_would_reach_a_shell_or_unit_are_refused(data, key, value):
+    data.group_data["gateway"][key] = value
+    found = one_line(p for p in problems(data.fleet()) if p.key == key)
+    assert found and found[0].startswith("pi5-alpha: " + key)
+
+
+def test_an_apt_source_with_a_quote_is_refused(data):
+    spec = dict(tailscale.DEFAULTS["tailscale_apt"])
+    spec["uris"] = "http://mirror/x' y"
+    data.all_data["tailscale_apt"] = spec
+    found = one_line(p for p in problems(data.fleet()) if p.key == "tailscale_apt")
+    assert len(found) == 7 and "must be one line of text without quotes" in found[0]
+
+
+def test_sshd_settings_cannot_inject_lines(data):
+    data.all_data["base_sshd_settings"] = {"PasswordAuthentication": "no\nPermitRootLogin yes"}
+    found = one_line(p for p in problems(data.fleet()) if p.key.startswith("base_sshd_settings"))
+    assert len(found) == 7
+
+
+def test_a_syntax_error_in_group_data_is_file_and_line(tmp_path):
+    shutil.copytree(REPO / "group_data", tmp_path / "group_data")
+    with open(tmp_path / "group_data" / "llm.py", "a") as f:
+        f.write("\nollama_models = ['qwen2.5:7b'\n")
+    with pytest.raises(DataFileError) as err:
+        load_group_data(tmp_path / "group_data")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path}/group_data/llm.py:")
+    assert "invalid Python" in message and "Fix:" in message
+
+
+def test_an_error_raised_in_group_data_is_file_and_line(tmp_path):
+    shutil.copytree(REPO / "group_data", tmp_path / "group_data")
+    (tmp_path / "group_data" / "pis.py").write_text("x = 1\ny = undefined_name\n")
+    with pytest.raises(DataFileError, match=r"pis\.py:2: NameError: name 'undefined_name' is not defined"):
+        load_group_data(tmp_path / "group_data")
+
+
+def test_inventory_syntax_error_is_file_and_line(tmp_path):
+    bad = tmp_path / "inventory.py"
+    bad.write_text("HOSTS = {\nTEST_FLEET = {}\n")
+    with pytest.raises(FleetConfigError, match=r"inventory\.py:\d+: invalid Python"):
+        read_inventory_data(bad)
+
+
+def test_the_cli_prints_one_line_for_bad_group_data(tmp_path):
+    """End to end through pyinfra's own CLI: the problem, no traceback, no host touched."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(".git", ".venv", ".state", "__pycache__"))
+    (repo / "group_data" / "all.py").write_text((repo / "group_data" / "all.py").read_text().replace(
+        '"llm": {"port": 8080,', '"llm": {"port": "8080",'))
+    pyinfra = Path(sys.executable).with_name("pyinfra")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo), "FLEET_TARGET": "fleet",
+           "FLEET_VAULT_PASSPHRASE": "unused", "HOME": str(tmp_path)}
+    proc = subprocess.run([str(pyinfra), "-y", "inventory.py", "deploys/site.py"], cwd=repo, env=env,
+                          text=True, capture_output=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out
+    assert "all: fleet_services['llm'].port: '8080' is not a TCP port. Fix: use an integer 1-65535." in out
+    assert "Connecting" not in out
+
+
+@pytest.mark.parametrize("value, quoted", [
+    ("", '""'), ("--verbose 2", '"--verbose 2"'), ('say "hi" $HOME `x` \\', '"say \\"hi\\" \\$HOME \\`x\\` \\\\"'),
+])
+def test_dquote_for_environment_files(value, quoted):
+    assert dquote(value) == quoted
+
+
+@pytest.mark.parametrize("value, rendered", [
+    ("OLLAMA_HOST=100.100.0.10:8080", "OLLAMA_HOST=100.100.0.10:8080"),
+    ('MESSAGE=Back "soon" 100%', '"MESSAGE=Back \\"soon\\" 100%%"'),
+])
+def test_systemd_env_quotes_only_what_needs_it(value, rendered):
+    assert systemd_env(value) == rendered
+
+
+@pytest.mark.parametrize("bad", ["two\nlines", "bell\x07"])
+def test_control_characters_never_reach_a_file(bad):
+    with pytest.raises(ValueError, match="control character"):
+        dquote(bad)
+    with pytest.raises(ValueError, match="control character"):
+        systemd_env(bad)
+
+
+def test_the_maintenance_message_with_a_quote_renders_a_valid_unit():
+    from fleet.converge.render import render
+
+    unit = render("etc/systemd/system/maintenance-page.service.j2", "maintenance", script="/s", address="127.0.0.1",
+                  port=8080, message='Back "soon"')
+    assert 'Environment="MAINTENANCE_MESSAGE=Back \\"soon\\""' in unit
