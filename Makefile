@@ -11,7 +11,7 @@ FLEET_TARGET ?= fleet
 export FLEET_TARGET
 PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
 
-.PHONY: help setup lock check plan converge verify llm-check fleet-up fleet-down demo test unit bench docs vault-init vault-edit edge-plan edge-apply
+.PHONY: help setup lock check plan converge verify llm-check fleet-up fleet-down demo test unit faults bench docs vault-init vault-edit edge-plan edge-apply
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -81,7 +81,13 @@ test: setup ## unit tests, then molecule test (test fleet: converge, idempotence
 	$(MAKE) --no-print-directory unit
 	PATH="$(BIN):$$PATH" $(BIN)/molecule test
 	@$(PY) tests/report.py "product unit=$(STATE)/junit-unit.xml" "stand-in unit=$(STATE)/junit-standins.xml" \
-		"specs=$(STATE)/junit-specs.xml" "integration=$(STATE)/junit-integration.xml"
+		"specs=$(STATE)/junit-specs.xml" "integration=$(STATE)/junit-integration.xml" "faults=$(STATE)/junit-faults.xml"
+
+faults: setup ## the fault suite on the test fleet: inject, converge, a rerun recovers, then no change
+	mkdir -p $(STATE)
+	$(PY) tests/harness/testfleet.py up
+	$(PY) tests/harness/testfleet.py converge | sed -n '/^converge:/,$$p'
+	$(PY) tests/faults/run.py --junit $(STATE)/junit-faults.xml
 
 docs: setup ## regenerate docs/settings.md from the components' DEFAULTS
 	$(PY) -m fleet docs

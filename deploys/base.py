@@ -111,13 +111,23 @@ class DpkgInterrupted(FactBase):
 
 
 @operation()
-def dpkg_consistent():
+def dpkg_consistent(lock_timeout: int):
     """dpkg has no unfinished work: apt refuses to install anything until `dpkg --configure
-    -a` has run after an interrupted install."""
+    -a` has run after an interrupted install.
+
+    + lock_timeout: seconds to wait while another process (the apt of a killed converge, which
+      runs on after its SSH session is gone, or unattended-upgrades) holds dpkg's lock
+    """
     if not host.get_fact(DpkgInterrupted):
         host.noop("dpkg has no unfinished work")
         return
-    yield StringCommand("DEBIAN_FRONTEND=noninteractive dpkg --configure -a")
+    tries = max(1, int(lock_timeout) // 2)
+    # dpkg has no lock timeout of its own (apt's DPkg::Lock::Timeout is apt's): retry while
+    # the error is the lock, bounded; any other error fails at once.
+    yield StringCommand(
+        f"i=0; while :; do out=$(DEBIAN_FRONTEND=noninteractive dpkg --configure -a 2>&1) && break;"
+        f" case \"$out\" in *lock*) ;; *) echo \"$out\" >&2; exit 1;; esac;"
+        f" i=$((i+1)); [ $i -ge {tries} ] && {{ echo \"$out\" >&2; exit 1; }}; sleep 2; done")
 
 
 class LocalAddresses(FactBase):
@@ -215,7 +225,8 @@ def _after_an_interrupted_run():
     home = host.get_fact(Home, user=host.data.ssh_user) or f"/home/{host.data.ssh_user}"
     leftovers_removed(name="Remove what an interrupted run left (candidates, staged uploads)",
                       places=["/etc", "/usr/local/lib/fleet", "/var/cache/fleet", f"{home}/.cache/fleet-upload"])
-    dpkg_consistent(name="Finish an interrupted dpkg run (dpkg --configure -a)")
+    dpkg_consistent(name="Finish an interrupted dpkg run (dpkg --configure -a)",
+                    lock_timeout=host.data.base_apt_lock_timeout)
     files.put(
         name="Make apt wait for the package lock",
         src=_text(render("etc/apt/apt.conf.d/50fleet-lock-timeout.j2", "base", comment="//",

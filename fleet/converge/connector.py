@@ -12,6 +12,11 @@ follow on a fleet of small hosts:
 - Nagle's algorithm with delayed ACKs adds ~40 ms to every small request/response round
   trip, and a converge is mostly those; TCP_NODELAY removes it.
 
+When such a connection dies, paramiko raises EOFError, which pyinfra does not expect from a
+connector: it aborts the whole run, every host with it. This connector reports it as the
+SSHException pyinfra handles per host, so only that host fails, named, and the others
+finish.
+
 The options are set on the connected socket through paramiko's public Transport.sock; this
 subclass changes nothing else (no paramiko internals are patched). It is registered as the
 pyinfra connector `fleet` in pyproject.toml, and the inventory names every host
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import socket
 
+from paramiko import SSHException
 from pyinfra.connectors.ssh import SSHConnector
 
 IDLE = 15
@@ -55,3 +61,24 @@ class FleetSSHConnector(SSHConnector):
         transport = self.client.get_transport() if self.client is not None else None
         if transport is not None and isinstance(transport.sock, socket.socket):
             tune(transport.sock)
+
+    def _lost(self, exc: EOFError) -> SSHException:
+        return SSHException(f"the connection to {self.host.name} was lost mid-run ({type(exc).__name__})")
+
+    def run_shell_command(self, *args, **kwargs):
+        try:
+            return super().run_shell_command(*args, **kwargs)
+        except EOFError as exc:
+            raise self._lost(exc) from None
+
+    def put_file(self, *args, **kwargs):
+        try:
+            return super().put_file(*args, **kwargs)
+        except EOFError as exc:
+            raise self._lost(exc) from None
+
+    def get_file(self, *args, **kwargs):
+        try:
+            return super().get_file(*args, **kwargs)
+        except EOFError as exc:
+            raise self._lost(exc) from None

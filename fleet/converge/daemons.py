@@ -21,6 +21,7 @@ import shlex
 from datetime import datetime, timezone
 
 from pyinfra import host
+from pyinfra import state as pyinfra_state
 from pyinfra.api import FactBase, StringCommand, operation
 
 APPLIED_DIR = "/var/lib/fleet/applied"
@@ -51,6 +52,12 @@ def _float(text: str) -> float | None:
 class DaemonState(FactBase):
     """A unit's load state, whether systemd needs a daemon-reload for it, when its main process
     started, our last reload of it, and the newest ctime among `inputs` (epoch seconds)."""
+
+    @staticmethod
+    def default():
+        # what an unreadable answer means: nothing known, so nothing is owed
+        return {"loaded": True, "active": False, "needs_daemon_reload": False, "applied": None,
+                "inputs_changed": None}
 
     def command(self, unit: str, inputs: tuple[str, ...] = ()) -> str:
         q = shlex.quote
@@ -118,7 +125,11 @@ def applied(unit: str, inputs: list[str], reload: bool = False, changed: tuple =
     + changed: operations that replace inputs in this run (only so a dry run shows the restart)
     """
     state = host.get_fact(DaemonState, unit=unit, inputs=tuple(inputs))
-    if not owed(state) and not any(op.changed for op in changed):
+    # While pyinfra plans (the diff before execution), inputs this run will replace have not
+    # changed on the host yet: count them, so a dry run shows the restart. When it executes,
+    # the host's state alone decides.
+    planned = not pyinfra_state.is_executing and any(op.changed for op in changed)
+    if not owed(state) and not planned:
         host.noop(f"{unit} runs with its current inputs")
         return
     q = shlex.quote

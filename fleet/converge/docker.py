@@ -16,6 +16,7 @@ import shlex
 from datetime import datetime, timezone
 
 from pyinfra import host
+from pyinfra import state as pyinfra_state
 from pyinfra.api import FactBase, StringCommand, operation
 
 from fleet.converge.daemons import NewestChange
@@ -99,7 +100,8 @@ def container(container: str, image: str, arguments: list[str], inputs: tuple[st
     current = host.get_fact(DockerContainer, container=container)
     newest = host.get_fact(NewestChange, paths=tuple(inputs)) if inputs and current else None
     forced = bool(current and newest is not None and current["created"] is not None
-                  and newest > current["created"]) or any(op.changed for op in changed)
+                  and newest > current["created"]) or (not pyinfra_state.is_executing
+                                                        and any(op.changed for op in changed))
     q = shlex.quote
     if current and current["settings"] == settings and not forced:
         if current["running"]:
