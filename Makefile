@@ -76,7 +76,7 @@ unit: setup ## unit tests only (no Docker): the product's, then the test stand-i
 	$(PYTEST) --junitxml=$(STATE)/junit-unit.xml tests/unit
 	$(PYTEST) --junitxml=$(STATE)/junit-standins.xml tests/standins
 
-test: setup ## unit tests, then molecule test (test fleet: converge, idempotence, verify)
+test: setup ## unit tests, then molecule test (test fleet: converge, idempotence, specs, integration, faults)
 	rm -f $(STATE)/junit-*.xml
 	$(MAKE) --no-print-directory unit
 	PATH="$(BIN):$$PATH" $(BIN)/molecule test

@@ -22,10 +22,13 @@ COMMANDS = {
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in COMMANDS:
-        word = f"unknown command {argv[0]!r}. " if argv and argv[0] not in ("-h", "--help") else ""
-        print(f"{word}{__doc__.strip()}", file=sys.stderr if word else sys.stdout)
-        return 2 if word else 0
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"fleet: unknown command {argv[0]!r}. Fix: use one of {', '.join(COMMANDS)} "
+              "(python -m fleet --help).", file=sys.stderr)
+        return 2
     return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
 
 
