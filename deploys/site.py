@@ -11,6 +11,10 @@ from pyinfra import host
 
 from fleet.converge.component import components
 
-for component in components():
+# pyinfra identifies an operation by the line numbers of its call stack. Every component is
+# called from the one line below, so two components' operations at the same line of their
+# own modules would share an identity (and pyinfra's ordering DAG a cycle); host.loop()
+# adds the component's place in the registry to it.
+for component in host.loop(components()):
     if component.applies(host.groups, host.data):
         component.deploy()
