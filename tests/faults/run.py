@@ -180,8 +180,12 @@ def describe(run: dict, s: Scenario) -> str:
         return run["killed"]
     if run["returncode"] == 0:
         return "recovered"
-    lines = error_lines(run["output"], s.host or "")
-    return "failed: " + (lines[-1][:90] if lines else f"rc {run['returncode']}")
+    text = ANSI.sub("", run["output"])
+    own = [line.strip() for line in text.splitlines() if s.host and line.strip().startswith(f"[{s.host}]")
+           and "executed 0 commands" not in line]
+    cause = [line for line in own if re.search(r"E: |cannot|refused|timed out|no interface|lost|error", line, re.I)]
+    line = (cause[:1] or error_lines(run["output"], s.host or "")[-1:] or [f"rc {run['returncode']}"])[0]
+    return "failed: " + re.sub(r"^\[[^\]]+\]\s*", "", line)[:90]
 
 
 def changed_ops(output: str) -> list[str]:
