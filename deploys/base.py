@@ -414,6 +414,13 @@ def check_admin(fleet, hosts) -> list[Problem]:
     return problems
 
 
+def check_lock_timeout(fleet, hosts) -> list[Problem]:
+    return [Problem(h.name, "base_apt_lock_timeout", f"{h.data.get('base_apt_lock_timeout')!r} is not 0 to 3600 seconds.",
+                    "set how long apt waits for the package lock, e.g. 120.")
+            for h in hosts if isinstance(h.data.get("base_apt_lock_timeout"), int)
+            and not 0 <= h.data["base_apt_lock_timeout"] <= 3600]
+
+
 def check_sshd_settings(fleet, hosts) -> list[Problem]:
     """Each setting becomes one `Key value` line of sshd_config: one line each, no comments."""
     problems = []
@@ -431,6 +438,6 @@ COMPONENT = Component(
     deploy=base,
     defaults=DEFAULTS,
     secrets=host_key,
-    rules=(check_admin, check_sshd_settings),
+    rules=(check_admin, check_sshd_settings, check_lock_timeout),
     types={"base_time_sync_running": (bool, type(None))},
 )

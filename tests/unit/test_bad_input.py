@@ -106,6 +106,13 @@ def test_an_apt_source_with_a_quote_is_refused(data):
     assert len(found) == 7 and "must be one line of text without quotes" in found[0]
 
 
+def test_a_negative_apt_lock_timeout_is_one_line(data):
+    data.hosts["pi5-beta"]["base_apt_lock_timeout"] = -5
+    assert one_line(p for p in problems(data.fleet()) if p.key == "base_apt_lock_timeout") == [
+        "pi5-beta: base_apt_lock_timeout: -5 is not 0 to 3600 seconds. Fix: set how long apt waits for the "
+        "package lock, e.g. 120."]
+
+
 def test_sshd_settings_cannot_inject_lines(data):
     data.all_data["base_sshd_settings"] = {"PasswordAuthentication": "no\nPermitRootLogin yes"}
     found = one_line(p for p in problems(data.fleet()) if p.key.startswith("base_sshd_settings"))
