@@ -11,7 +11,7 @@ FLEET_TARGET ?= fleet
 export FLEET_TARGET
 PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
 
-.PHONY: help setup lock check plan converge verify llm-check fleet-up fleet-down demo test unit faults bench docs vault-init vault-edit edge-plan edge-apply
+.PHONY: help setup lock check plan converge verify llm-check backup restore backups fleet-up fleet-down demo test unit faults bench docs vault-init vault-edit edge-plan edge-apply
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,15 @@ edge-apply: setup ## Cloudflare: apply the plan; DELETE=1 also deletes unlisted 
 
 llm-check: setup ## one chat completion on the llm host's endpoint; VIA=pi5-alpha sends it from that host
 	$(PY) -m fleet llm-check $(if $(VIA),--via $(VIA),)
+
+backup: setup ## one backup now on HOST (e.g. HOST=pi5-gamma); prints the snapshot
+	$(PY) -m fleet backup $(HOST)
+
+restore: setup ## restore HOST [SNAPSHOT=id] [DATABASE=name] into a side cluster; CONFIRM=yes replaces the live one
+	$(PY) -m fleet restore $(HOST) $(if $(SNAPSHOT),--snapshot $(SNAPSHOT),) $(if $(DATABASE),--database $(DATABASE),) $(if $(filter yes,$(CONFIRM)),--confirm,)
+
+backups: setup ## every backed-up host's snapshots: count, latest, age, size
+	$(PY) -m fleet backups
 
 fleet-up: setup ## start the Docker test fleet (installs/starts Docker, builds the image)
 	$(PY) tests/harness/testfleet.py up

@@ -4,6 +4,9 @@
   vault        manage the secrets vault (init, view, list, get, set, edit, rekey, hostkeys)
   edge         Cloudflare state: plan | apply [--delete-unlisted]
   llm-check    one chat completion on the llm host's endpoint [--via HOST]
+  backup       one backup of HOST now, and the snapshot it made
+  restore      restore HOST's snapshot: a side cluster, or the live one with --confirm
+  backups      every host's snapshots: count, latest, age, size
   docs         regenerate docs/settings.md from the components' DEFAULTS
 """
 
@@ -17,6 +20,9 @@ COMMANDS = {
     "vault": "fleet.commands.vault",
     "edge": "fleet.commands.edge",
     "llm-check": "fleet.commands.llm_check",
+    "backup": "fleet.commands.backup:main_backup",
+    "restore": "fleet.commands.backup:main_restore",
+    "backups": "fleet.commands.backup:main_backups",
     "docs": "fleet.commands.docs",
 }
 
@@ -29,7 +35,8 @@ def main(argv: list[str]) -> int:
         print(f"fleet: unknown command {argv[0]!r}. Fix: use one of {', '.join(COMMANDS)} "
               "(python -m fleet --help).", file=sys.stderr)
         return 2
-    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    module, _, function = COMMANDS[argv[0]].partition(":")
+    return getattr(importlib.import_module(module), function or "main")(argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,3 +1,9 @@
-"""PostgreSQL, state and backups: pi5-gamma."""
+"""PostgreSQL, Redis, state and backups: pi5-gamma."""
 
-# Keys for this group are added by the component that reads them.
+# The team's FastAPI backend (api.blackroad.io, on the gateway) keeps its data here.
+postgres_databases = {
+    "blackroad": {"owner": "api"},
+}
+postgres_roles = {
+    "api": {"databases": ["blackroad"], "clients": ["gateway"]},
+}

@@ -11,6 +11,7 @@ A component is one module in `deploys/` that ends with
         secrets=secret_files,          # (host name, data) -> [SecretFile] it installs (optional)
         rules=(check_pools,),          # (fleet, hosts it applies to) -> [Problem] (optional)
         after=("nvidia",),             # components that must run before it on a host
+        state=lambda name, data: [...],# paths on the host worth backing up (optional)
     )
 
 `components()` finds every module of the `deploys` package (but `site`), imports it and
@@ -76,6 +77,10 @@ def _no_secrets(name: str, data: Mapping) -> list[SecretFile]:
     return []
 
 
+def _no_state(name: str, data: Mapping) -> list[str]:
+    return []
+
+
 @dataclass(frozen=True)
 class Component:
     name: str
@@ -92,6 +97,12 @@ class Component:
     # The types a setting may have when its default's type is not enough (e.g. True or None);
     # every other key must have its default's type (validation checks).
     types: dict = field(default_factory=dict)
+    # (host name, effective data) -> directories on the host whose content is state worth
+    # backing up (a service's data directory); the backup component includes them.
+    state: Callable[[str, Mapping], list[str]] = _no_state
+    # Instead of groups/when: a predicate on the host's groups and data, for a component
+    # whose hosts follow other components (backup: the hosts that have state to back up).
+    applies_to: Callable[[Iterable[str], Mapping], bool] | None = None
     # Order on a host: run after these components / before these.
     after: tuple[str, ...] = ()
     before: tuple[str, ...] = ()
@@ -102,6 +113,8 @@ class Component:
     def applies(self, groups: Iterable[str], data: Mapping) -> bool:
         """Whether a host with these groups and effective data gets this component.
         `data` is a dict (the fleet model) or pyinfra's host.data: both have .get()."""
+        if self.applies_to is not None:
+            return bool(self.applies_to(tuple(groups), data))
         if "all" not in self.groups and not set(self.groups) & set(groups):
             return False
         return self.when is None or bool(self.when(data))
@@ -198,6 +211,13 @@ def defaults(package: str = PACKAGE) -> dict[str, Any]:
             owner[key] = c.name
             merged[key] = value
     return merged
+
+
+def state_paths(name: str, groups: Iterable[str], data: Mapping, package: str = PACKAGE) -> list[str]:
+    """Every state directory a host declares, from the components that apply to it."""
+    groups = tuple(groups)
+    return [path for c in components(package)
+            if c.state is not _no_state and c.applies(groups, data) for path in c.state(name, data)]
 
 
 def secret_files(name: str, groups: Iterable[str], data: Mapping, package: str = PACKAGE) -> list[SecretFile]:

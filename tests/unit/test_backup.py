@@ -1,0 +1,49 @@
+"""Backups: which hosts are backed up (the ones whose components declare state), the one
+repository host, its forced-command keys, and the rules."""
+
+from deploys.backup import repository_hosts, restic_program
+from deploys.backup_repository import authorized_keys, backed_up_hosts
+from fleet.converge import component as registry
+from fleet.converge.keys import new_host_key
+from fleet.preflight.validate import problems
+
+
+def test_state_decides_who_is_backed_up(data):
+    fleet = data.fleet()
+    assert backed_up_hosts(fleet.services) == ["pi5-gamma"]
+    assert [h.name for h in fleet.hosts_with("backup")] == ["pi5-gamma"]
+    assert repository_hosts(fleet.services) == ["droplet-failover"]
+    gamma = fleet.hosts["pi5-gamma"]
+    assert "/var/backups/fleet/postgres" in registry.state_paths("pi5-gamma", gamma.groups, gamma.data)
+
+
+def test_restic_reaches_the_repository_over_the_tailnet(data):
+    fleet = data.fleet()
+    program = restic_program("pi5-gamma", fleet.hosts["pi5-gamma"].data, fleet.services)
+    assert program.endswith("backup@100.100.0.100")
+    assert "StrictHostKeyChecking=yes" in program and "IdentitiesOnly=yes" in program
+
+
+def test_each_key_may_only_serve_its_own_directory_append_only(data):
+    fleet = data.fleet()
+    keys = {"backup_ssh_key/pi5-gamma": new_host_key()}
+    text = authorized_keys(fleet.hosts["droplet-failover"].data, ["pi5-gamma"], keys.__getitem__)
+    [line] = text.splitlines()
+    assert line.startswith('restrict,command="rclone serve restic --stdio --append-only --config /dev/null '
+                           '/srv/backup/pi5-gamma" ssh-ed25519 ')
+    assert line.endswith(" backup@pi5-gamma")
+    assert "PRIVATE" not in text
+
+
+def test_one_repository_host_is_required(data):
+    data.group_data["cloud"]["backup_repository_enabled"] = False
+    [p] = [p for p in problems(data.fleet()) if p.key == "backup_repository_enabled"]
+    assert p.host == "pi5-gamma" and "0 hosts" in p.message and "group_data/cloud.py" in p.fix
+
+
+def test_schedules_are_one_line_and_retention_is_a_policy(data):
+    data.group_data["database"]["backup_schedule"] = "hourly\nExecStart=/bin/sh"
+    data.group_data["cloud"]["backup_repository_keep"] = {"hourly": 0}
+    found = [str(p) for p in problems(data.fleet())]
+    assert any(p.startswith("pi5-gamma: backup_schedule:") and "control character" in p for p in found), found
+    assert any(p.startswith("droplet-failover: backup_repository_keep:") for p in found), found
