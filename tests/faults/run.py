@@ -340,7 +340,8 @@ def scenarios(seed: int) -> list[Scenario]:
                              ("kill-docker", "pi5-alpha", "docker.service"),
                              ("kill-cloudflared", "droplet-failover", "cloudflared.service"),
                              ("kill-maintenance-page", "droplet-failover", "maintenance-page.service"),
-                             ("kill-ollama", "jetson-prime", "ollama.service")):
+                             ("kill-ollama", "jetson-prime", "ollama.service"),
+                             ("kill-postgres", "pi5-gamma", "postgresql@15-main.service")):
         out.append(Scenario(name, host, (lambda h=host, u=unit: kill_daemon(h, u))))
 
     # 8. each owned config edited by hand: restored, and exactly one restart (or reload)
@@ -352,7 +353,10 @@ def scenarios(seed: int) -> list[Scenario]:
             ("edit-maintenance-unit", "droplet-failover", "maintenance-page.service",
              "/etc/systemd/system/maintenance-page.service", False),
             ("edit-ollama-override", "jetson-prime", "ollama.service",
-             "/etc/systemd/system/ollama.service.d/fleet.conf", False)):
+             "/etc/systemd/system/ollama.service.d/fleet.conf", False),
+            ("edit-pg-hba", "pi5-gamma", "postgresql@15-main.service", "/etc/postgresql/15/main/pg_hba.conf", True),
+            ("edit-postgres-settings", "pi5-gamma", "postgresql@15-main.service",
+             "/etc/postgresql/15/main/conf.d/fleet.conf", True)):
         out.append(edited_config(name, host, unit, path, reload))
 
     # 9. a stale .fleet-candidate left beside a config by a killed run

@@ -52,22 +52,45 @@ def sample_cmdlines(hosts: list[str], stop: threading.Event, out: dict[str, list
 
 
 def host_texts(host: str, admin: str) -> dict[str, str]:
-    """The journal, the vLLM container's log, and every file under /etc/systemd, /tmp and
-    the upload staging dir."""
+    """The journal, the vLLM container's log, and every file under /etc/systemd, /tmp, the
+    upload staging dir and the PostgreSQL and Redis logs."""
     texts = {"journal": subprocess.run(["docker", "exec", host, "journalctl", "--no-pager", "-o", "cat"],
                                        capture_output=True, text=True, timeout=60).stdout,
              # the LLM container's own log (json-file, not the journal), where there is one
              "vllm container log": subprocess.run(
                  ["docker", "exec", host, "sh", "-c", "docker logs vllm 2>&1 || true"],
                  capture_output=True, text=True, timeout=60).stdout}
-    for root in ("etc/systemd", "tmp", f"home/{admin}/.cache"):
-        tar = subprocess.run(["docker", "exec", host, "tar", "-C", "/", "-cf", "-", root],
-                             capture_output=True, timeout=60)
+    for root in ("etc/systemd", "tmp", f"home/{admin}/.cache", "var/log/postgresql", "var/log/redis"):
+        tar = subprocess.run(["docker", "exec", host, "sh", "-c", f"tar -C / -cf - {root} 2>/dev/null || "
+                              f"[ ! -e /{root} ]"], capture_output=True, timeout=60)
+        if not tar.stdout:
+            continue
         with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
             for member in archive.getmembers():
                 if member.isfile():
                     texts[f"/{member.name}"] = archive.extractfile(member).read().decode("utf-8", "replace")
     return texts
+
+
+BACKUP_METRICS = ("fleet_backup.prom", "fleet_restore_drill.prom")
+
+
+def set_backups_aside(names: list[str]) -> list[tuple[str, str]]:
+    """Move every backup repository and last-success metric aside; return what moved."""
+    moved = []
+    for host in names:
+        listing = docker_exec(host, "sh", "-c", "ls -d /srv/backup/*/ /var/lib/prometheus/node-exporter/fleet_*.prom"
+                                                " 2>/dev/null || true").stdout.split()
+        for path in listing:
+            path = path.rstrip("/")
+            docker_exec(host, "mv", path, f"{path}.before-canary")
+            moved.append((host, path))
+    return moved
+
+
+def put_backups_back(moved: list[tuple[str, str]]) -> None:
+    for host, path in moved:
+        docker_exec(host, "sh", "-c", f"rm -rf {path} && mv {path}.before-canary {path}")
 
 
 def bootstrap_from(known_hosts_text: str) -> None:
@@ -78,7 +101,7 @@ def bootstrap_from(known_hosts_text: str) -> None:
 def canary_value(key: str) -> tuple[str, list[str]]:
     """A fresh value of the same kind as the real secret (so the deploys use it normally),
     and the strings that must never show up: the secret parts of it."""
-    if key.startswith("ssh_host_"):
+    if key.startswith("ssh_host_") or key.startswith("backup_ssh_key/"):
         value = new_host_key()
         return value, canaries_of(value, new_host_key())
     if key.startswith("cloudflared_credentials/"):
@@ -114,6 +137,10 @@ def test_no_secret_leaks_anywhere(canary_vault):
         docker_exec(host, "sh", "-c", "systemctl stop tailscaled && rm -f /var/lib/tailscale/tailscaled.state"
                                       " && systemctl start tailscaled")
     first_boot = (testfleet.STATE / "bootstrap_known_hosts").read_text()
+    # Backups under the canary vault go to fresh repositories (a restic repository opens
+    # only with the password it was made with), and the first-backup/drill metrics are set
+    # aside so the run takes a backup and a drill with the canary passwords.
+    moved = set_backups_aside(names)
     demo_known = (testfleet.STATE / "known_hosts").read_text()
 
     samples: dict[str, list[str]] = {h: [] for h in names}
@@ -134,6 +161,11 @@ def test_no_secret_leaks_anywhere(canary_vault):
         assert sorted(run["bootstrap"]) == sorted(names), "every host had to take its canary key"
         assert all(len(s) >= 3 for s in samples.values()), "the sampler must have seen the run"
         assert "Install the vLLM API key (env file)" in run["output"]
+        # the canary passwords took the database and backup paths: a new repository, a first
+        # backup and drill under them, and the roles' verifiers set from them
+        assert moved, "the demo backups must have been set aside"
+        assert "Initialise the repository; first backup and drill" in run["output"]
+        assert "Set roles, passwords, databases and grants" in run["output"]
 
         # Positive control: the public half of each key is not secret and --diff shows the
         # .pub file, so the same search must find it; a search that finds nothing proves nothing.
@@ -156,6 +188,7 @@ def test_no_secret_leaks_anywhere(canary_vault):
     finally:
         # Back to the demo vault: first contact trusts the canary keys the hosts now hold.
         bootstrap_from((testfleet.STATE / "known_hosts").read_text())
+        put_backups_back(moved)
         back = testfleet.converge([], log_name="converge-after-canary")
         bootstrap_from(first_boot)
         assert back["returncode"] == 0, back["output"][-3000:]

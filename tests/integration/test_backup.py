@@ -1,0 +1,157 @@
+"""PostgreSQL and its backups on the test fleet, end to end: a restore after losing the
+whole data directory, a failing pg_dump that makes no snapshot, a repository that refuses
+deletion from the database host, a bad pg_hba candidate that leaves the server serving, and
+the backup's peak memory for a 100 MB database. Figures go to .state/backup-report.txt
+(molecule's verify step prints them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from deploys.postgres import paths
+from harness import testfleet
+from integration.conftest import docker_exec, main_pid, settle
+
+HOST = "pi5-gamma"
+REPO_HOST = "droplet-failover"
+UNIT = paths(15)["unit"]
+REPORT = testfleet.REPO / ".state" / "backup-report.txt"
+
+
+def report(line: str) -> None:
+    print(line)
+    with REPORT.open("a") as out:
+        out.write(line + "\n")
+
+
+def fleet(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """python -m fleet ... against the test fleet, as `make backup` etc. run it."""
+    return subprocess.run([sys.executable, "-m", "fleet", *args], cwd=testfleet.REPO, text=True,
+                          capture_output=True, timeout=timeout, env=dict(os.environ, FLEET_TARGET="test"))
+
+
+def sql(statement: str, db: str = "postgres") -> str:
+    return docker_exec(HOST, "runuser", "-u", "postgres", "--", "psql", "-XAtq", "-v", "ON_ERROR_STOP=1",
+                       "-d", db, "-c", statement).stdout.strip()
+
+
+def snapshot_ids() -> list[str]:
+    out = docker_exec(HOST, "/usr/local/sbin/fleet-restic", "snapshots", "--json", "--host", HOST).stdout
+    return sorted(s["id"] for s in json.loads(out))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_header():
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text("")
+    yield
+
+
+def test_restore_after_losing_the_data_directory():
+    sql("drop table if exists notes; create table notes (id serial primary key, body text);"
+        " insert into notes (body) select md5(g::text) from generate_series(1, 5000) g;"
+        " alter table notes owner to api", db="blackroad")
+    made = fleet("backup", HOST)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert re.search(r"snapshot \w{8} saved", made.stdout)
+
+    sql("drop database blackroad with (force)")
+    docker_exec(HOST, "systemctl", "stop", UNIT)
+    docker_exec(HOST, "rm", "-rf", paths(15)["data"])
+    restored = fleet("restore", HOST, "--confirm")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert sql("select count(*) from notes", db="blackroad") == "5000"
+    serving = re.search(r"serving restored data ([\d.]+) s after the restore started", restored.stdout)
+    assert serving, restored.stdout
+    report(f"restore --confirm after losing the data directory: 5000 rows back; "
+           f"serving {serving.group(1)} s after the restore started")
+    settle("converge-after-restore")
+
+
+def test_failing_dump_makes_no_snapshot():
+    before = snapshot_ids()
+    sql("alter database blackroad allow_connections false")
+    try:
+        failed = fleet("backup", HOST)
+    finally:
+        sql("alter database blackroad allow_connections true")
+    assert failed.returncode != 0
+    assert "no snapshot was made" in failed.stderr
+    assert docker_exec(HOST, "systemctl", "is-failed", "fleet-backup.service", check=False).stdout.strip() == "failed"
+    journal = docker_exec(HOST, "journalctl", "-u", "fleet-backup.service", "-n", "40", "--no-pager", "-o", "cat").stdout
+    assert 'database "blackroad" is not currently accepting connections' in journal
+    assert "pg_dump of database blackroad failed" in journal
+    assert snapshot_ids() == before, "a failed dump must not become a snapshot"
+    report("failing pg_dump (a database refusing connections): unit failed, journal names it, "
+           f"snapshots unchanged ({len(before)})")
+    again = fleet("backup", HOST)  # leave a good last backup and a non-failed unit behind
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_repository_refuses_forget_prune_and_delete_from_the_host():
+    before = snapshot_ids()
+    files_before = docker_exec(REPO_HOST, "find", f"/srv/backup/{HOST}", "-type", "f", "-not", "-path", "*/locks/*").stdout
+    victim = before[0]
+    attempts = {
+        "forget": f"fleet-restic forget {victim}",
+        "forget --prune": "fleet-restic forget --keep-last 1 --prune",
+        # the key's forced command runs rclone's server whatever is asked: rm never runs
+        "ssh rm -rf": ". /etc/fleet/backup/env; $FLEET_RESTIC_PROGRAM rm -rf /srv/backup < /dev/null",
+    }
+    for what, command in attempts.items():
+        # restic retries a refused delete for about a minute: the first refusal is enough
+        run = docker_exec(HOST, "bash", "-c", f"set -o pipefail; timeout -s KILL 15 bash -c {shlex.quote(command)} 2>&1"
+                          " | LC_ALL=C tr -c '[:print:]\\n' .", check=False)
+        # the killed restic's lock is stale (its process is gone): remove it for the next attempt
+        docker_exec(HOST, "/usr/local/sbin/fleet-restic", "unlock")
+        assert run.returncode != 0 or what == "ssh rm -rf", (what, run.stdout[-500:])
+        if what.startswith("forget"):
+            assert "403 Forbidden" in run.stdout, (what, run.stdout[-500:])
+    assert snapshot_ids() == before
+    files_after = docker_exec(REPO_HOST, "find", f"/srv/backup/{HOST}", "-type", "f", "-not", "-path", "*/locks/*").stdout
+    assert files_after == files_before
+    report(f"forget, forget --prune and ssh rm from {HOST}: refused (403); {len(before)} snapshots and "
+           f"{len(files_before.split())} repository files unchanged")
+
+
+def test_hba_candidate_postgres_refuses_keeps_the_server_serving():
+    hba = paths(15)["hba"]
+    live = docker_exec(HOST, "cat", hba).stdout
+    pid = main_pid(HOST, UNIT)
+    roles = {"api": {"databases": ["blackroad"], "clients": ["gateway"]},
+             "bad role": {"databases": ["blackroad"], "clients": ["gateway"]}}
+    bad = testfleet.converge(["--limit", HOST, "--data", f"postgres_roles={json.dumps(roles)}"],
+                             log_name="converge-bad-hba")
+    assert bad["returncode"] != 0
+    assert "pg_hba.conf candidate refused by PostgreSQL" in bad["output"]
+    assert docker_exec(HOST, "cat", hba).stdout == live
+    assert not docker_exec(HOST, "ls", f"{hba}.fleet-previous", check=False).returncode == 0
+    assert main_pid(HOST, UNIT) == pid, "PostgreSQL must not restart"
+    assert sql("select 1") == "1"
+    settle("converge-after-bad-hba")
+
+
+def test_backup_peak_memory_for_a_100mb_database():
+    sql("drop database if exists bulk")
+    sql("create database bulk")
+    try:
+        sql("create table filler as select g as id, repeat(md5(g::text), 3) as body"
+            " from generate_series(1, 900000) g", db="bulk")
+        size = int(sql("select pg_database_size('bulk')"))
+        made = fleet("backup", HOST, timeout=900)
+        assert made.returncode == 0, made.stdout[-2000:] + made.stderr
+        peak = re.search(r"peak memory (\d+) bytes", made.stdout)
+        assert peak, made.stdout[-2000:]
+        report(f"backup of a {size / 2**20:.0f} MB database: peak memory of fleet-backup.service "
+               f"{int(peak.group(1)) / 2**20:.0f} MiB (cgroup high-water mark, page cache included)")
+        assert size >= 100 * 2**20
+    finally:
+        sql("drop database if exists bulk")
+        fleet("backup", HOST)  # the latest snapshot no longer carries the scratch database
