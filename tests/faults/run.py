@@ -354,9 +354,7 @@ def scenarios(seed: int) -> list[Scenario]:
              "/etc/systemd/system/maintenance-page.service", False),
             ("edit-ollama-override", "jetson-prime", "ollama.service",
              "/etc/systemd/system/ollama.service.d/fleet.conf", False),
-            ("edit-pg-hba", "pi5-gamma", "postgresql@15-main.service", "/etc/postgresql/15/main/pg_hba.conf", True),
-            ("edit-postgres-settings", "pi5-gamma", "postgresql@15-main.service",
-             "/etc/postgresql/15/main/conf.d/fleet.conf", True)):
+            ("edit-pg-hba", "pi5-gamma", "postgresql@15-main.service", "/etc/postgresql/15/main/pg_hba.conf", True)):
         out.append(edited_config(name, host, unit, path, reload))
 
     # 9. a stale .fleet-candidate left beside a config by a killed run
