@@ -120,6 +120,8 @@ TEST_FLEET = {
         # systemd skips timesyncd inside a container (ConditionVirtualization=!container):
         # its running state is left alone here; enablement is still managed and checked.
         "base_time_sync_running": None,
+        # Docker test hosts cannot create user namespaces (Debian's redis unit asks for one).
+        "redis_private_users": False,
         # Ollama release files and the vLLM image archive, built by the test suite
         # (tests/mirror/llm_release.py) and served by the same mirror. Their checksums are in
         # built_data below: the vLLM stand-in image carries Debian's Python, so its hash

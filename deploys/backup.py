@@ -50,6 +50,7 @@ PASSWORD = f"{ETC}/restic.password"
 KEY = f"{ETC}/id_ed25519"
 KNOWN_HOSTS = f"{ETC}/known_hosts"
 PATHS = f"{ETC}/paths"
+LAST_PATHS = "/var/lib/fleet/backup/last-paths"  # what the last successful snapshot covered
 HOOKS = "/etc/fleet/backup.d"
 BIN = "/usr/local/sbin"
 SCRIPTS = ("fleet-restic", "fleet-backup", "fleet-restore")
@@ -102,13 +103,16 @@ class BackupStatus(FactBase):
         return (f"out=$({BIN}/fleet-restic cat config 2>&1 >/dev/null); if [ $? -eq 0 ]; then echo repository=yes;"
                 f" elif printf '%s' \"$out\" | grep -q 'Is there a repository at the following location'; then"
                 f" echo repository=missing; else echo \"repository=error: $(printf '%s' \"$out\" | grep -v '^$' | tail -n 1)\"; fi;"
+                f" cmp -s {PATHS} {LAST_PATHS} || echo paths=changed;"
                 f" for m in {LAST_BACKUP} {LAST_DRILL}; do"
                 f" grep -h \"^$m \" {q(textfile_dir)}/fleet_backup.prom {q(textfile_dir)}/fleet_restore_drill.prom 2>/dev/null; done; true")
 
     def process(self, output):
-        found = {"repository": "error: no answer", LAST_BACKUP: None, LAST_DRILL: None}
+        found = {"repository": "error: no answer", LAST_BACKUP: None, LAST_DRILL: None, "paths_changed": False}
         for line in output:
-            if line.startswith("repository="):
+            if line == "paths=changed":
+                found["paths_changed"] = True
+            elif line.startswith("repository="):
                 found["repository"] = line.split("=", 1)[1]
             else:
                 key, _, value = line.partition(" ")
@@ -132,12 +136,13 @@ def repository_ready(textfile_dir: str):
     commands = []
     if status["repository"] == "missing":
         commands.append(f"{BIN}/fleet-restic init")
-    if status[LAST_BACKUP] is None:
+    if status[LAST_BACKUP] is None or status["paths_changed"]:
+        # never backed up, or the last snapshot predates state a component now declares
         commands.append("systemctl start fleet-backup.service")
     if status[LAST_DRILL] is None:
         commands.append("systemctl start fleet-restore-drill.service")
     if not commands:
-        host.noop("the repository answers and a backup and a drill have succeeded")
+        host.noop("the repository answers; a backup of the declared state and a drill have succeeded")
         return
     for command in commands:
         yield StringCommand(command)

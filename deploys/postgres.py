@@ -452,6 +452,7 @@ COMPONENT = Component(
     groups=("database",),
     secrets=secret_files,
     state=state,
+    vault_keys=lambda name, data: [password_key(role) for role in login_roles(data)],
     rules=(check_roles,),
     after=("tailscale",),
 )

@@ -7,3 +7,7 @@ postgres_databases = {
 postgres_roles = {
     "api": {"databases": ["blackroad"], "clients": ["gateway"]},
 }
+# Sessions, cache and rate limits of the same backend.
+redis_users = {
+    "api": {"clients": ["gateway"]},
+}

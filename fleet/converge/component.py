@@ -97,6 +97,9 @@ class Component:
     # The types a setting may have when its default's type is not enough (e.g. True or None);
     # every other key must have its default's type (validation checks).
     types: dict = field(default_factory=dict)
+    # (host name, effective data) -> vault keys it reads that are not files on the host
+    # (a password set as a hash or verifier); the vault must hold them like secret files.
+    vault_keys: Callable[[str, Mapping], list[str]] = lambda name, data: []
     # (host name, effective data) -> directories on the host whose content is state worth
     # backing up (a service's data directory); the backup component includes them.
     state: Callable[[str, Mapping], list[str]] = _no_state
@@ -211,6 +214,14 @@ def defaults(package: str = PACKAGE) -> dict[str, Any]:
             owner[key] = c.name
             merged[key] = value
     return merged
+
+
+def vault_keys(name: str, groups: Iterable[str], data: Mapping, package: str = PACKAGE) -> list[str]:
+    """Every vault key a host's components read: their secret files' and their other keys."""
+    groups = tuple(groups)
+    found = [item.key for item in secret_files(name, groups, data, package)]
+    found += [key for c in components(package) if c.applies(groups, data) for key in c.vault_keys(name, data)]
+    return list(dict.fromkeys(found))
 
 
 def state_paths(name: str, groups: Iterable[str], data: Mapping, package: str = PACKAGE) -> list[str]:

@@ -64,8 +64,11 @@ class DaemonState(FactBase):
         paths = " ".join(q(p) for p in inputs)
         newest = (f"find {paths} -maxdepth 0 -printf '%C@\\n' 2>/dev/null | sort -n | tail -n 1"
                   if inputs else "true")
+        # systemd 252 does not flag a drop-in added to a directory it did not know as needing a
+        # daemon-reload: the drop-ins on disk are listed to compare with the loaded ones.
         return (f"systemctl show --timestamp=us+utc -p LoadState -p ActiveState -p NeedDaemonReload"
-                f" -p ExecMainStartTimestamp {q(unit)} 2>/dev/null;"
+                f" -p ExecMainStartTimestamp -p DropInPaths {q(unit)} 2>/dev/null;"
+                f" echo \"DropInsOnDisk=$(ls -1 /etc/systemd/system/{q(unit)}.d/*.conf 2>/dev/null | tr '\\n' ' ')\";"
                 f" echo \"Stamp=$(find {q(stamp_path(unit))} -maxdepth 0 -printf '%T@' 2>/dev/null)\";"
                 f" echo \"Inputs=$({newest})\"")
 
@@ -74,10 +77,11 @@ class DaemonState(FactBase):
         started = parse_timestamp(values.get("ExecMainStartTimestamp", ""))
         stamp = _float(values.get("Stamp", ""))
         applied = max([t for t in (started, stamp) if t is not None], default=None)
+        unloaded_dropins = set(values.get("DropInsOnDisk", "").split()) - set(values.get("DropInPaths", "").split())
         return {
             "loaded": values.get("LoadState") == "loaded",
             "active": values.get("ActiveState") == "active",
-            "needs_daemon_reload": values.get("NeedDaemonReload") == "yes",
+            "needs_daemon_reload": values.get("NeedDaemonReload") == "yes" or bool(unloaded_dropins),
             "applied": applied,
             "inputs_changed": _float(values.get("Inputs", "")),
         }

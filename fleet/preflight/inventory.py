@@ -231,12 +231,12 @@ def check_vault(fleet: Fleet) -> None:
         raise FleetConfigError(f"vault: {exc}. No host was touched.") from None
     found = []
     for host in fleet.hosts.values():
-        for item in registry.secret_files(host.name, host.groups, host.data):
-            if item.key not in data:
-                how = ("python -m fleet vault hostkeys" if item.key == keys.host_key_name(host.name)
-                       else f"python -m fleet vault set {item.key}")
+        for key in registry.vault_keys(host.name, host.groups, host.data):
+            if key not in data:
+                how = ("python -m fleet vault hostkeys" if key == keys.host_key_name(host.name)
+                       else f"python -m fleet vault set {key}")
                 found.append(validation.Problem(
-                    host.name, f"vault[{item.key!r}]",
+                    host.name, f"vault[{key!r}]",
                     f"is missing from {keys.vault_path()}.", f"run `{how}`."))
     if found:
         raise validation.InventoryError(found)

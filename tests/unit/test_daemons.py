@@ -53,6 +53,13 @@ def test_unit_load_state_is_read():
     assert not s["loaded"] and s["needs_daemon_reload"]
 
 
+def test_a_drop_in_systemd_has_not_loaded_needs_a_daemon_reload():
+    # systemd 252 does not set NeedDaemonReload for a drop-in in a directory it did not know
+    dropin = "/etc/systemd/system/redis-server.service.d/fleet.conf"
+    assert state(UP + ["DropInPaths=", f"DropInsOnDisk={dropin} "])["needs_daemon_reload"]
+    assert not state(UP + [f"DropInPaths={dropin}", f"DropInsOnDisk={dropin} "])["needs_daemon_reload"]
+
+
 def test_newest_change_fact():
     assert NewestChange().process(["1796216701.250000000"]) == 1796216701.25
     assert NewestChange().process([""]) is None

@@ -61,9 +61,10 @@ def test_test_target_swaps_only_addresses_connection_and_vendor_sources(fake_rep
     # the vendor sources point at the offline mirror; docker comes from Debian
     # and the LLM engines' release files and image at the test suite's stand-in builds
     # and timesyncd's running state is left alone (systemd skips it in a container)
+    # and Redis runs without PrivateUsers (the test hosts cannot create user namespaces)
     assert set(test_fleet["data"]) == {"tailscale_apt", "nvidia_apt", "cloudflared_apt", "docker_source",
                                        "ollama_release_url", "vllm_image", "vllm_image_archive_url",
-                                       "base_time_sync_running"}
+                                       "base_time_sync_running", "redis_private_users"}
     for name, entry in hosts.items():
         changed = {k for k in test[name] if test[name][k] != entry.get(k)}
         assert changed <= {"lan_address", "base_admin_ssh_keys", "ssh_key", "ssh_known_hosts_file",
