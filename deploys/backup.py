@@ -232,6 +232,8 @@ COMPONENT = Component(
     applies_to=has_state,
     secrets=secret_files,
     rules=(check_repository,),
-    # the repository is ready before the first init; the state's owners installed their hooks
-    after=("backup_repository", "postgres"),
+    # the repository is ready before the first init; every component that declares state
+    # has created it (and installed its hook) before the first snapshot
+    after=("backup_repository",),
+    after_state=True,
 )

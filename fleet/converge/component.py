@@ -12,6 +12,7 @@ A component is one module in `deploys/` that ends with
         rules=(check_pools,),          # (fleet, hosts it applies to) -> [Problem] (optional)
         after=("nvidia",),             # components that must run before it on a host
         state=lambda name, data: [...],# paths on the host worth backing up (optional)
+        after_state=False,             # True: run after every component that declares state
     )
 
 `components()` finds every module of the `deploys` package (but `site`), imports it and
@@ -109,6 +110,9 @@ class Component:
     # Order on a host: run after these components / before these.
     after: tuple[str, ...] = ()
     before: tuple[str, ...] = ()
+    # Run after every component that declares `state` (the backup: what it saves must exist
+    # before its first snapshot, whichever component a later change adds).
+    after_state: bool = False
     # Filled in by the registry: the module's name and the first paragraph of its docstring.
     module: str = field(default="", compare=False)
     summary: str = field(default="", compare=False)
@@ -141,6 +145,8 @@ def order(found: list[Component]) -> list[Component]:
                 raise ComponentError(f"deploys/{c.name}.py: before={other!r} names no component. "
                                      f"Fix: use one of {', '.join(sorted(by_name))}.")
             needs[other].add(c.name)
+        if c.after_state:
+            needs[c.name].update(o.name for o in found if o.state is not _no_state and o is not c)
     ordered: list[Component] = []
     ready = sorted(n for n, deps in needs.items() if not deps)
     while ready:

@@ -140,6 +140,18 @@ def test_the_registry_keeps_the_orders_that_matter():
             assert names.index(other) < names.index(c.name)
         for other in c.before:
             assert names.index(c.name) < names.index(other)
+    # the backup's first snapshot needs every declared state to exist (a fresh host once
+    # failed its first backup because Redis, which declares /var/lib/redis, ran after it)
+    stateful = [c.name for c in components() if c.state(c.name, {**c.defaults}) or c.name in ("postgres", "redis")]
+    assert {"postgres", "redis"} <= set(stateful)
+    for name in stateful:
+        assert names.index(name) < names.index("backup"), f"{name} declares state: it must run before backup"
+
+
+def test_after_state_orders_after_every_component_with_state():
+    saver = Component(name="a_saver", deploy=lambda: None, defaults={}, after_state=True)
+    keeper = Component(name="z_keeper", deploy=lambda: None, defaults={}, state=lambda n, d: ["/srv"])
+    assert [c.name for c in order([saver, keeper, _c("m")])] == ["m", "z_keeper", "a_saver"]
 
 
 def _c(name, after=(), before=()):
