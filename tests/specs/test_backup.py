@@ -55,7 +55,9 @@ def test_bk03_repository_refuses_deletion(fh):
     host (403 from rclone's append-only server) and the snapshot count is unchanged."""
     before = snapshots(fh)
     assert before
-    victim = min(before, key=lambda s: s["time"])["id"]
+    # the newest: retention on the repository host never removes it, so it still exists
+    # (restic forget of an ID that no longer matches exits 0, and proves nothing)
+    victim = max(before, key=lambda s: s["time"])["id"]
     # restic retries a refused delete for about a minute; the first refusal is enough
     attempt = fh.host.run(f"bash -c 'set -o pipefail; timeout 15 /usr/local/sbin/fleet-restic forget {victim} 2>&1"
                           " | LC_ALL=C tr -c \"[:print:]\\n\" .'")
@@ -69,7 +71,7 @@ def test_bk04_latest_drill_succeeded(fh):
     """bk-04: the last restore drill succeeded, recently (textfile metric and unit result)."""
     shown = fh.host.check_output("systemctl show -p Result -p ExecMainStatus fleet-restore-drill.service")
     assert "Result=success" in shown and "ExecMainStatus=0" in shown
-    metrics = fh.host.check_output(f"cat {fh.data['backup_textfile_dir']}/fleet_restore_drill.prom")
+    metrics = fh.host.check_output(f"cat {fh.data['node_exporter_textfile_dir']}/fleet_restore_drill.prom")
     stamp = float(re.search(rf"^{LAST_DRILL} (\S+)$", metrics, re.M).group(1))
     now = float(fh.host.check_output("date +%s"))
     assert now - stamp < interval_seconds(fh, fh.data["backup_drill_schedule"]) + 2 * 3600
