@@ -22,7 +22,15 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-setup: $(VENV)/.installed ## create the virtualenv from the locked dependencies
+setup: $(VENV)/.installed $(VENV)/bin/promtool ## create the virtualenv from the locked dependencies
+
+# promtool, the same version the monitoring host runs (Debian's prometheus package), for the
+# alert rules' unit tests; taken out of the package, which is not installed (no daemon here).
+$(VENV)/bin/promtool: | $(VENV)/.installed
+	rm -rf $(STATE)/promtool && mkdir -p $(STATE)/promtool
+	cd $(STATE)/promtool && apt-get download -q=2 -o APT::Sandbox::User=root prometheus
+	dpkg-deb --fsys-tarfile $(STATE)/promtool/prometheus_*.deb | tar -xO ./usr/bin/promtool > $@.tmp
+	chmod 755 $@.tmp && mv $@.tmp $@ && rm -rf $(STATE)/promtool
 
 lock: ## re-resolve requirements.lock from the pins in pyproject.toml
 	rm -rf $(STATE)/lockenv && python3 -m venv $(STATE)/lockenv

@@ -116,12 +116,30 @@ TEST_FLEET = {
             "key_sha256": "4eba5c8dcbb0054adfa8046298ed92c485697cfa63d349210da6a1f51a96b06e",
             "key_file": "cloudflare-main.gpg",
         },
+        # Grafana's repository (apt.grafana.com, suite stable): its key is served armored, like
+        # Grafana's gpg.key, so the pin is the test key's armored file's SHA-256.
+        "grafana_apt": {
+            "uris": "http://100.100.0.250/grafana",
+            "suites": "stable",
+            "components": "main",
+            "key_url": "http://100.100.0.250/grafana/gpg.key",
+            "key_sha256": "0c4dab3b70e4856cf7161ade56aaf05aec97aee38c026b256ca2c46ae809988a",
+            "key_file": "grafana.asc",
+        },
         "docker_source": "distribution",
         # systemd skips timesyncd inside a container (ConditionVirtualization=!container):
         # its running state is left alone here; enablement is still managed and checked.
         "base_time_sync_running": None,
         # Docker test hosts cannot create user namespaces (Debian's redis unit asks for one).
         "redis_private_users": False,
+        # Shorter monitoring intervals, so a stopped service is reported and alerted on
+        # within a test's bounded wait (the product's defaults stay at 30 s / 2 min).
+        "prometheus_scrape_interval": "10s",
+        "prometheus_evaluation_interval": "10s",
+        "prometheus_alert_thresholds": {"target_down_for": "2m", "disk_used_percent": 85,
+                                        "memory_available_percent": 10, "probe_failing_for": "20s",
+                                        "prober_stale_seconds": 120},
+        "healthcheck_interval_seconds": 15,
         # Ollama release files and the vLLM image archive, built by the test suite
         # (tests/mirror/llm_release.py) and served by the same mirror. Their checksums are in
         # built_data below: the vLLM stand-in image carries Debian's Python, so its hash

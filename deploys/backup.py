@@ -40,8 +40,6 @@ DEFAULTS = {
     "backup_drill_schedule": "daily",
     # The drill's random delay.
     "backup_drill_randomized_delay": "30min",
-    # Where node exporter's textfile collector reads *.prom files (Debian's default).
-    "backup_textfile_dir": "/var/lib/prometheus/node-exporter",
 }
 
 ETC = "/etc/fleet/backup"
@@ -156,7 +154,6 @@ def backup():
     apt.packages(name="Install restic", packages=["restic", "openssh-client"], no_recommends=True)
     for path in (ETC, HOOKS):
         files.directory(name=f"Create {path}", path=path, mode="700" if path == ETC else "755")
-    files.directory(name="Create the textfile collector's directory", path=data.backup_textfile_dir, mode="755")
     secret_file(name="Install the restic password", key=password_key(name), dest=PASSWORD, user="root", group="root")
     secret_file(name="Install the backup SSH key", key=ssh_key_name(name), dest=KEY, user="root", group="root")
     repo_ssh = services.reach("ssh", server=repo_host, client=name)
@@ -167,7 +164,7 @@ def backup():
     files.put(name="Install the backup environment", src=StringIO(render(
         "etc/fleet/backup/env.j2", "backup", repository=f"rclone:{repo_host}:",
         program=restic_program(name, data, services), password_file=PASSWORD, host=name,
-        textfile_dir=data.backup_textfile_dir, hooks=HOOKS, paths=PATHS)), dest=ENV, mode="600")
+        textfile_dir=data.node_exporter_textfile_dir, hooks=HOOKS, paths=PATHS)), dest=ENV, mode="600")
     state = registry.state_paths(name, host.groups, data)
     files.put(name="Install the list of state to back up", src=StringIO("".join(f"{p}\n" for p in state)),
               dest=PATHS, mode="644")
@@ -182,7 +179,7 @@ def backup():
     from pyinfra.operations import systemd
     for timer in ("fleet-backup.timer", "fleet-restore-drill.timer"):
         systemd.service(name=f"Enable {timer}", service=timer, running=True, enabled=True)
-    repository_ready(name="Initialise the repository; first backup and drill", textfile_dir=data.backup_textfile_dir)
+    repository_ready(name="Initialise the repository; first backup and drill", textfile_dir=data.node_exporter_textfile_dir)
 
 
 def secret_files(name: str, data) -> list[SecretFile]:
@@ -198,7 +195,7 @@ def check_repository(fleet, hosts) -> list[Problem]:
     problems = []
     for h in hosts:
         for key in ("backup_schedule", "backup_randomized_delay", "backup_drill_schedule",
-                    "backup_drill_randomized_delay", "backup_textfile_dir"):
+                    "backup_drill_randomized_delay"):
             value = str(h.data.get(key))
             if not value or any(ord(c) < 32 for c in value):
                 problems.append(Problem(h.name, key, f"{value!r} is empty or has a control character.",
@@ -234,6 +231,6 @@ COMPONENT = Component(
     rules=(check_repository,),
     # the repository is ready before the first init; every component that declares state
     # has created it (and installed its hook) before the first snapshot
-    after=("backup_repository",),
+    after=("backup_repository", "node_exporter"),
     after_state=True,
 )

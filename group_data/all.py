@@ -10,21 +10,32 @@ inventory.py overrides per host. Keys are prefixed with the component that reads
 # "tailnet" = the host's tailnet address, "lan" = the host's LAN address. Nothing ever
 # binds 0.0.0.0 or ::. Everything else names a service, never its port
 # (fleet/converge/services.py answers where it binds and how another host reaches it).
+# Monitoring reads two more keys: "metrics", the path Prometheus scrapes (or {"path": ...,
+# "when": {data key: value}} for hosts whose data matches), and "probe", how the health
+# prober checks it: "tcp" (connect), "http:<path>" (200 expected), "postgres" (pg_isready)
+# or "llm" (one chat completion). Only what binds the tailnet is scraped or probed.
 fleet_services = {
-    "ssh": {"port": 22, "bind": ["lan", "tailnet"], "groups": ["all"]},
-    "node-exporter": {"port": 9100, "bind": ["tailnet"], "groups": ["all"]},
+    "ssh": {"port": 22, "bind": ["lan", "tailnet"], "groups": ["all"], "probe": "tcp"},
+    "node-exporter": {"port": 9100, "bind": ["tailnet"], "groups": ["all"], "metrics": "/metrics",
+                      "probe": "http:/"},
     "web": {"port": 3000, "bind": ["loopback"], "groups": ["gateway"]},
     "lucidia": {"port": 3001, "bind": ["loopback"], "groups": ["gateway"]},
     "api": {"port": 8000, "bind": ["loopback"], "groups": ["gateway"]},
     "agents": {"port": 8001, "bind": ["tailnet"], "groups": ["agents"]},
-    "postgres": {"port": 5432, "bind": ["loopback", "tailnet"], "groups": ["database"]},
-    "postgres-exporter": {"port": 9187, "bind": ["tailnet"], "groups": ["database"]},
+    "postgres": {"port": 5432, "bind": ["loopback", "tailnet"], "groups": ["database"], "probe": "postgres"},
+    "postgres-exporter": {"port": 9187, "bind": ["tailnet"], "groups": ["database"], "metrics": "/metrics",
+                          "probe": "http:/"},
     "postgres-side": {"port": 5433, "bind": ["loopback"], "groups": ["database"]},
     "postgres-drill": {"port": 5434, "bind": ["loopback"], "groups": ["database"]},
-    "redis": {"port": 6379, "bind": ["loopback", "tailnet"], "groups": ["database"]},
-    "prometheus": {"port": 9090, "bind": ["tailnet"], "groups": ["monitoring"]},
-    "grafana": {"port": 3000, "bind": ["tailnet"], "groups": ["monitoring"]},
-    "llm": {"port": 8080, "bind": ["tailnet"], "component": "llm"},
+    "redis": {"port": 6379, "bind": ["loopback", "tailnet"], "groups": ["database"], "probe": "tcp"},
+    "prometheus": {"port": 9090, "bind": ["tailnet"], "groups": ["monitoring"], "metrics": "/metrics",
+                   "probe": "http:/-/healthy"},
+    "alertmanager": {"port": 9093, "bind": ["tailnet"], "groups": ["monitoring"], "metrics": "/metrics",
+                     "probe": "http:/-/healthy"},
+    "grafana": {"port": 3000, "bind": ["tailnet"], "groups": ["monitoring"], "probe": "http:/api/health"},
+    "journal-remote": {"port": 19532, "bind": ["tailnet"], "groups": ["monitoring"], "probe": "tcp"},
+    "llm": {"port": 8080, "bind": ["tailnet"], "component": "llm", "probe": "llm",
+            "metrics": {"path": "/metrics", "when": {"llm_engine": "vllm"}}},
     "maintenance": {"port": 8080, "bind": ["loopback"], "component": "maintenance"},
     "cloudflared-metrics": {"port": 20241, "bind": ["loopback"], "component": "cloudflared"},
 }

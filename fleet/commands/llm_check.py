@@ -24,10 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from deploys.llm import ENGINES
 from deploys.vllm import API_KEY
+from fleet import probe_llm
 from fleet.converge import keys
 from fleet.converge.services import Endpoint, Unreachable
 from fleet.converge.vault import VaultError
@@ -35,9 +34,11 @@ from fleet.preflight.inventory import FleetConfigError, prepare, read_inventory_
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-class LLMCheckError(Exception):
-    """The endpoint did not give a usable chat completion; the message says what and where."""
+# The request, the answer's checks and every error message are fleet.probe_llm's, which the
+# health prober on the healthcheck host runs too: both judge the endpoint the same way.
+LLMCheckError = probe_llm.LLMError
+first_tokens = probe_llm.first_tokens
+default_model = probe_llm.default_model
 
 
 @dataclass(frozen=True)
@@ -48,60 +49,16 @@ class Result:
     first_tokens: str
 
 
-def first_tokens(text: str, count: int = 8) -> str:
-    words = text.split()
-    return " ".join(words[:count]) + (" ..." if len(words) > count else "")
-
-
 def chat_completion(base_url: str, model: str, *, api_key: str | None = None,
-                    prompt: str = "Reply with one short greeting.", max_tokens: int = 32,
+                    prompt: str = probe_llm.DEFAULT_PROMPT, max_tokens: int = 32,
                     timeout: float = 60.0, where: str | None = None) -> Result:
     """POST {base_url}/v1/chat/completions and return what answered. Raises LLMCheckError.
 
     `where` names the endpoint in messages (e.g. "jetson-prime (ollama) at http://...").
     """
-    where = where or base_url
-    if api_key is not None and (not api_key.isprintable() or " " in api_key):
-        raise LLMCheckError(f"{where}: the API key holds spaces or control characters (a newline?). "
-                            "Fix: set it again with `printf %s KEY | python -m fleet vault set vllm_api_key`.")
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens, "stream": False}
-    start = time.monotonic()
-    try:
-        response = httpx.post(f"{base_url.rstrip('/')}/v1/chat/completions", json=body,
-                              headers=headers, timeout=timeout)
-    except httpx.ConnectError as exc:
-        raise LLMCheckError(f"{where}: cannot connect ({exc}). Is the engine running and bound "
-                            "to the tailnet address?") from None
-    except httpx.TimeoutException:
-        raise LLMCheckError(f"{where}: no reply within {timeout:g}s.") from None
-    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-        raise LLMCheckError(f"{where}: the connection closed without a reply ({exc}). Is the "
-                            "engine running?") from None
-    except httpx.HTTPError as exc:  # the message may quote headers: name the kind only
-        raise LLMCheckError(f"{where}: the request failed ({type(exc).__name__}).") from None
-    latency = time.monotonic() - start
-    if response.status_code != 200:
-        raise LLMCheckError(f"{where}: HTTP {response.status_code}: {_error_text(response)}")
-    try:
-        payload = response.json()
-        text = payload["choices"][0]["message"]["content"]
-        answered = payload.get("model") or model
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise LLMCheckError(f"{where}: the reply is not an OpenAI chat completion: "
-                            f"{response.text[:200]!r}") from None
-    if not isinstance(text, str) or not text.strip():
-        raise LLMCheckError(f"{where}: the completion is empty.")
-    return Result(url=base_url, model=answered, latency_s=latency, first_tokens=first_tokens(text))
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        err = response.json().get("error", response.json())
-        return str(err.get("message", err) if isinstance(err, dict) else err)[:300]
-    except ValueError:
-        return response.text[:300]
+    done = probe_llm.chat_completion(base_url, model, api_key=api_key, prompt=prompt,
+                                     max_tokens=max_tokens, timeout=timeout, where=where)
+    return Result(url=base_url, model=done.model, latency_s=done.latency_s, first_tokens=first_tokens(done.text))
 
 
 def _free_port() -> int:
@@ -159,12 +116,6 @@ def forward_via(entry: dict, address: str, port: int, timeout: float = 20.0):
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-def default_model(data: dict) -> str:
-    if data["llm_engine"] == "vllm":
-        return data["vllm_served_model_name"]
-    return data["ollama_models"][0]
 
 
 def check_host(name: str, entries: dict, data: dict, endpoint: Endpoint, *, via: str | None = None,

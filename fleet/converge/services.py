@@ -23,6 +23,8 @@ from typing import Any, Iterable, Mapping
 
 SCOPES = ("loopback", "tailnet", "lan")
 LOOPBACK = "127.0.0.1"
+# The group pyinfra adds for the inventory file itself (inventory.py -> "inventory").
+PYINFRA_FILE_GROUP = "inventory"
 
 
 class Unreachable(ValueError):
@@ -64,8 +66,9 @@ class ServiceMap:
     @classmethod
     def of_pyinfra(cls, host) -> "ServiceMap":
         """From inside a deploy: the port map and every inventory host (even with --limit)."""
+        # pyinfra also puts every host in a group named after the inventory file: not ours
         return cls(host.data.fleet_services, [
-            HostAddresses(h.name, tuple(h.groups), h.data.get("tailnet_address"),
+            HostAddresses(h.name, tuple(g for g in h.groups if g != PYINFRA_FILE_GROUP), h.data.get("tailnet_address"),
                           bare(h.data.get("lan_address")), h.data)
             for h in host.inventory
         ])
@@ -142,3 +145,46 @@ class ServiceMap:
 
     def url(self, name: str, server: str, client: str | None = None, scheme: str = "http") -> str:
         return f"{scheme}://{self.reach(name, server, client)}"
+
+    # --- monitoring --------------------------------------------------------------------------
+
+    def metrics_path(self, name: str, host: str) -> str | None:
+        """The path Prometheus scrapes for service `name` on `host`, or None (no metrics there,
+        or not reachable from another host: only what binds the tailnet is scraped)."""
+        spec = self.service(name).get("metrics")
+        if not spec or not self.runs(name, host) or "tailnet" not in self.scopes(name):
+            return None
+        if isinstance(spec, str):
+            return spec
+        data = self.hosts[host].data
+        if all(data.get(key) == value for key, value in (spec.get("when") or {}).items()):
+            return spec["path"]
+        return None
+
+    def probe(self, name: str) -> str | None:
+        """How the health prober checks service `name` ("tcp", "http:/path", "postgres",
+        "llm"), or None when it has no probe or does not bind the tailnet."""
+        spec = self.service(name).get("probe")
+        return spec if spec and "tailnet" in self.scopes(name) else None
+
+    def scrape_targets(self) -> list[tuple[str, str, Endpoint, str]]:
+        """(service, host, endpoint, path) for every metrics endpoint of the fleet."""
+        out = []
+        for name in self.services:
+            for host in self.hosts:
+                path = self.metrics_path(name, host)
+                if path:
+                    out.append((name, host, self.bind(name, host, "tailnet"), path))
+        return out
+
+    def probe_targets(self, client: str) -> list[tuple[str, str, Endpoint, str]]:
+        """(service, host, endpoint, probe) for every probe `client` makes over the tailnet
+        (its own services included: it reaches them on its tailnet address too)."""
+        out = []
+        for name in self.services:
+            probe = self.probe(name)
+            if not probe:
+                continue
+            for host in self.hosts_running(name):
+                out.append((name, host, self.bind(name, host, "tailnet"), probe))
+        return out

@@ -8,6 +8,8 @@ whole (hosts, groups, addresses, the port and domain maps); each component adds 
 
 from __future__ import annotations
 
+import re
+
 import ipaddress
 
 from fleet.converge.component import Problem, components
@@ -193,6 +195,30 @@ def check_tailnet(fleet: Fleet) -> list[Problem]:
     return problems
 
 
+PROBES = re.compile(r"^(tcp|postgres|llm|http:/[A-Za-z0-9._~/-]*)$")
+
+
+def _monitoring_keys(name: str, svc) -> list[Problem]:
+    """A service's "probe" and "metrics" (read by monitoring and the health prober)."""
+    problems = []
+    probe = svc.get("probe")
+    if probe is not None and not (isinstance(probe, str) and PROBES.match(probe)):
+        problems.append(Problem("all", f"fleet_services[{name!r}].probe", f"{probe!r} is not a probe.",
+                                "use 'tcp', 'postgres', 'llm' or 'http:/<path>'."))
+    metrics = svc.get("metrics")
+    path = metrics.get("path") if isinstance(metrics, dict) else metrics
+    when = metrics.get("when", {}) if isinstance(metrics, dict) else {}
+    if metrics is not None and not (isinstance(path, str) and path.startswith("/") and isinstance(when, dict)
+                                    and set(metrics if isinstance(metrics, dict) else ()) <= {"path", "when"}):
+        problems.append(Problem("all", f"fleet_services[{name!r}].metrics", f"{metrics!r} is not a metrics path.",
+                                "write '/metrics', or {'path': '/metrics', 'when': {'llm_engine': 'vllm'}}."))
+    if (probe or metrics) and "tailnet" not in svc.get("bind", ()):
+        problems.append(Problem("all", f"fleet_services[{name!r}]", "has a probe or metrics but does not bind "
+                                "the tailnet, so neither the prober nor Prometheus can reach it.",
+                                "bind it on the tailnet or drop 'probe'/'metrics'."))
+    return problems
+
+
 def check_ports(fleet: Fleet) -> list[Problem]:
     problems = []
     services = fleet.all_data.get("fleet_services", {})
@@ -215,6 +241,7 @@ def check_ports(fleet: Fleet) -> list[Problem]:
             problems.append(Problem("all", f"fleet_services[{name!r}].component",
                                     f"{svc['component']!r} is not a component.",
                                     f"use one of {', '.join(names)}."))
+        problems += _monitoring_keys(name, svc)
         for group in svc.get("groups", ()):
             if group != "all" and group not in fleet.known_groups:
                 problems.append(Problem("all", f"fleet_services[{name!r}].groups",

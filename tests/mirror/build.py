@@ -1,9 +1,11 @@
 """Build the offline, signed apt mirror of STAND-IN vendor packages for the test fleet.
 
 The vendors' apt repositories (Tailscale, Cloudflare's cloudflared, the NVIDIA container
-toolkit) cannot be reached from the test hosts, so this writes look-alike repositories, laid
-out like the vendors' own, holding stand-in packages (tests/mirror/standins/) at the versions
-pinned in group_data/all.py, signed with the committed TEST-ONLY key (tests/mirror/keys/).
+toolkit, Grafana) cannot be reached from the test hosts, so this writes look-alike
+repositories, laid out like the vendors' own, holding stand-in packages
+(tests/mirror/standins/) at the versions pinned in group_data/all.py (Grafana's: the grafana
+component's DEFAULTS, unless all.py sets it), signed with the committed TEST-ONLY key
+(tests/mirror/keys/).
 Deploys install from it through ordinary signed deb822 sources. Someone else serves OUT over
 HTTP.
 
@@ -16,6 +18,7 @@ future and never older than the key. Ed25519 signatures are deterministic too.
 
 from __future__ import annotations
 
+import ast
 import gzip
 import hashlib
 import json
@@ -33,6 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DATA_FILE = REPO / "group_data" / "all.py"
+GRAFANA_COMPONENT = REPO / "deploys" / "grafana.py"
 KEYS = HERE / "keys"
 STANDINS = HERE / "standins"
 PRIVATE_KEY = KEYS / "test-mirror-private.asc"
@@ -52,8 +56,12 @@ NV_ROOT = Path("nvidia/stable/deb")
 CF_ROOT = Path("cloudflared")
 CF_SUITE = "any"
 CF_KEY = "cloudflare-main.gpg"
+# https://apt.grafana.com, suite "stable"; its key (armored) is https://apt.grafana.com/gpg.key.
+GF_ROOT = Path("grafana")
+GF_SUITE = "stable"
+GF_KEY = "gpg.key"
 # What build() replaces under OUT: the repository trees and the top-level key file.
-TOPS = ("tailscale", "nvidia", "cloudflared", CF_KEY)
+TOPS = ("tailscale", "nvidia", "cloudflared", CF_KEY, "grafana")
 
 
 @dataclass
@@ -74,13 +82,26 @@ class Package:
         return "%s_%s_all.deb" % (self.name, self.version.split(":", 1)[-1])
 
 
-def read_versions(data_file: Path = DATA_FILE) -> dict:
+def read_versions(data_file: Path = DATA_FILE, grafana_component: Path = GRAFANA_COMPONENT) -> dict:
     data = runpy.run_path(str(data_file))
     return {
         "tailscale": data["tailscale_version"],
         "cloudflared": data["cloudflared_version"],
         "nvidia_container_toolkit": data["nvidia_container_toolkit_version"],
+        # all.py sits above the component's DEFAULTS, as in the fleet's data
+        "grafana": data.get("grafana_version") or component_default(grafana_component, "grafana_version"),
     }
+
+
+def component_default(path: Path, key: str):
+    """A key of a component's DEFAULTS literal, read with ast: the deploy is not imported (it
+    needs pyinfra, and the build must not run product code)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == "DEFAULTS"):
+            return ast.literal_eval(node.value)[key]
+    raise ValueError("%s: no DEFAULTS literal" % path)
 
 
 def upstream(version: str) -> str:
@@ -147,7 +168,28 @@ def packages(versions: dict) -> dict:
             files=[doc_nv("nvidia-container-toolkit")],
         ),
     ]
-    return {"tailscale": [tailscale], "cloudflared": [cloudflared], "nvidia": nvidia}
+    # Like Grafana's package: the server binary under /usr/share/grafana (and the compat
+    # wrappers), its defaults, two conffiles, a systemd unit it neither enables nor starts, and
+    # a postinst that creates the grafana user. python3-yaml reads the provisioning files;
+    # adduser is what the postinst (like the real one) creates the user with.
+    gf, g = versions["grafana"], "grafana/"
+    grafana = Package(
+        name="grafana", version=gf, depends="adduser, python3, python3-yaml", section="default",
+        summary="STAND-IN for tests: imitates Grafana's server and CLI (not Grafana)",
+        files=[
+            (g + "grafana", "usr/share/grafana/bin/grafana", 0o755),
+            (g + "grafana-server", "usr/sbin/grafana-server", 0o755),
+            (g + "grafana-cli", "usr/sbin/grafana-cli", 0o755),
+            (g + "defaults.ini", "usr/share/grafana/conf/defaults.ini", 0o644),
+            (g + "grafana.ini", "etc/grafana/grafana.ini", 0o640),
+            (g + "grafana-server.default", "etc/default/grafana-server", 0o644),
+            (g + "grafana-server.service", "lib/systemd/system/grafana-server.service", 0o644),
+            (g + "README.stand-in", "usr/share/doc/grafana/README.stand-in", 0o644),
+        ],
+        conffiles=["/etc/default/grafana-server", "/etc/grafana/grafana.ini"],
+        scripts={"postinst": g + "postinst", "prerm": g + "prerm"},
+    )
+    return {"tailscale": [tailscale], "cloudflared": [cloudflared], "nvidia": nvidia, "grafana": [grafana]}
 
 
 def substitutions(versions: dict) -> dict:
@@ -156,6 +198,8 @@ def substitutions(versions: dict) -> dict:
         "@CLOUDFLARED_VERSION@": upstream(versions["cloudflared"]),
         "@NVIDIA_CONTAINER_TOOLKIT_VERSION@": versions["nvidia_container_toolkit"],
         "@NVIDIA_UPSTREAM_VERSION@": upstream(versions["nvidia_container_toolkit"]),
+        # Grafana's package version is its release's (12.3.0, 11.6.0+security-01): no revision
+        "@GRAFANA_VERSION@": versions["grafana"].split(":", 1)[-1],
     }
 
 
@@ -328,12 +372,12 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build(out: Path, data_file: Path = DATA_FILE) -> dict:
-    """Build the mirror into OUT (replacing OUT/tailscale, OUT/cloudflared, OUT/nvidia and
-    OUT/cloudflare-main.gpg); describe it."""
+def build(out: Path, data_file: Path = DATA_FILE, grafana_component: Path = GRAFANA_COMPONENT) -> dict:
+    """Build the mirror into OUT (replacing OUT/tailscale, OUT/cloudflared, OUT/nvidia,
+    OUT/grafana and OUT/cloudflare-main.gpg); describe it."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    versions = read_versions(data_file)
+    versions = read_versions(data_file, grafana_component)
     subs = substitutions(versions)
     pkgs = packages(versions)
     stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
@@ -390,6 +434,18 @@ def build(out: Path, data_file: Path = DATA_FILE) -> dict:
                 ], flat, indexes))
                 signer.sign(release)
             shutil.copyfile(PUBLIC_KEY_ASC, stage / "nvidia" / "gpgkey")
+
+            # Grafana: one dists/ + pool/ repository, suite "stable"; the key armored, at the
+            # repository's root.
+            write_pool_repo(stage / GF_ROOT, GF_SUITE, pkgs["grafana"], built, [
+                ("Origin", "Grafana"),
+                ("Label", "Grafana (STAND-IN test mirror, not the vendor)"),
+                ("Suite", GF_SUITE), ("Codename", GF_SUITE),
+                ("Architectures", " ".join(ARCHES)), ("Components", "main"),
+                ("Date", date),
+                ("Description", "STAND-IN packages for tests (tests/mirror), not Grafana"),
+            ], signer)
+            shutil.copyfile(PUBLIC_KEY_ASC, stage / GF_ROOT / GF_KEY)
             shutil.rmtree(work)
 
         # Swap the new trees (and the key file) in only once they are complete.
@@ -431,6 +487,10 @@ def build(out: Path, data_file: Path = DATA_FILE) -> dict:
                 "path": CF_ROOT.as_posix() + "/", "suites": CF_SUITE, "components": "main",
                 "signing_key": CF_KEY, "signing_key_armored": False,
             },
+            "grafana": {
+                "path": GF_ROOT.as_posix() + "/", "suites": GF_SUITE, "components": "main",
+                "signing_key": "%s/%s" % (GF_ROOT.as_posix(), GF_KEY), "signing_key_armored": True,
+            },
             **nv_repos,
         },
         "packages": {p.name: {"version": p.version, "depends": p.depends,
@@ -445,6 +505,8 @@ def pkg_paths(pkg: Package, repo: str) -> list[str]:
         return ["%s/%s" % (TS_ROOT.as_posix(), pool_path(pkg))]
     if repo == "cloudflared":
         return ["%s/%s" % (CF_ROOT.as_posix(), pool_path(pkg))]
+    if repo == "grafana":
+        return ["%s/%s" % (GF_ROOT.as_posix(), pool_path(pkg))]
     return ["%s/%s/%s" % (NV_ROOT.as_posix(), arch, pkg.deb_name) for arch in ARCHES]
 
 

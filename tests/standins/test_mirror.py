@@ -34,6 +34,7 @@ DATA = runpy.run_path(str(REPO / "group_data" / "all.py"))
 TS_VERSION = DATA["tailscale_version"]
 NV_VERSION = DATA["nvidia_container_toolkit_version"]
 CF_VERSION = DATA["cloudflared_version"]
+GF_VERSION = mirror_build.read_versions()["grafana"]  # the grafana component's DEFAULTS
 ARCHES = ("amd64", "arm64")
 TS = "tailscale/stable/debian"
 NV = "nvidia/stable/deb"
@@ -54,20 +55,24 @@ def release_dirs(out: Path) -> list[tuple[Path, Path]]:
 def test_layout_and_return_value(built):
     out, info = built
     assert info["versions"] == {"tailscale": TS_VERSION, "nvidia_container_toolkit": NV_VERSION,
-                                "cloudflared": CF_VERSION}
+                                "cloudflared": CF_VERSION, "grafana": GF_VERSION}
     expected = [f"{TS}/bookworm.noarmor.gpg", "nvidia/gpgkey",
                 f"{TS}/pool/main/t/tailscale/tailscale_{TS_VERSION}_all.deb",
                 # cloudflared: checked in detail by test_mirror_cloudflared.py
                 "cloudflare-main.gpg",
-                f"cloudflared/pool/main/c/cloudflared/cloudflared_{CF_VERSION}_all.deb"]
+                f"cloudflared/pool/main/c/cloudflared/cloudflared_{CF_VERSION}_all.deb",
+                # grafana: checked in detail by test_mirror_grafana.py
+                "grafana/gpg.key", f"grafana/pool/main/g/grafana/grafana_{GF_VERSION}_all.deb"]
     for name in ("Release", "InRelease", "Release.gpg"):
         expected.append(f"{TS}/dists/bookworm/{name}")
         expected.append(f"cloudflared/dists/any/{name}")
+        expected.append(f"grafana/dists/stable/{name}")
         expected += [f"{NV}/{a}/{name}" for a in ARCHES]
     for arch in ARCHES:
         expected += [f"{TS}/dists/bookworm/main/binary-{arch}/Packages{ext}" for ext in ("", ".gz")]
         expected += [f"cloudflared/dists/any/main/binary-{arch}/Packages{ext}"
                      for ext in ("", ".gz")]
+        expected += [f"grafana/dists/stable/main/binary-{arch}/Packages{ext}" for ext in ("", ".gz")]
         expected += [f"{NV}/{arch}/Packages{ext}" for ext in ("", ".gz")]
         expected += [f"{NV}/{arch}/{p}_{NV_VERSION}_all.deb" for p in (
             "libnvidia-container1", "libnvidia-container-tools", "nvidia-container-toolkit-base",
