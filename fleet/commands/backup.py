@@ -104,8 +104,9 @@ def cmd_restore(args) -> int:
     return 0
 
 
-SNAPSHOTS = ('fleet-restic snapshots --json --host "$(. /etc/fleet/backup/env; echo $FLEET_BACKUP_HOST)"'
-             ' && echo && fleet-restic stats --json latest')
+# --no-lock: reading needs no lock, and the repository host's retention run may hold one
+SNAPSHOTS = ('fleet-restic --no-lock snapshots --json --host "$(. /etc/fleet/backup/env; echo $FLEET_BACKUP_HOST)"'
+             ' && echo && fleet-restic --no-lock stats --json latest')
 
 
 def parse_time(text: str) -> datetime:

@@ -15,7 +15,8 @@ def restic(fh, args: str):
 
 
 def snapshots(fh) -> list[dict]:
-    return json.loads(restic(fh, f"snapshots --json --host {fh.name}").stdout)
+    # --no-lock: a listing needs none, and the repository host's retention run may hold it
+    return json.loads(restic(fh, f"snapshots --no-lock --json --host {fh.name}").stdout)
 
 
 def interval_seconds(fh, schedule: str) -> float:
@@ -52,19 +53,27 @@ def test_bk02_recent_snapshot_of_the_declared_state(fh):
 
 def test_bk03_repository_refuses_deletion(fh):
     """bk-03: from this host, `restic forget` of a snapshot is refused by the repository
-    host (403 from rclone's append-only server) and the snapshot count is unchanged."""
+    host (403 from rclone's append-only server) and the snapshot is still there. (Only that
+    one is compared: the repository host's own retention may remove older snapshots
+    meanwhile, as it should (the fault suite runs the repository host's specs, which start
+    a retention run, beside this host's); the integration test, where nothing else runs,
+    counts every snapshot and repository file.)"""
     before = snapshots(fh)
     assert before
     # the newest: retention on the repository host never removes it, so it still exists
     # (restic forget of an ID that no longer matches exits 0, and proves nothing)
     victim = max(before, key=lambda s: s["time"])["id"]
     # restic retries a refused delete for about a minute; the first refusal is enough
-    attempt = fh.host.run(f"bash -c 'set -o pipefail; timeout 15 /usr/local/sbin/fleet-restic forget {victim} 2>&1"
-                          " | LC_ALL=C tr -c \"[:print:]\\n\" .'")
+    for _ in range(6):  # the repository host's own retention run may hold the lock a moment
+        attempt = fh.host.run(f"bash -c 'set -o pipefail; timeout 15 /usr/local/sbin/fleet-restic forget {victim} 2>&1"
+                              " | LC_ALL=C tr -c \"[:print:]\\n\" .'")
+        if "already locked" not in attempt.stdout:
+            break
+        time.sleep(5)
     assert attempt.rc != 0
     assert "403 Forbidden" in attempt.stdout
     restic(fh, "unlock")  # the interrupted forget's lock (stale: its process is gone)
-    assert [s["id"] for s in snapshots(fh)] == [s["id"] for s in before]
+    assert victim in [s["id"] for s in snapshots(fh)], f"snapshot {victim} is gone after a refused forget"
 
 
 def test_bk04_latest_drill_succeeded(fh):
