@@ -140,6 +140,11 @@ TEST_FLEET = {
                                         "memory_available_percent": 10, "probe_failing_for": "20s",
                                         "prober_stale_seconds": 120},
         "healthcheck_interval_seconds": 15,
+        # The droplet's dead man's switch: checks every 15 s, stale after 3 prober rounds, and
+        # posts to a loopback URL on the droplet where the integration test listens.
+        "deadman_interval_seconds": 15,
+        "deadman_stale_seconds": 45,
+        "deadman_webhook_url_key": "deadman_webhook_url",
         # Ollama release files and the vLLM image archive, built by the test suite
         # (tests/mirror/llm_release.py) and served by the same mirror. Their checksums are in
         # built_data below: the vLLM stand-in image carries Debian's Python, so its hash

@@ -24,16 +24,16 @@ import json
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import StringCommand, deploy, operation
-from pyinfra.facts.files import File
-from pyinfra.operations import apt, files, server
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files
 
 from deploys.vllm import API_KEY
 from fleet import probe_llm
 from fleet.converge.component import Component, Problem, SecretFile
-from fleet.converge.daemons import keep_running, unit_loaded
+from fleet.converge import jobs
+from fleet.converge.jobs import TimerJob, whole_numbers
 from fleet.converge.ops import secret_file, validated_file
-from fleet.converge.render import header, render, source
+from fleet.converge.render import header
 from fleet.converge.services import ServiceMap
 
 DEFAULTS = {
@@ -68,8 +68,10 @@ SCRIPT = f"{LIB}/fleet-probe"
 MODULE = f"{LIB}/probe_llm.py"
 SERVICE = "fleet-probe.service"
 TIMER = "fleet-probe.timer"
-UNIT_DIR = "/etc/systemd/system"
+UNIT_DIR = jobs.UNIT_DIR
 PROM_NAME = "fleet_probe.prom"
+JOB = TimerJob(component="healthcheck", label="the health prober", user=USER, etc=ETC, state_dir=STATE_DIR,
+               script=SCRIPT, service=SERVICE, timer=TIMER, prom=PROM, prom_name=PROM_NAME)
 # Where node exporter's textfile collector reads *.prom files when data does not say
 # (Debian's default; the node_exporter component's `node_exporter_textfile_dir`).
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
@@ -126,33 +128,13 @@ def vllm_hosts(services: ServiceMap) -> list[str]:
     return [name for name in services.hosts_running("llm") if services.hosts[name].data.get("llm_engine") == "vllm"]
 
 
-@operation()
-def first_round(status: str):
-    """A host that has no status file yet gets its first probe round now, from the converge:
-    a unit that cannot run (a sandbox setting the host refuses, outputs it cannot write)
-    fails this run instead of failing quietly every minute.
-
-    + status: the status file a round writes
-    """
-    if host.get_fact(File, path=status):
-        host.noop("the prober has written its status")
-        return
-    yield StringCommand(f"systemctl start {SERVICE}")
-
-
 @deploy("Health prober", data_defaults=DEFAULTS)
 def healthcheck():
     data, name = host.data, host.name
     services = ServiceMap.of_pyinfra(host)
     apt.packages(name="Install Python 3 and pg_isready (postgresql-client)",
                  packages=["python3", "postgresql-client"], no_recommends=True)
-    server.user(name=f"Create the {USER} system user", user=USER, system=True, shell="/usr/sbin/nologin",
-                home=STATE_DIR, create_home=False)
-    # root owns the probe list; the prober reads it (and the key) through its group
-    files.directory(name=f"Create {ETC}", path=ETC, user="root", group=USER, mode="750")
-    files.directory(name="Create the prober's output directory", path=STATE_DIR, user=USER, group=USER, mode="755")
-    files.directory(name=f"Create {LIB}", path=LIB, user="root", group="root", mode="755")
-    files.put(name="Install the prober", src=source("healthcheck", SCRIPT.lstrip("/")), dest=SCRIPT, mode="755")
+    JOB.prepare()
     files.put(name="Install the chat completion check beside it", src=probe_llm.__file__, dest=MODULE, mode="644")
 
     if data.healthcheck_vllm_api_key:
@@ -164,28 +146,9 @@ def healthcheck():
     validated_file(name="Install the probe list", content=probe_list(name, data, services), dest=CONFIG,
                    user="root", group=USER, mode="640",
                    validate=f"/usr/bin/python3 -I {SCRIPT} --check-config {{path}}")
-
-    # node exporter reads *.prom files in its textfile directory and follows links, so the
-    # metrics file stays in the prober's own directory (written and renamed there) and the
-    # shared directory keeps the owner and mode its package or component gives it.
-    textfile = textfile_dir(data)
-    files.directory(name="Create node exporter's textfile directory (if missing)", path=textfile)
-    files.link(name="Link the probe metrics into node exporter's textfile directory",
-               path=f"{textfile}/{PROM_NAME}", target=PROM)
-
-    files.put(name=f"Install {SERVICE}", src=StringIO(render(
-        f"etc/systemd/system/{SERVICE}.j2", "healthcheck", user=USER, script=SCRIPT, config=CONFIG, prom=PROM,
-        status=STATUS, state_dir=STATE_DIR, timeout_start=deadline_seconds(data) + 30,
-        memory_max_mb=data.healthcheck_memory_max_mb)), dest=f"{UNIT_DIR}/{SERVICE}", mode="644")
-    timer = files.put(name=f"Install {TIMER}", src=StringIO(render(
-        f"etc/systemd/system/{TIMER}.j2", "healthcheck", interval=data.healthcheck_interval_seconds)),
-        dest=f"{UNIT_DIR}/{TIMER}", mode="644")
-    # the service is a oneshot the timer starts: each round reads the current script, list
-    # and unit, so nothing is ever restarted for them; systemd only reloads the unit files
-    unit_loaded(name=f"Load the current {SERVICE} definition into systemd", unit=SERVICE)
-    keep_running("the health prober timer", TIMER, inputs=[f"{UNIT_DIR}/{TIMER}"], why="for its new interval",
-                 changed=(timer,), unit_files=True)
-    first_round(name="Run the first probe round", status=STATUS)
+    JOB.finish(textfile_dir=textfile_dir(data), interval=data.healthcheck_interval_seconds, output=STATUS,
+               config=CONFIG, status=STATUS, timeout_start=deadline_seconds(data) + 30,
+               memory_max_mb=data.healthcheck_memory_max_mb)
 
 
 # Why a setting, when the llm hosts' data already says which engine they run: a component's
@@ -199,18 +162,10 @@ def secret_files(name: str, data) -> list[SecretFile]:
 def check_settings(fleet, hosts) -> list[Problem]:
     """Whole numbers in a sane range, a probe timeout shorter than the interval, and no vLLM
     key on the prober while no llm host runs vLLM."""
-    problems = []
+    problems, wrong = whole_numbers(hosts, BOUNDS, DEFAULTS, "group_data/healthcheck.py")
     for h in hosts:
         data = h.data
-        wrong = [key for key, (low, high) in BOUNDS.items()
-                 if not isinstance(data.get(key), int) or isinstance(data.get(key), bool)
-                 or not low <= data.get(key) <= high]
-        for key in wrong:
-            low, high = BOUNDS[key]
-            problems.append(Problem(h.name, key, f"{data.get(key)!r} is not a whole number from {low} to {high}.",
-                                    f"set it to a whole number from {low} to {high} (the default is "
-                                    f"{DEFAULTS[key]}) in group_data/healthcheck.py."))
-        if not wrong and data["healthcheck_timeout_seconds"] >= data["healthcheck_interval_seconds"]:
+        if h.name not in wrong and data["healthcheck_timeout_seconds"] >= data["healthcheck_interval_seconds"]:
             problems.append(Problem(h.name, "healthcheck_timeout_seconds",
                                     f"{data['healthcheck_timeout_seconds']} s is not shorter than the interval "
                                     f"({data['healthcheck_interval_seconds']} s).",

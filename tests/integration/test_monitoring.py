@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
 
-from deploys.healthcheck import STATUS
+from deploys import deadman
+from deploys.healthcheck import STATUS, TIMER
 from deploys.prometheus import RULES
-from fleet.preflight.inventory import read_inventory_data
+from fleet.converge.keys import secret
+from fleet.preflight.inventory import read_inventory_data, select_vault
 from fleet.preflight.model import build_fleet, load_group_data
 from harness import testfleet
 from integration.conftest import docker_exec, main_pid, settle, wait_until
@@ -23,6 +26,7 @@ from integration.conftest import docker_exec, main_pid, settle, wait_until
 MONITOR = "pi400-delta"
 PROBER = "pi0-epsilon"
 VICTIM, SERVICE, UNIT = "pi5-gamma", "redis", "redis-server.service"
+DROPLET = "droplet-failover"
 REPORT = testfleet.REPO / ".state" / "monitoring-report.txt"
 
 
@@ -111,3 +115,74 @@ def test_the_prober_s_peak_memory_and_round_time():
     report(f"the prober: {targets} probes in {duration:.2f} s per round, peak memory {peak / 2**20:.1f} MiB "
            "(the unit's cgroup)")
     assert peak < 64 * 2**20
+
+
+# A webhook receiver on the droplet's loopback, where the test fleet's vault URL points: it
+# appends each POST body as one line and exits by itself (bounded).
+RECEIVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with open(sys.argv[2], "ab") as f:
+            f.write(body.replace(b"\\n", b" ") + b"\\n")
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+HOOK_LOG = "/root/deadman-hook.jsonl"
+
+
+def deadman_state() -> dict:
+    return json.loads(docker_exec(DROPLET, "cat", deadman.STATE).stdout)["probers"][PROBER]
+
+
+def hook_posts() -> list[dict]:
+    out = docker_exec(DROPLET, "sh", "-c", f"cat {HOOK_LOG} 2>/dev/null || true").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_the_droplet_alerts_when_the_prober_goes_stale_and_clears_after_a_converge():
+    select_vault(testfleet.REPO, testfleet.load_inventory()[1], "test")
+    url = secret(TEST_DATA()["deadman_webhook_url_key"])
+    port = urllib.parse.urlsplit(url).port
+    assert urllib.parse.urlsplit(url).hostname == "127.0.0.1", "the test webhook must stay on the droplet's loopback"
+    assert not deadman_state()["stale"], "the fleet must start with a fresh prober"
+    docker_exec(DROPLET, "rm", "-f", HOOK_LOG)
+    docker_exec(DROPLET, "timeout", "400", "python3", "-c", RECEIVER, str(port), HOOK_LOG, detach=True)
+    started = time.monotonic()
+    docker_exec(PROBER, "systemctl", "stop", TIMER)
+    try:
+        wait_until(lambda: deadman_state()["stale"], "the droplet to find the prober stale", timeout=180, interval=3)
+        stale = time.monotonic() - started
+        wait_until(lambda: any(p["status"] == "firing" for p in hook_posts()), "a firing POST on the webhook",
+                   timeout=60, interval=2)
+        told = time.monotonic() - started
+        journal = docker_exec(DROPLET, "journalctl", "-q", "-o", "cat", "-p", "err", "-u", deadman.SERVICE,
+                              "--since", "-10min").stdout
+        assert f"the health prober on {PROBER} is stale" in journal, journal[-2000:]
+        report(f"prober timer stopped on {PROBER}: the droplet found it stale after {stale:.0f} s "
+               f"(limit {TEST_DATA()['deadman_stale_seconds']} s) and the webhook had a firing ProberStale "
+               f"after {told:.0f} s")
+    finally:
+        again = testfleet.converge(["--limit", PROBER], log_name="converge-after-stopped-prober")
+    assert again["returncode"] == 0, again["output"][-3000:]
+    healed = time.monotonic()
+    try:
+        wait_until(lambda: not deadman_state()["stale"], "the droplet to find the prober fresh", timeout=120,
+                   interval=3)
+        wait_until(lambda: hook_posts()[-1]["status"] == "resolved", "a resolved POST", timeout=60, interval=2)
+        report(f"after the converge restarted the timer, the droplet cleared it and sent the all-clear in "
+               f"{time.monotonic() - healed:.0f} s")
+        journal = docker_exec(DROPLET, "journalctl", "-q", "-o", "cat", "-u", deadman.SERVICE).stdout
+        assert url not in journal and urllib.parse.urlsplit(url).query not in journal, \
+            "the webhook URL (its token) is in the journal"
+    finally:
+        docker_exec(DROPLET, "pkill", "-f", "deadman-hook", check=False)
+    settle("converge-after-deadman")
+
+
+def TEST_DATA() -> dict:
+    return testfleet.load_inventory()[1]["data"]
