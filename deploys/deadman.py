@@ -29,7 +29,7 @@ from pyinfra.operations import apt, files
 
 from fleet.converge import jobs
 from fleet.converge.component import Component, Problem, SecretFile, component
-from fleet.converge.jobs import TimerJob, whole_numbers
+from fleet.converge.jobs import TimerJob, textfile_dir, whole_numbers
 from fleet.converge.ops import secret_file, validated_file
 from fleet.converge.render import header
 from fleet.converge.services import ServiceMap
@@ -72,12 +72,6 @@ BOUNDS = {
     "deadman_repeat_seconds": (60, 604800),
     "deadman_timeout_seconds": (1, 60),
 }
-
-
-def textfile_dir(data) -> str:
-    from deploys.healthcheck import textfile_dir as shared
-
-    return shared(data)
 
 
 def probers(services: ServiceMap) -> list[str]:

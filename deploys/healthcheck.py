@@ -31,7 +31,7 @@ from deploys.vllm import API_KEY
 from fleet import probe_llm
 from fleet.converge.component import Component, Problem, SecretFile
 from fleet.converge import jobs
-from fleet.converge.jobs import TimerJob, whole_numbers
+from fleet.converge.jobs import TimerJob, textfile_dir, whole_numbers
 from fleet.converge.ops import secret_file, validated_file
 from fleet.converge.render import header
 from fleet.converge.services import ServiceMap
@@ -72,9 +72,6 @@ UNIT_DIR = jobs.UNIT_DIR
 PROM_NAME = "fleet_probe.prom"
 JOB = TimerJob(component="healthcheck", label="the health prober", user=USER, etc=ETC, state_dir=STATE_DIR,
                script=SCRIPT, service=SERVICE, timer=TIMER, prom=PROM, prom_name=PROM_NAME)
-# Where node exporter's textfile collector reads *.prom files when data does not say
-# (Debian's default; the node_exporter component's `node_exporter_textfile_dir`).
-TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 # Sane bounds for the numeric settings (key -> (lowest, highest), whole numbers).
 BOUNDS = {
     "healthcheck_interval_seconds": (10, 3600),
@@ -83,10 +80,6 @@ BOUNDS = {
     "healthcheck_parallel_probes": (1, 64),
     "healthcheck_memory_max_mb": (32, 1024),
 }
-
-
-def textfile_dir(data) -> str:
-    return data.get("node_exporter_textfile_dir") or TEXTFILE_DIR
 
 
 def deadline_seconds(data) -> int:

@@ -26,6 +26,14 @@ from fleet.converge.daemons import keep_running, unit_loaded
 from fleet.converge.render import render, source
 
 UNIT_DIR = "/etc/systemd/system"
+# Where node exporter's textfile collector reads *.prom files when data does not say
+# (Debian's default; the node_exporter component's `node_exporter_textfile_dir`).
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+
+
+def textfile_dir(data) -> str:
+    """The textfile directory a job links its metrics into."""
+    return data.get("node_exporter_textfile_dir") or TEXTFILE_DIR
 
 
 @operation()
