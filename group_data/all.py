@@ -14,30 +14,38 @@ inventory.py overrides per host. Keys are prefixed with the component that reads
 # "when": {data key: value}} for hosts whose data matches), and "probe", how the health
 # prober checks it: "tcp" (connect), "http:<path>" (200 expected), "postgres" (pg_isready)
 # or "llm" (one chat completion). Only what binds the tailnet is scraped or probed.
+# "clients": who else reaches it: groups, host names, "all" or "admins" (the people of
+# tailnet_policy_admins, from their own devices). Only flows no other fact implies: scraping,
+# probing, the domain map's tunnels, postgres_roles / redis_users, the dead man's switch,
+# journal upload, backups and Grafana are derived (docs/tailnet-policy.md lists them), and
+# validation refuses a client that repeats one. The tailnet policy is generated from this.
 fleet_services = {
-    "ssh": {"port": 22, "bind": ["lan", "tailnet"], "groups": ["all"], "probe": "tcp"},
+    "ssh": {"port": 22, "bind": ["lan", "tailnet"], "groups": ["all"], "probe": "tcp", "clients": ["admins"]},
     "node-exporter": {"port": 9100, "bind": ["tailnet"], "groups": ["all"], "metrics": "/metrics",
-                      "probe": "http:/"},
-    "web": {"port": 3000, "bind": ["loopback"], "groups": ["gateway"]},
-    "lucidia": {"port": 3001, "bind": ["loopback"], "groups": ["gateway"]},
-    "api": {"port": 8000, "bind": ["loopback"], "groups": ["gateway"]},
-    "agents": {"port": 8001, "bind": ["tailnet"], "groups": ["agents"]},
-    "postgres": {"port": 5432, "bind": ["loopback", "tailnet"], "groups": ["database"], "probe": "postgres"},
+                      "probe": "http:/", "clients": []},
+    "web": {"port": 3000, "bind": ["loopback"], "groups": ["gateway"], "clients": []},
+    "lucidia": {"port": 3001, "bind": ["loopback"], "groups": ["gateway"], "clients": []},
+    "api": {"port": 8000, "bind": ["loopback"], "groups": ["gateway"], "clients": []},
+    "agents": {"port": 8001, "bind": ["tailnet"], "groups": ["agents"], "clients": []},
+    "postgres": {"port": 5432, "bind": ["loopback", "tailnet"], "groups": ["database"], "probe": "postgres",
+                 "clients": []},
     "postgres-exporter": {"port": 9187, "bind": ["tailnet"], "groups": ["database"], "metrics": "/metrics",
-                          "probe": "http:/"},
-    "postgres-side": {"port": 5433, "bind": ["loopback"], "groups": ["database"]},
-    "postgres-drill": {"port": 5434, "bind": ["loopback"], "groups": ["database"]},
-    "redis": {"port": 6379, "bind": ["loopback", "tailnet"], "groups": ["database"], "probe": "tcp"},
+                          "probe": "http:/", "clients": []},
+    "postgres-side": {"port": 5433, "bind": ["loopback"], "groups": ["database"], "clients": []},
+    "postgres-drill": {"port": 5434, "bind": ["loopback"], "groups": ["database"], "clients": []},
+    "redis": {"port": 6379, "bind": ["loopback", "tailnet"], "groups": ["database"], "probe": "tcp", "clients": []},
     "prometheus": {"port": 9090, "bind": ["tailnet"], "groups": ["monitoring"], "metrics": "/metrics",
-                   "probe": "http:/-/healthy"},
+                   "probe": "http:/-/healthy", "clients": ["admins"]},
     "alertmanager": {"port": 9093, "bind": ["tailnet"], "groups": ["monitoring"], "metrics": "/metrics",
-                     "probe": "http:/-/healthy"},
-    "grafana": {"port": 3000, "bind": ["tailnet"], "groups": ["monitoring"], "probe": "http:/api/health"},
-    "journal-remote": {"port": 19532, "bind": ["tailnet"], "groups": ["monitoring"], "probe": "tcp"},
+                     "probe": "http:/-/healthy", "clients": ["admins"]},
+    "grafana": {"port": 3000, "bind": ["tailnet"], "groups": ["monitoring"], "probe": "http:/api/health",
+                "clients": ["admins"]},
+    "journal-remote": {"port": 19532, "bind": ["tailnet"], "groups": ["monitoring"], "probe": "tcp", "clients": []},
     "llm": {"port": 8080, "bind": ["tailnet"], "component": "llm", "probe": "llm",
-            "metrics": {"path": "/metrics", "when": {"llm_engine": "vllm"}}},
-    "maintenance": {"port": 8080, "bind": ["loopback"], "component": "maintenance"},
-    "cloudflared-metrics": {"port": 20241, "bind": ["loopback"], "component": "cloudflared"},
+            "metrics": {"path": "/metrics", "when": {"llm_engine": "vllm"}},
+            "clients": ["agents", "gateway", "admins"]},
+    "maintenance": {"port": 8080, "bind": ["loopback"], "component": "maintenance", "clients": []},
+    "cloudflared-metrics": {"port": 20241, "bind": ["loopback"], "component": "cloudflared", "clients": []},
 }
 
 # The domain map (the guide's "Domain Routing"): public hostname -> the host and the service
@@ -81,6 +89,19 @@ edge_workers_keep = [
     "lucidia-core", "cece",
 ]
 edge_kv_keep = ["AUTH", "IDENTITY", "RATE_LIMIT", "CACHE", "BILLING", "STATE"]
+
+# --- tailnet policy: generated from the service graph (docs/tailnet-policy.md) ---------------
+# `make tailnet-plan` / `make tailnet-apply` write it through Tailscale's API; the API key comes
+# from TAILSCALE_API_KEY or the vault's tailscale_api_key.
+# The tailnet: its name (admin console, Settings, General), or "-" for the API key's own.
+tailnet_policy_tailnet = "-"
+# Tailscale logins of the fleet's admins: group:admins, the "admins" client of fleet_services.
+tailnet_policy_admins = []
+# Who may give devices the groups' tags (tagOwners).
+tailnet_policy_tag_owners = ["autogroup:admin"]
+# How admins reach sshd over the tailnet: "plain" (a grant to port 22; sshd checks their keys) or
+# "tailscale" (Tailscale SSH rules; refused while hosts reach sshd, e.g. backups).
+tailnet_policy_ssh = "plain"
 
 # --- component versions (pinned; bump deliberately, one component at a time) -------------
 tailscale_version = "1.102.4"

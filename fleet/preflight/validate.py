@@ -14,6 +14,7 @@ import ipaddress
 
 from fleet.converge.component import Problem, components
 from fleet.converge.services import SCOPES
+from fleet.policy.graph import check_service_graph
 from fleet.preflight.model import Fleet
 
 TAILNET_RANGE = ipaddress.ip_network("100.64.0.0/10")
@@ -340,6 +341,7 @@ RULES = (
     check_ports,
     check_domains,
     check_group_conflicts,
+    check_service_graph,  # fleet.policy.graph: who reaches which service, the tailnet policy's data
 )
 
 
@@ -364,7 +366,7 @@ def problems(fleet: Fleet, offered: dict[str, set[str]] | None = None) -> list[P
     if found:
         return found  # nothing else can be judged without hosts
     for rule in RULES:
-        if rule in (check_ports, check_domains) and any(p.key.startswith(("fleet_services", "fleet_domains"))
+        if rule in (check_ports, check_domains, check_service_graph) and any(p.key.startswith(("fleet_services", "fleet_domains"))
                                                          for p in found):
             continue  # the maps' shape is wrong: one message about it is enough
         found.extend(rule(fleet))
