@@ -37,8 +37,9 @@ import secrets
 import threading
 import uuid
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from fakes.server import LocalServer
 
 BASE_PATH = "/client/v4"
 CONFLICTING_WITH_CNAME = {"A", "AAAA", "CNAME"}
@@ -68,17 +69,11 @@ class FakeCloudflare:
         self.kv: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
         self.unhandled: list[tuple[str, str]] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-cloudflare", daemon=True)
-        self._thread.start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}{BASE_PATH}"
+        self._server = LocalServer(self._answer, "fake-cloudflare")
+        self.url = f"{self._server.url}{BASE_PATH}"
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
     # --- seeding and inspecting (tests) ----------------------------------------------------
 
@@ -342,27 +337,9 @@ class FakeCloudflare:
             self.unhandled.append((method, target))
             return 404, _envelope(False, None, errors=[{"code": 7003, "message": f"Could not route to {parts.path}"}])
 
-    def _handler_class(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                status, envelope = fake.handle(self.command, self.path, self.headers, raw)
-                body = json.dumps(envelope).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
-
-            def log_message(self, format, *args):  # noqa: A002 - keep test output quiet
-                pass
-
-        return Handler
+    def _answer(self, method: str, target: str, headers, raw_body: bytes) -> tuple[int, dict, bytes]:
+        status, envelope = self.handle(method, target, headers, raw_body)
+        return status, {}, json.dumps(envelope).encode()
 
 
 def _envelope(success: bool, result, errors=None, result_info=None) -> dict:
