@@ -11,7 +11,7 @@ FLEET_TARGET ?= fleet
 export FLEET_TARGET
 PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
 
-.PHONY: help setup lock check plan converge verify llm-check backup restore backups fleet-up fleet-down demo test unit faults bench docs vault-init vault-edit edge-plan edge-apply
+.PHONY: help setup lock check plan converge verify llm-check backup restore backups fleet-up fleet-down demo test unit faults bench docs vault-init vault-edit edge-plan edge-apply tailnet-plan tailnet-apply
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,12 @@ edge-plan: setup ## Cloudflare: show what edge-apply would change (tunnels, DNS,
 
 edge-apply: setup ## Cloudflare: apply the plan; DELETE=1 also deletes unlisted Workers/KV
 	$(PY) -m fleet edge apply $(if $(DELETE),--delete-unlisted,)
+
+tailnet-plan: setup ## Tailscale: diff the live tailnet policy against the one generated from the service graph
+	$(PY) -m fleet tailnet plan
+
+tailnet-apply: setup ## Tailscale: validate and write the generated policy; FORCE=1 replaces a console edit
+	$(PY) -m fleet tailnet apply $(if $(FORCE),--force,)
 
 llm-check: setup ## one chat completion on the llm host's endpoint; VIA=pi5-alpha sends it from that host
 	$(PY) -m fleet llm-check $(if $(VIA),--via $(VIA),)

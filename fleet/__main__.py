@@ -3,6 +3,7 @@
   check        validate inventory.py and group_data/ for FLEET_TARGET (no host is touched)
   vault        manage the secrets vault (init, view, list, get, set, edit, rekey, hostkeys)
   edge         Cloudflare state: plan | apply [--delete-unlisted]
+  tailnet      the tailnet policy from the service graph: show | check | plan | apply [--force]
   llm-check    one chat completion on the llm host's endpoint [--via HOST]
   backup       one backup of HOST now, and the snapshot it made
   restore      restore HOST's snapshot: a side cluster, or the live one with --confirm
@@ -19,6 +20,7 @@ COMMANDS = {
     "check": "fleet.preflight.inventory",
     "vault": "fleet.commands.vault",
     "edge": "fleet.commands.edge",
+    "tailnet": "fleet.commands.tailnet",
     "llm-check": "fleet.commands.llm_check",
     "backup": "fleet.commands.backup:main_backup",
     "restore": "fleet.commands.backup:main_restore",
