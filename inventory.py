@@ -17,6 +17,7 @@ from fleet.preflight.inventory import pyinfra_groups
 # Per-host facts. `lan_address` is address/prefix on the network the host is reached on
 # outside the tailnet (the home LAN for the Pis and the Jetson, the VPC for the droplet).
 # `tailnet_address` is the node's Tailscale IPv4 (pin it in the Tailscale admin console).
+# `ram_mb` is its RAM in MB (the apps' memory limits must fit in it).
 HOSTS = {
     "pi5-alpha": {
         "groups": ["pis", "gateway", "agents"],
@@ -25,6 +26,7 @@ HOSTS = {
         "tailnet_name": "pi5-alpha",
         "ssh_user": "pi",
         "arch": "arm64",
+        "ram_mb": 8192,
     },
     "pi5-beta": {
         "groups": ["pis", "agents"],
@@ -33,6 +35,7 @@ HOSTS = {
         "tailnet_name": "pi5-beta",
         "ssh_user": "pi",
         "arch": "arm64",
+        "ram_mb": 8192,
     },
     "pi5-gamma": {
         "groups": ["pis", "database"],
@@ -41,6 +44,7 @@ HOSTS = {
         "tailnet_name": "pi5-gamma",
         "ssh_user": "pi",
         "arch": "arm64",
+        "ram_mb": 8192,
     },
     "pi400-delta": {
         "groups": ["pis", "monitoring"],
@@ -49,6 +53,7 @@ HOSTS = {
         "tailnet_name": "pi400-delta",
         "ssh_user": "pi",
         "arch": "arm64",
+        "ram_mb": 4096,
     },
     "pi0-epsilon": {
         "groups": ["pis", "healthcheck"],
@@ -57,6 +62,7 @@ HOSTS = {
         "tailnet_name": "pi0-epsilon",
         "ssh_user": "pi",
         "arch": "arm64",
+        "ram_mb": 512,
     },
     "jetson-prime": {
         "groups": ["gpu", "llm"],
@@ -65,6 +71,7 @@ HOSTS = {
         "tailnet_name": "jetson-prime",
         "ssh_user": "jetson",
         "arch": "arm64",
+        "ram_mb": 8192,
         "llm_engine": "ollama",
     },
     "droplet-failover": {
@@ -74,6 +81,7 @@ HOSTS = {
         "tailnet_name": "droplet-failover",
         "ssh_user": "fleet",
         "arch": "amd64",
+        "ram_mb": 2048,
     },
 }
 
@@ -145,6 +153,8 @@ TEST_FLEET = {
         "deadman_interval_seconds": 15,
         "deadman_stale_seconds": 45,
         "deadman_webhook_url_key": "deadman_webhook_url",
+        # A new app version that never answers its health path is given up on sooner.
+        "apps_health_timeout_seconds": 20,
         # Ollama release files and the vLLM image archive, built by the test suite
         # (tests/mirror/llm_release.py) and served by the same mirror. Their checksums are in
         # built_data below: the vLLM stand-in image carries Debian's Python, so its hash
@@ -154,7 +164,8 @@ TEST_FLEET = {
         "vllm_image_archive_url": "http://100.100.0.250/vllm/vllm-standin.tar",
     },
     # Data the test suite computes when it builds the mirror (make fleet-up): the checksums
-    # of the stand-in Ollama release and vLLM image archive. Merged over "data".
+    # of the stand-in Ollama release and vLLM image archive, and the releases of the stand-in
+    # app images (apps_releases: tests/mirror/app_release.py). Merged over "data".
     "built_data": ".state/testfleet/mirror/built-data.json",
     # What a JetPack image has in /etc/nv_tegra_release; the test fleet writes it at "flash"
     # time so the Ollama deploy takes the Jetson path (the JetPack add-on) as on the real host.

@@ -63,6 +63,36 @@ fleet_domains = {
     "llm.blackroad.io": {"host": "jetson-prime", "service": "llm", "tunnel": "jetson-prime"},
 }
 
+# The team's apps (deploys/apps.py): the services the domain map routes to. Each runs on
+# the hosts that run its port-map service; the port map says where it is served (loopback:
+# only the local tunnel reaches it; tailnet: other hosts do). Every key: docs/settings.md.
+apps_definitions = {
+    # The site (blackroad.io).
+    "web": {"service": "web", "port": 8080, "health": "/health", "memory": "256m",
+            "env": {"APP_NAME": "web"}},
+    # The FastAPI backend (api.blackroad.io): its PostgreSQL and Redis passwords arrive as
+    # read-only files (DATABASE_PASSWORD_FILE, REDIS_PASSWORD_FILE), never in its environment.
+    "api": {"service": "api", "port": 8080, "health": "/health", "memory": "512m",
+            "env": {"APP_NAME": "api"},
+            "secrets": {"DATABASE_PASSWORD": "postgres_password/api", "REDIS_PASSWORD": "redis_password/api"}},
+    # lucidia.earth.
+    "lucidia": {"service": "lucidia", "port": 8080, "health": "/health", "memory": "256m",
+                "env": {"APP_NAME": "lucidia"}},
+    # The agent pool (agents.blackroad.io), on every agents host.
+    "agents": {"service": "agents", "port": 8080, "health": "/health", "memory": "512m",
+               "env": {"APP_NAME": "agents"}},
+}
+# What each app runs: its image pinned by digest. Fill in each one after the app's build
+# pushes it (`docker buildx imagetools inspect ghcr.io/<you>/<app>:<tag>` prints the
+# digest); validation refuses an app without one. To load an image from an archive
+# instead, add "archive_url" and "archive_sha256" (then the digest is the image ID).
+apps_releases = {
+    "web": {"image": ""},
+    "api": {"image": ""},
+    "lucidia": {"image": ""},
+    "agents": {"image": ""},
+}
+
 # UDP ports allowed to listen on a wildcard address (0.0.0.0 / ::). Everything else must
 # bind a specific address. Each entry says why it cannot.
 net_udp_wildcard_allowlist = {

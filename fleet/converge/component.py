@@ -93,6 +93,9 @@ class Component:
     when: Callable[[Mapping], bool] | None = None
     # (host name, effective data) -> the secret files it installs on that host.
     secrets: Callable[[str, Mapping], list[SecretFile]] = _no_secrets
+    # Instead of `secrets`, for a component whose secrets follow the host's groups (apps):
+    # (host name, groups, effective data) -> the secret files.
+    group_secrets: Callable[[str, tuple, Mapping], list[SecretFile]] | None = None
     # Validation rules: (fleet model, the hosts it applies to) -> problems.
     rules: tuple[Callable[..., list[Problem]], ...] = ()
     # The types a setting may have when its default's type is not enough (e.g. True or None);
@@ -127,7 +130,11 @@ class Component:
         return self.when is None or bool(self.when(data))
 
     def secret_files(self, name: str, groups: Iterable[str], data: Mapping) -> list[SecretFile]:
-        return list(self.secrets(name, data)) if self.applies(groups, data) else []
+        if not self.applies(groups, data):
+            return []
+        if self.group_secrets is not None:
+            return list(self.group_secrets(name, tuple(groups), data))
+        return list(self.secrets(name, data))
 
 
 def order(found: list[Component]) -> list[Component]:

@@ -246,6 +246,11 @@ def ensure_mirror(test_fleet: dict, image: str) -> None:
     subprocess.run([sys.executable, str(REPO / "tests" / "mirror" / "llm_release.py"), str(out),
                     "--base-image", image, "--data", str(REPO / test_fleet["built_data"])],
                    check=True, stdout=subprocess.DEVNULL)
+    # The stand-in app images (web, api, lucidia, agents); their releases become test data too.
+    subprocess.run([sys.executable, str(REPO / "tests" / "mirror" / "app_release.py"), str(out),
+                    "--base-image", image, "--data", str(REPO / test_fleet["built_data"]),
+                    "--mirror-url", f"http://{test_fleet['mirror_address']}"],
+                   check=True, stdout=subprocess.DEVNULL)
     address = test_fleet["mirror_address"]
     if docker("inspect", "-f", "{{.State.Running}}", MIRROR, check=False).stdout.strip() != "true":
         docker("rm", "-f", MIRROR, check=False)

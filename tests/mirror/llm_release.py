@@ -175,6 +175,20 @@ def image_archive(runtime: list[tuple[str, bytes | None, int]], arch: str) -> by
         "root/.cache/huggingface": (None, 0o755),
         "tmp": (None, 0o1777),
     })
+    archive, _ = one_layer_image(files, arch, {
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        "Cmd": ["vllm", "--version"],
+        "WorkingDir": "/",
+        "Labels": {"org.opencontainers.image.description":
+                   "STAND-IN for tests: not vLLM; answers like its OpenAI-compatible server"},
+    }, f"{VLLM_IMAGE}:{VLLM_VERSION}", "tests/mirror/llm_release.py")
+    return archive
+
+
+def one_layer_image(files: dict, arch: str, container_config: dict, tag: str, created_by: str) -> tuple[bytes, str]:
+    """A `docker save` archive of a one-layer image holding `files` ({path: (content or None
+    for a directory, mode)}, with the merged-/usr symlinks), and the image's ID (its config's
+    SHA-256). Deterministic: fixed creation time, sorted members."""
     members = with_parents([(p, c, m) for p, (c, m) in files.items()])
     layer = tar_bytes(members, symlinks={**MERGED_USR, "usr/bin/python3": "python3.11"})
     layer_id = hashlib.sha256(layer).hexdigest()
@@ -182,26 +196,19 @@ def image_archive(runtime: list[tuple[str, bytes | None, int]], arch: str) -> by
         "architecture": arch,
         "os": "linux",
         "created": "2023-11-14T22:13:20Z",
-        "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["vllm", "--version"],
-            "WorkingDir": "/",
-            "Labels": {"org.opencontainers.image.description":
-                       "STAND-IN for tests: not vLLM; answers like its OpenAI-compatible server"},
-        },
+        "config": container_config,
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]},
-        "history": [{"created": "2023-11-14T22:13:20Z", "created_by": "tests/mirror/llm_release.py"}],
+        "history": [{"created": "2023-11-14T22:13:20Z", "created_by": created_by}],
     }, sort_keys=True).encode()
     config_id = hashlib.sha256(config).hexdigest()
-    manifest = json.dumps([{"Config": f"{config_id}.json",
-                            "RepoTags": [f"{VLLM_IMAGE}:{VLLM_VERSION}"],
+    manifest = json.dumps([{"Config": f"{config_id}.json", "RepoTags": [tag],
                             "Layers": [f"{layer_id}/layer.tar"]}]).encode()
     return tar_bytes([
         (f"{layer_id}", None, 0o755),
         (f"{layer_id}/layer.tar", layer, 0o644),
         (f"{config_id}.json", config, 0o644),
         ("manifest.json", manifest, 0o644),
-    ])
+    ]), config_id
 
 
 def write_vllm(out: Path, base_image: str) -> str:

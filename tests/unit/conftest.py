@@ -23,6 +23,9 @@ class FleetData:
         self.all_data["base_admin_ssh_keys"] = [ADMIN_KEY]
         # what an operator copies from the Ollama release's sha256sum.txt
         self.group_data["llm"]["ollama_sha256"] = {"ollama-linux-arm64.tar.zst": "0123abcd" * 8}
+        # what an operator fills in after each app's build pushed its image
+        self.all_data["apps_releases"] = {app: {"image": f"ghcr.io/blackroad/{app}@sha256:" + "89abcdef" * 8}
+                                          for app in self.all_data["apps_definitions"]}
         self.group_data["monitoring"]["grafana_apt"] = {**__import__("deploys.grafana", fromlist=["DEFAULTS"]).DEFAULTS["grafana_apt"], "key_sha256": "4567cdef" * 8}  # the operator's reviewed pin
 
     def fleet(self):

@@ -39,6 +39,7 @@ for entry in hosts.values():  # an admin key, so only the new component's rules 
     entry["base_admin_ssh_keys"] = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAdminKeyForTheProbe probe"]
 all_data, group_data = load_group_data(Path("group_data"))
 group_data["llm"]["ollama_sha256"] = {"ollama-linux-arm64.tar.zst": "ab" * 32}
+all_data["apps_releases"] = {app: {"image": f"ghcr.io/blackroad/{app}@sha256:" + "ab" * 32} for app in all_data["apps_definitions"]}
 group_data["monitoring"]["grafana_apt"] = {**registry.component("grafana").defaults["grafana_apt"], "key_sha256": "ab" * 32}
 fleet = build_fleet(hosts, all_data, group_data)
 

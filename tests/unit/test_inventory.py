@@ -12,7 +12,11 @@ from fleet.preflight.inventory import FleetConfigError, apply_target, prepare, p
 
 REPO = Path(__file__).resolve().parents[2]
 BUILT = {"ollama_sha256": {f"ollama-linux-{arch}.tar.zst": "ab" * 32 for arch in ("amd64", "arm64")},
-         "vllm_image_archive_sha256": "cd" * 32}
+         "vllm_image_archive_sha256": "cd" * 32,
+         # and what tests/mirror/app_release.py adds: the stand-in app images' releases
+         "apps_releases": {app: {"image": "fleet-test/app@sha256:" + "ef" * 32,
+                                 "archive_url": "http://100.100.0.250/apps/app-1.0.0.tar", "archive_sha256": "01" * 32}
+                           for app in ("web", "api", "lucidia", "agents")}}
 
 
 @pytest.fixture
@@ -63,14 +67,15 @@ def test_test_target_swaps_only_addresses_connection_and_vendor_sources(fake_rep
     # and timesyncd's running state is left alone (systemd skips it in a container)
     # and Redis runs without PrivateUsers (the test hosts cannot create user namespaces)
     # and monitoring's intervals are shorter (a stopped service alerts within a test's wait),
-    # the dead man's switch's too, with a webhook on the droplet's loopback
+    # the dead man's switch's too, with a webhook on the droplet's loopback,
+    # and a new app version that never gets healthy is given up on sooner
     assert set(test_fleet["data"]) == {"tailscale_apt", "nvidia_apt", "cloudflared_apt", "docker_source",
                                        "ollama_release_url", "vllm_image", "vllm_image_archive_url",
                                        "base_time_sync_running", "redis_private_users",
                                        "prometheus_scrape_interval", "prometheus_evaluation_interval",
                                        "prometheus_alert_thresholds", "healthcheck_interval_seconds",
                                        "grafana_apt", "deadman_interval_seconds", "deadman_stale_seconds",
-                                       "deadman_webhook_url_key"}
+                                       "deadman_webhook_url_key", "apps_health_timeout_seconds"}
     for name, entry in hosts.items():
         changed = {k for k in test[name] if test[name][k] != entry.get(k)}
         assert changed <= {"lan_address", "base_admin_ssh_keys", "ssh_key", "ssh_known_hosts_file",
