@@ -11,7 +11,7 @@ FLEET_TARGET ?= fleet
 export FLEET_TARGET
 PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
 
-.PHONY: help setup lock check plan converge verify llm-check backup restore backups fleet-up fleet-down demo test unit faults bench docs vault-init vault-edit edge-plan edge-apply tailnet-plan tailnet-apply
+.PHONY: help setup lock check plan converge verify llm-check backup restore backups rollback fleet-up fleet-down demo test unit faults bench docs vault-init vault-edit edge-plan edge-apply tailnet-plan tailnet-apply
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ backup: setup ## one backup now on HOST (e.g. HOST=pi5-gamma); prints the snapsh
 
 restore: setup ## restore HOST [SNAPSHOT=id] [DATABASE=name] into a side cluster; CONFIRM=yes replaces the live one
 	$(PY) -m fleet restore $(HOST) $(if $(SNAPSHOT),--snapshot $(SNAPSHOT),) $(if $(DATABASE),--database $(DATABASE),) $(if $(filter yes,$(CONFIRM)),--confirm,)
+
+rollback: setup ## switch APP (e.g. APP=web) back to its previous image through the health gate; HOST=... only there
+	$(PY) -m fleet rollback "$(APP)" $(if $(HOST),--host $(HOST),)
 
 backups: setup ## every backed-up host's snapshots: count, latest, age, size
 	$(PY) -m fleet backups

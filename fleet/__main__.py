@@ -8,6 +8,7 @@
   backup       one backup of HOST now, and the snapshot it made
   restore      restore HOST's snapshot: a side cluster, or the live one with --confirm
   backups      every host's snapshots: count, latest, age, size
+  rollback     switch APP back to its previous image, through the health gate [--host HOST]
   docs         regenerate docs/settings.md from the components' DEFAULTS
 """
 
@@ -25,6 +26,7 @@ COMMANDS = {
     "backup": "fleet.commands.backup:main_backup",
     "restore": "fleet.commands.backup:main_restore",
     "backups": "fleet.commands.backup:main_backups",
+    "rollback": "fleet.commands.rollback",
     "docs": "fleet.commands.docs",
 }
 
