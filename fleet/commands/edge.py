@@ -35,7 +35,6 @@ Exit codes: 0 done; 1 an error (changes printed before it were made); 2 bad usag
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -45,10 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploys.cloudflared import credentials_key
+from fleet.commands import cli
+from fleet.commands.cli import load_data
 from fleet.converge import keys
 from fleet.converge.vault import Vault, VaultError
-from fleet.preflight.inventory import FleetConfigError, read_inventory_data, select_vault
-from fleet.preflight.model import Fleet, load_fleet
+from fleet.preflight.model import Fleet
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
@@ -372,13 +372,6 @@ def apply(client, actions: list, desired: Desired, current: Current, vault: Vaul
 
 # --- the command ---------------------------------------------------------------------------
 
-def load_data(repo: Path) -> Fleet:
-    """The fleet model of `repo`'s inventory.py and group_data/ (the real fleet's data)."""
-    hosts, test_fleet = read_inventory_data(repo / "inventory.py")
-    select_vault(repo, test_fleet)
-    return load_fleet(hosts, repo / "group_data")
-
-
 def api_token(vault_data: dict[str, str]) -> tuple[str, str]:
     """(token, where it came from): the environment wins over the vault."""
     if os.environ.get(TOKEN_ENV):
@@ -448,31 +441,16 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fleet edge", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--repo", default=str(REPO), help=argparse.SUPPRESS)  # tests: another inventory
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = cli.commands("python -m fleet edge", __doc__, REPO)
     sub.add_parser("plan", help="print what apply would change; change nothing")
     applyp = sub.add_parser("apply", help="make the changes the plan shows")
     applyp.add_argument("--delete-unlisted", action="store_true",
                         help="also delete Workers scripts and KV namespaces not in the keep lists")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or bad usage (2)
-        return int(exc.code or 0)
+    args = cli.parse(parser, argv)
+    if isinstance(args, int):
+        return args
     args.delete_unlisted = getattr(args, "delete_unlisted", False)
-    args.redact = []
-    try:
-        return run(args)
-    except (EdgeError, VaultError, FleetConfigError) as exc:
-        message = str(exc)
-        for secret in args.redact:
-            message = message.replace(secret, "***")
-        print("\n".join(f"edge: {line}" for line in message.splitlines()), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("edge: interrupted (changes printed above were made)", file=sys.stderr)
-        return 130
+    return cli.report("edge", run, args, (EdgeError,), interrupted="changes printed above were made")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ Exit codes: 0 done (check: the policy is sound); 1 an error, or check found a pr
 
 from __future__ import annotations
 
-import argparse
 import base64
 import difflib
 import json
@@ -40,12 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from fleet.commands import cli
+from fleet.commands.cli import load_data
 from fleet.converge import keys
-from fleet.converge.vault import Vault, VaultError
+from fleet.converge.vault import Vault
 from fleet.policy import evaluate, tailnet
 from fleet.policy.graph import ServiceGraph, check_service_graph
-from fleet.preflight.inventory import FleetConfigError, read_inventory_data, select_vault
-from fleet.preflight.model import Fleet, load_fleet
+from fleet.preflight.model import Fleet
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BASE_URL = "https://api.tailscale.com"
@@ -65,12 +65,6 @@ class TailnetError(Exception):
 
 
 # --- the generated policy ------------------------------------------------------------------
-
-def load_data(repo: Path) -> Fleet:
-    hosts, test_fleet = read_inventory_data(repo / "inventory.py")
-    select_vault(repo, test_fleet)
-    return load_fleet(hosts, repo / "group_data")
-
 
 def generated(fleet: Fleet) -> tuple[tailnet.Policy, str, evaluate.Report]:
     """The policy, its HuJSON text, and the offline evaluator's report on that text."""
@@ -264,34 +258,20 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fleet tailnet", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--repo", default=str(REPO), help=argparse.SUPPRESS)  # tests: another inventory
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = cli.commands("python -m fleet tailnet", __doc__, REPO)
     show = sub.add_parser("show", help="the generated policy's grants and tests (offline)")
     show.add_argument("--hujson", action="store_true", help="print the whole policy file")
     sub.add_parser("check", help="evaluate the generated policy offline against the service graph")
     sub.add_parser("plan", help="diff the live policy against the generated one; change nothing")
     applyp = sub.add_parser("apply", help="validate and write the generated policy")
     applyp.add_argument("--force", action="store_true", help="replace a policy edited outside this tool")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or bad usage (2)
-        return int(exc.code or 0)
+    args = cli.parse(parser, argv)
+    if isinstance(args, int):
+        return args
     args.force = getattr(args, "force", False)
     args.hujson = getattr(args, "hujson", False)
-    args.redact = []
-    try:
-        return run(args)
-    except (TailnetError, VaultError, FleetConfigError, evaluate.PolicyError) as exc:
-        message = str(exc)
-        for secret in args.redact:
-            message = message.replace(secret, "***")
-        print("\n".join(f"tailnet: {line}" for line in message.splitlines()), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("tailnet: interrupted", file=sys.stderr)
-        return 130
+    return cli.report("tailnet", run, args, (TailnetError, evaluate.PolicyError),
+                      interrupted="a write the output does not show was not made")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,45 +19,31 @@ from pathlib import Path
 import pytest
 
 from fakes.cloudflare_api import FakeCloudflare
+from fakes.operator import REPO, copy_repo, use_vault
 from fleet.commands import edge
 from fleet.preflight.model import load_group_data
-from fleet.converge.vault import KdfParams, Vault
+from fleet.converge.vault import Vault
 
-REPO = Path(__file__).resolve().parents[2]
 ACCOUNT = "0123456789abcdef0123456789abcdef"
 TOKEN = "cf-unit-token-3b9d2f7a61"  # must never appear in any output
 PASSPHRASE = "edge unit passphrase"
-FAST = KdfParams(n=2**14)
 TUNNELS = ["pi5-alpha", "jetson-prime", "droplet-failover"]
 UNLISTED_WORKERS = ["old-landing", "test-worker-2"]
 UNLISTED_KV = ["SCRATCH", "SESSIONS_OLD"]
 CLEAN_ENV = ("FLEET_VAULT_PASSPHRASE_FILE", "FLEET_TARGET", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_API_KEY",
-             "CLOUDFLARE_EMAIL", "CLOUDFLARE_API_USER_SERVICE_KEY", "CLOUDFLARE_BASE_URL",
-             "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+             "CLOUDFLARE_EMAIL", "CLOUDFLARE_API_USER_SERVICE_KEY", "CLOUDFLARE_BASE_URL")
 
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
     """A copy of the inventory and group data, with an account ID."""
-    root = tmp_path / "repo"
-    shutil.copytree(REPO / "group_data", root / "group_data", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "inventory.py", root / "inventory.py")
-    with open(root / "group_data" / "all.py", "a") as out:
-        out.write(f'\nedge_account_id = "{ACCOUNT}"\n')
-    return root
+    return copy_repo(tmp_path, f'edge_account_id = "{ACCOUNT}"')
 
 
 @pytest.fixture
 def vault(tmp_path, monkeypatch) -> Vault:
-    for var in CLEAN_ENV:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    path = tmp_path / "edge.vault"
-    vlt = Vault(path, PASSPHRASE)
-    vlt.save({"cloudflare_api_token": TOKEN, "tailscale_authkey": "tskey-unit"}, FAST)
-    monkeypatch.setenv("FLEET_VAULT", str(path))
-    monkeypatch.setenv("FLEET_VAULT_PASSPHRASE", PASSPHRASE)
-    return vlt
+    return use_vault(tmp_path / "edge.vault", PASSPHRASE,
+                     {"cloudflare_api_token": TOKEN, "tailscale_authkey": "tskey-unit"}, monkeypatch, CLEAN_ENV)
 
 
 @pytest.fixture

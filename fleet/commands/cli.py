@@ -1,0 +1,65 @@
+"""What the operator commands that talk to a vendor's API share: the fleet's data from a
+repository, and running a command so that every error is one line per problem, prefixed with
+the command's name, with secrets blanked out, and never a traceback.
+
+    def main(argv):
+        parser, sub = cli.commands("python -m fleet edge", __doc__, REPO)
+        ...
+        args = cli.parse(parser, argv)      # an int: argparse's own exit code (--help 0, usage 2)
+        if isinstance(args, int):
+            return args
+        return cli.report("edge", run, args, (EdgeError,), interrupted="changes printed above were made")
+
+`run(args)` appends every secret it holds to `args.redact` as soon as it has it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from fleet.converge.vault import VaultError
+from fleet.preflight.inventory import FleetConfigError, read_inventory_data, select_vault
+from fleet.preflight.model import Fleet, load_fleet
+
+
+def load_data(repo: Path) -> Fleet:
+    """The fleet model of `repo`'s inventory.py and group_data/, its target's vault selected."""
+    hosts, test_fleet = read_inventory_data(repo / "inventory.py")
+    select_vault(repo, test_fleet)
+    return load_fleet(hosts, repo / "group_data")
+
+
+def commands(prog: str, doc: str, repo: Path):
+    """A parser whose description is the command's docstring, with the hidden --repo option
+    (tests point it at another inventory), and its subcommands' group."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    parser.add_argument("--repo", default=str(repo), help=argparse.SUPPRESS)
+    return parser, parser.add_subparsers(dest="command", required=True)
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or bad usage (2)
+        return int(exc.code or 0)
+    args.redact = []
+    return args
+
+
+def report(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
+           errors: tuple[type[Exception], ...], interrupted: str) -> int:
+    try:
+        return run(args)
+    except (*errors, VaultError, FleetConfigError) as exc:
+        message = str(exc)
+        for secret in args.redact:
+            message = message.replace(secret, "***")
+        print("\n".join(f"{name}: {line}" for line in message.splitlines()), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted ({interrupted})", file=sys.stderr)
+        return 130
