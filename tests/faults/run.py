@@ -409,6 +409,45 @@ def scenarios(seed: int) -> list[Scenario]:
 
     out.append(Scenario("stale-candidate", "pi5-gamma", stale_candidate, check=candidate_gone))
 
+    # 9b. an app's rollout SIGKILLed while its new container waits for the health gate (the
+    #     live container was removed, so the converge must roll web out again); and an
+    #     app's proxy site edited by hand: restored with a reload, the container untouched
+    web = "pi5-alpha"
+
+    def web_containers() -> list[str]:
+        return sh(web, "docker ps -a --filter label=fleet.app=web --format '{{.Names}}'").stdout.split()
+
+    def web_gone():
+        sh(web, "docker rm -f $(docker ps -aq --filter label=fleet.app=web) >/dev/null")
+
+    def killed_in_rollout(s):
+        return converge("kill-app-rollout-1", web, kill_at="Starting operation: Apps | Run web", kill_delay=1.5,
+                        timeout=600)
+
+    def one_web_serving(s):
+        names = web_containers()
+        if len(names) != 1:
+            raise AssertionError(f"web containers after the rerun: {names} (one expected)")
+        sh(web, "curl -fsS --max-time 5 http://127.0.0.1:3000/health >/dev/null")
+
+    out.append(Scenario("kill-app-rollout", web, web_gone, first=killed_in_rollout, check=one_web_serving))
+
+    def edit_site():
+        sh(web, "sed -i 's/^    listen 127.0.0.1:3000;/    listen 127.0.0.1:3999;/' /etc/fleet/apps-proxy/sites/web.conf"
+                " && systemctl reload fleet-apps-proxy && sleep 1 && ss -Htln 'sport = :3999' | grep -q 3999")
+        s_site.note["containers"] = web_containers()
+
+    def site_back_container_kept(s):
+        sh(web, "curl -fsS --max-time 5 http://127.0.0.1:3000/health >/dev/null")
+        if sh(web, "ss -Htln 'sport = :3999'").stdout.strip():
+            raise AssertionError("the hand-edited listener on :3999 is still open")
+        if web_containers() != s.note["containers"]:
+            raise AssertionError(f"web's container changed ({s.note['containers']} -> {web_containers()}): "
+                                 "a site edit needs a proxy reload only")
+
+    s_site = Scenario("edit-app-site", web, edit_site, check=site_back_container_kept)
+    out.append(s_site)
+
     # 10. a host rebooted in the middle of its converge; its container comes back
     def with_a_container():
         sh("pi5-alpha", "deps=$(ldd /usr/bin/sleep | grep -o '/[^ ]*'); tar -ch /usr/bin/sleep $deps 2>/dev/null"
