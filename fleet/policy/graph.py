@@ -6,12 +6,12 @@ A flow is either declared or derived, never both:
             group names, "all", host names, or "admins" (the people listed in
             tailnet_policy_admins, from their own devices over the tailnet)
   derived   implied by another fact, so data never repeats it (validation says so when it does):
-            Prometheus scrapes every service with `metrics`; the health prober probes every
-            service with `probe`; a domain's tunnel host reaches its service on another host
-            (fleet_domains); postgres_roles / redis_users name their clients; the dead man's
-            switch reads each prober's node exporter; every host's journal goes to
-            journal-remote; backups go to the repository host over ssh; Grafana queries
-            Prometheus
+            Prometheus scrapes every service with `metrics` and alerts every Alertmanager;
+            the health prober probes every service with `probe`; a domain's tunnel host
+            reaches its service on another host (fleet_domains); postgres_roles / redis_users
+            name their clients; the dead man's switch reads each prober's node exporter;
+            every host's journal goes to journal-remote; backups go to the repository host
+            over ssh; Grafana queries Prometheus
 
     graph = ServiceGraph(fleet)
     graph.flows()                                    # [Flow(client, server, service, why), ...]
@@ -90,6 +90,14 @@ def scraped(fleet: Fleet) -> Iterator[Edge]:
             yield scraper, host, service, "Prometheus scrapes its metrics"
 
 
+def alerted(fleet: Fleet) -> Iterator[Edge]:
+    """Prometheus sends its alerts to every Alertmanager (deploys/prometheus.py)."""
+    if "alertmanager" in fleet.services.services:
+        for sender in _runs(fleet, "prometheus"):
+            for host in fleet.services.hosts_running("alertmanager"):
+                yield sender, host, "alertmanager", "Prometheus sends it alerts"
+
+
 def probed(fleet: Fleet) -> Iterator[Edge]:
     for prober in _runs(fleet, "healthcheck"):
         for service, host, _, _ in fleet.services.probe_targets(prober):
@@ -152,7 +160,7 @@ def grafana_queries(fleet: Fleet) -> Iterator[Edge]:
         yield host, grafana.prometheus_server(host, fleet.services), "prometheus", "Grafana queries it"
 
 
-DERIVED = (scraped, probed, routed, database_roles, deadman_reads, journal_uploads, backups, grafana_queries)
+DERIVED = (scraped, alerted, probed, routed, database_roles, deadman_reads, journal_uploads, backups, grafana_queries)
 
 
 # --- the graph ------------------------------------------------------------------------------

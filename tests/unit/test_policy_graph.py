@@ -46,6 +46,9 @@ def test_prometheus_scrapes_every_metrics_service(data):
         for scraper in running(fleet, "prometheus"):
             assert (scraper, host) in pairs(graph, service)
     assert ("pi400-delta", "pi5-gamma") in pairs(graph, "postgres-exporter")
+    for sender in running(fleet, "prometheus"):
+        for host in fleet.services.hosts_running("alertmanager"):
+            assert "Prometheus sends it alerts" in graph.clients_of("alertmanager", host)[sender]
 
 
 def test_the_prober_probes_every_probe_service(data):
