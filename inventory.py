@@ -155,6 +155,9 @@ TEST_FLEET = {
         "deadman_webhook_url_key": "deadman_webhook_url",
         # A new app version that never answers its health path is given up on sooner.
         "apps_health_timeout_seconds": 20,
+        # The machine that runs the converge and the specs: the Docker host, on the test
+        # tailnet's gateway address (the specs reach every service from it).
+        "firewall_operator_sources": ["100.100.255.254"],
         # Ollama release files and the vLLM image archive, built by the test suite
         # (tests/mirror/llm_release.py) and served by the same mirror. Their checksums are in
         # built_data below: the vLLM stand-in image carries Debian's Python, so its hash

@@ -448,6 +448,11 @@ def scenarios(seed: int) -> list[Scenario]:
     s_site = Scenario("edit-app-site", web, edit_site, check=site_back_container_kept)
     out.append(s_site)
 
+    # 9c. the firewall's table deleted by hand (`nft flush ruleset`, a package's script): the
+    #     next converge loads it again
+    out.append(Scenario("firewall-table-deleted", "pi400-delta",
+                        lambda: sh("pi400-delta", "nft delete table inet fleet_firewall")))
+
     # 10. a host rebooted in the middle of its converge; its container comes back
     def with_a_container():
         sh("pi5-alpha", "deps=$(ldd /usr/bin/sleep | grep -o '/[^ ]*'); tar -ch /usr/bin/sleep $deps 2>/dev/null"

@@ -92,6 +92,11 @@ def fleet_entries() -> dict:
     return _ENTRIES
 
 
+def fleet_model():
+    """The fleet model the specs expect values from (fleet.preflight.model.Fleet)."""
+    return _FLEET
+
+
 def fleet_services() -> ServiceMap:
     """Services by name over the fleet (where each binds, how one host reaches another's)."""
     return _FLEET.services

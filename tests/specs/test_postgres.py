@@ -7,7 +7,8 @@ import time
 
 from deploys.postgres import client_hosts, hba_lines, login_roles, memory_settings, password_key, paths
 from fleet.converge.keys import secret
-from specs.conftest import fleet_host, fleet_services, listening
+from fleet.policy.graph import ServiceGraph
+from specs.conftest import fleet_host, fleet_model, fleet_services, listening
 
 # A PostgreSQL StartupMessage (protocol 3.0) for a role and database, and the first answer:
 # 'R' with 10 (AuthenticationSASL) means pg_hba admitted the address and asks for the
@@ -78,8 +79,12 @@ def test_pg03_roles_and_databases_are_the_data(fh):
 
 def test_pg04_clients_in_data_reach_it_others_do_not(fh):
     """pg-04: a client host of a role's data gets a password prompt over the tailnet (pg_hba
-    admits its address); a host that is not a client is refused by pg_hba."""
+    admits its address); a host that is not a client is refused by pg_hba. The outsider is
+    one the host firewall lets through (the health prober: the graph's other clients of
+    postgres), so the refusal is pg_hba's; the firewall's own drops are fw-03's."""
     services = fleet_services()
+    past_firewall = {h for h, addr in ((n, fleet_host(n).tailnet_address) for n in services.hosts)
+                     if addr in ServiceGraph(fleet_model()).tailnet_sources("postgres", fh.name)}
     port = services.port("postgres")
     checked = 0
     for role, spec in fh.data["postgres_roles"].items():
@@ -89,7 +94,7 @@ def test_pg04_clients_in_data_reach_it_others_do_not(fh):
                 answer = probe(fleet_host(client), fh.tailnet_address, port, role, db)
                 assert answer == "auth-request 10", (client, role, db, answer)
                 checked += 1
-            outsider = next(n for n in services.hosts if n not in clients and n != fh.name)
+            outsider = next(n for n in sorted(past_firewall) if n not in clients and n != fh.name)
             answer = probe(fleet_host(outsider), fh.tailnet_address, port, role, db)
             assert answer.startswith("refused") and "no pg_hba.conf entry" in answer, (outsider, answer)
             checked += 1

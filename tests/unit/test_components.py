@@ -21,9 +21,11 @@ SPECS = REPO / "tests" / "specs"
 # Which layer may import which (a layer imports only those listed, and itself).
 LAYERS = {
     "fleet.converge": set(),
-    "fleet.preflight": {"fleet.converge", "deploys"},
-    "fleet.commands": {"fleet.converge", "fleet.preflight", "deploys"},
-    "deploys": {"fleet.converge", "deploys"},
+    "fleet.preflight": {"fleet.converge", "deploys", "fleet.policy"},
+    # the service graph: read by validation, the tailnet command and the firewall deploy
+    "fleet.policy": {"fleet.converge", "fleet.preflight", "deploys"},
+    "fleet.commands": {"fleet.converge", "fleet.preflight", "fleet.policy", "deploys"},
+    "deploys": {"fleet.converge", "fleet.policy", "deploys"},
 }
 
 

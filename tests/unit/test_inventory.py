@@ -68,14 +68,16 @@ def test_test_target_swaps_only_addresses_connection_and_vendor_sources(fake_rep
     # and Redis runs without PrivateUsers (the test hosts cannot create user namespaces)
     # and monitoring's intervals are shorter (a stopped service alerts within a test's wait),
     # the dead man's switch's too, with a webhook on the droplet's loopback,
-    # and a new app version that never gets healthy is given up on sooner
+    # and a new app version that never gets healthy is given up on sooner,
+    # and the firewall lets the Docker host (converge, specs) reach every service
     assert set(test_fleet["data"]) == {"tailscale_apt", "nvidia_apt", "cloudflared_apt", "docker_source",
                                        "ollama_release_url", "vllm_image", "vllm_image_archive_url",
                                        "base_time_sync_running", "redis_private_users",
                                        "prometheus_scrape_interval", "prometheus_evaluation_interval",
                                        "prometheus_alert_thresholds", "healthcheck_interval_seconds",
                                        "grafana_apt", "deadman_interval_seconds", "deadman_stale_seconds",
-                                       "deadman_webhook_url_key", "apps_health_timeout_seconds"}
+                                       "deadman_webhook_url_key", "apps_health_timeout_seconds",
+                                       "firewall_operator_sources"}
     for name, entry in hosts.items():
         changed = {k for k in test[name] if test[name][k] != entry.get(k)}
         assert changed <= {"lan_address", "base_admin_ssh_keys", "ssh_key", "ssh_known_hosts_file",
