@@ -34,7 +34,7 @@ def _address_key(address: str) -> tuple[int, ...]:
 def ruleset(name: str, graph: ServiceGraph, guard_sources: list[str], data=None) -> dict:
     """What templates/firewall/etc/fleet/firewall.nft.j2 needs for host `name`: one rule per
     service it serves on the tailnet, with its clients' addresses, whether admins' devices
-    are accepted, and why; plus the guard (the converge's own SSH source) and the data's
+    are accepted, and who they are; plus the guard (the converge's own SSH source) and the data's
     operator sources, LAN SSH and extra rules (from `data`, default: the host's)."""
     fleet = graph.fleet
     h = fleet.hosts[name]
@@ -50,7 +50,9 @@ def ruleset(name: str, graph: ServiceGraph, guard_sources: list[str], data=None)
             "port": services.port(service),
             "sources": graph.tailnet_sources(service, name),
             "admins": graph.admits_admins(service, name) and bool(data.get("firewall_admin_sources")),
-            "why": "; ".join(f"{c} ({', '.join(w)})" for c, w in sorted(clients.items())) or "no client: dropped",
+            # who, not why: the reasons name data (a role, a domain) that can change without
+            # changing who may connect, and the rules must not change with them
+            "why": ", ".join(sorted(clients)) or "no client: dropped",
         })
     return {
         "tailnet": h.tailnet_address,
