@@ -48,6 +48,7 @@ from pyinfra.operations import apt, files
 from fleet.converge import docker
 from fleet.converge.component import Component, Problem, SecretFile
 from fleet.converge.daemons import keep_running
+from fleet.converge.jobs import whole_numbers
 from fleet.converge.ops import secret_file, validated_file, verified_download
 from fleet.converge.render import render, source
 from fleet.converge.services import ServiceMap
@@ -107,6 +108,10 @@ APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 FORBIDDEN_ARGS = ("-p", "--publish", "-P", "--publish-all", "--network", "--net", "--privileged",
                   "--name", "--restart", "--memory", "-m", "--env-file", "--label", "-l", "--rm")
 REQUIRED = ("service", "port", "health")
+# The whole-number settings and their sensible ranges (fleet.converge.jobs.whole_numbers).
+BOUNDS = {"apps_keep_images": (2, 20), "apps_health_timeout_seconds": (1, 3600),
+          "apps_drain_timeout_seconds": (1, 600), "apps_memory_reserve_mb": (0, 1 << 20),
+          "apps_proxy_workers": (1, 64), "apps_proxy_connections": (16, 65536)}
 
 
 # --- what a host runs -------------------------------------------------------------------------
@@ -407,12 +412,15 @@ def _definition_problems(data, who: str, running: list[str] | None) -> list[Prob
 
 
 def check_hosts(fleet, hosts) -> list[Problem]:
-    """Per host: memory limits (required on a Pi, and fitting its RAM), slot ports free."""
-    problems = []
+    """Per host: the whole-number settings in range, memory limits (required on a Pi, and
+    fitting its RAM), slot ports free."""
+    problems, wrong = whole_numbers(hosts, BOUNDS, DEFAULTS, "group_data/all.py")
     if check_definitions(fleet, hosts):
-        return problems  # reported once by check_definitions
+        return problems  # the definitions' problems are reported once by check_definitions
     services = fleet.services
     for h in hosts:
+        if h.name in wrong:
+            continue
         data = h.data
         mine = hosts_apps(h.groups, data)
         total = 0
@@ -426,8 +434,9 @@ def check_hosts(fleet, hosts) -> list[Problem]:
                 continue
             total += memory_mb(spec["memory"])
         ram = data.get("ram_mb")
-        if mine and not isinstance(ram, int):
-            problems.append(Problem(h.name, "ram_mb", "is missing, but the host runs apps with memory limits.",
+        if mine and (not isinstance(ram, int) or isinstance(ram, bool) or ram <= 0):
+            problems.append(Problem(h.name, "ram_mb", f"{ram!r} is not the host's RAM in MB, and the host runs apps "
+                                    "with memory limits.",
                                     "set 'ram_mb' (the host's RAM in MB) in its entry in inventory.py."))
         elif mine and total > ram - data.get("apps_memory_reserve_mb", 0):
             problems.append(Problem(h.name, "apps_definitions", f"the apps' memory limits add up to {total} MB, more than "

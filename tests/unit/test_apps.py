@@ -112,6 +112,20 @@ def test_a_release_for_an_undefined_app_is_refused(data):
     assert "apps_releases['ghost']: releases an app that apps_definitions does not define" in line
 
 
+@pytest.mark.parametrize("key, value", [("apps_keep_images", 0), ("apps_health_timeout_seconds", -5),
+                                        ("apps_proxy_workers", 0), ("apps_memory_reserve_mb", -1)])
+def test_whole_number_settings_out_of_range_are_refused(data, key, value):
+    data.all_data[key] = value
+    found = app_problems(data)
+    assert found and all(f"{key}: {value!r} is not a whole number from" in line and "Fix:" in line for line in found)
+
+
+def test_a_ram_that_is_not_a_number_is_refused(data):
+    data.hosts["pi5-beta"]["ram_mb"] = "lots"
+    [line] = app_problems(data)
+    assert line.startswith("pi5-beta: ram_mb: 'lots' is not the host's RAM in MB") and "inventory.py" in line
+
+
 def test_slot_ports_must_not_collide(data):
     data.all_data["apps_slot_offsets"] = [1, 2]  # web 3000 -> 3001, lucidia's port
     found = app_problems(data)
