@@ -25,10 +25,21 @@ pyinfra connector `fleet` in pyproject.toml, and the inventory names every host
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import secrets
+import shlex
 import socket
+import sys
+from pathlib import Path
 
 from paramiko import SSHException
+from pyinfra.api import StringCommand
 from pyinfra.connectors.ssh import SSHConnector
+from pyinfra.connectors.util import CommandOutput, OutputLine, make_unix_command_for_host
+
+logger = logging.getLogger("pyinfra")
 
 IDLE = 15
 INTERVAL = 5
@@ -45,6 +56,109 @@ def tune(sock: socket.socket) -> None:
         option = getattr(socket, name, None)
         if option is not None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+# --- Fact prefetch -----------------------------------------------------------------------
+# pyinfra 3 caches no fact: every operation runs its fact commands when it executes, one SSH
+# round trip each, and every operation waits for every host. A no-op converge of the site is
+# ~100 operations per host, so its time is round trips, not work. Here the fact commands a
+# host was asked last run (recorded in the file named by the host's `fleet_prefetch_file`
+# data) run in one batch when the host connects, and the answers serve the facts this run
+# asks — until anything other than a fact runs on any host (a command, an upload), from which
+# point every fact goes to the host again. So a fact is answered from the host's state as it
+# was at connect time only while the converge has changed nothing anywhere; that is what
+# pyinfra's own answer would have been too. Facts not recorded, or run other than as root
+# through sudo or as the SSH user (the two batches), are asked live. Nothing a fact returns
+# is written to disk: the record holds the commands (which never carry secrets), not output.
+# pyinfra offers no hook between a fact and its command, so a command is known to be a
+# fact's by its caller (pyinfra.api.facts._get_fact) on the stack: read-only, no patching.
+
+SUDO_PREFIX = ("sudo", "-H", "-n", "sh", "-c")
+BATCH_TIMEOUT = 120
+# Uploads and commands from operations: state may change, prefetched answers are void.
+_state = {"changed": False}
+
+
+def _fact_caller() -> bool:
+    from pyinfra.api import facts
+
+    code = facts._get_fact.__code__
+    frame = sys._getframe(2)
+    for _ in range(6):
+        if frame is None:
+            return False
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+# The batch's commands run in this many concurrent lanes: one slow check (a backup
+# repository opened over the network, seconds) no longer holds up the other hundred.
+LANES = 4
+
+
+def batch_script(commands: list[str], token: str, lanes: int = LANES) -> str:
+    """A sh script that runs each command as `sh -c` would (in a subshell with no arguments,
+    stdin from /dev/null), its stdout and stderr each between `<token> <index>` and
+    `<token>-end <index> <exit status>` lines on the batch's own stdout and stderr. A
+    subshell is a fork without an exec, and the markers are printf builtins: the batch adds
+    no process per command beyond what the command itself starts. Commands are dealt round
+    robin to `lanes` lanes that run at once, each into its own files, printed lane by lane
+    at the end (facts only read, so their order does not matter)."""
+    lines = ['d=$(mktemp -d) || exit 1', "trap 'rm -rf \"$d\"' EXIT",
+             'run() { printf "%s %s\\n" "$T" "$1"; printf "%s %s\\n" "$T" "$1" >&2; '
+             'c=$2; ( unset T d; set --; eval "$c" ) </dev/null; rc=$?; '
+             'printf "\\n%s-end %s %s\\n" "$T" "$1" "$rc"; printf "\\n%s-end %s\\n" "$T" "$1" >&2; }',
+             f"T={token}"]
+    used = min(lanes, len(commands)) or 1
+    for lane in range(used):
+        lines.append("{")
+        lines += [f"run {i} {shlex.quote(commands[i])}" for i in range(lane, len(commands), used)]
+        lines.append(f'}} >"$d/{lane}.o" 2>"$d/{lane}.e" &')
+    lines.append("wait")
+    lines.append("cat " + " ".join(f'"$d/{lane}.o"' for lane in range(used)))
+    lines.append("cat " + " ".join(f'"$d/{lane}.e"' for lane in range(used)) + " >&2")
+    return "\n".join(lines) + "\n"
+
+
+def _sections(lines: list[str], token: str, with_status: bool) -> dict[int, tuple[int, list[str]]] | None:
+    found: dict[int, tuple[int, list[str]]] = {}
+    current: int | None = None
+    body: list[str] = []
+    for line in lines:
+        words = line.split(" ")
+        if current is None:
+            if len(words) == 2 and words[0] == token and words[1].isdigit():
+                current, body = int(words[1]), []
+                continue
+            return None  # output outside a command's section: not what the script prints
+        if words[0] == f"{token}-end" and len(words) == (3 if with_status else 2) and words[1] == str(current):
+            # the marker's own leading newline: an empty line when the output ended with one
+            # (or was empty), else it ended the output's unterminated last line
+            if body and body[-1] == "":
+                body.pop()
+            status = int(words[2]) if with_status and words[2].isdigit() else 0
+            found[current] = (status, body)
+            current = None
+            continue
+        body.append(line)
+    return found if current is None else None
+
+
+def parse_batch(stdout: list[str], stderr: list[str], token: str,
+                count: int) -> dict[int, tuple[int, list[str], list[str]]]:
+    """{index: (exit status, stdout lines, stderr lines)} from batch_script's two streams;
+    {} when either is not what the script prints (then nothing of it is used)."""
+    out = _sections(stdout, token, with_status=True)
+    err = _sections(stderr, token, with_status=False)
+    if out is None or err is None or set(out) != set(err):
+        return {}
+    return {i: (out[i][0], out[i][1], err[i][1]) for i in out if i < count}
+
+
+# A recorded command not asked for this many runs in a row is dropped from the record.
+RECORD_KEEP_RUNS = 3
 
 
 class FleetSSHConnector(SSHConnector):
@@ -65,13 +179,127 @@ class FleetSSHConnector(SSHConnector):
     def _lost(self, exc: EOFError) -> SSHException:
         return SSHException(f"the connection to {self.host.name} was lost mid-run ({type(exc).__name__})")
 
-    def run_shell_command(self, *args, **kwargs):
+    # -- prefetch ----------------------------------------------------------------------
+    def _record_path(self) -> Path | None:
+        path = self.host.data.get("fleet_prefetch_file")
+        return Path(path) if isinstance(path, str) and path else None
+
+    def _read_record(self) -> dict[str, int]:
+        path = self._record_path()
         try:
-            return super().run_shell_command(*args, **kwargs)
+            record = json.loads(path.read_text()) if path else {}
+        except (OSError, ValueError):
+            return {}
+        commands = record.get("commands") if isinstance(record, dict) else None
+        if not isinstance(commands, dict):
+            return {}
+        return {c: a for c, a in commands.items() if isinstance(c, str) and isinstance(a, int)}
+
+    def _cache_key(self, command, arguments: dict) -> str | None:
+        """The command line pyinfra would send, if a batch can run it the same way: as root
+        through sudo, or as the SSH user, with no other user, password, stdin or pty."""
+        if arguments.get("_stdin") is not None or arguments.get("_get_pty"):
+            return None
+        args = {k: v for k, v in arguments.items()
+                if k not in ("_get_pty", "_timeout", "_stdin", "_success_exit_codes")}
+        if args.get("_sudo_user") or args.get("_sudo_password") or args.get("_su_user"):
+            return None
+        key = make_unix_command_for_host(self.state, self.host, command, **args).get_raw_value()
+        return key if self._inner(key) is not None else None
+
+    @staticmethod
+    def _inner(key: str) -> tuple[bool, str] | None:
+        """(as root, the command `sh -c` runs) for a batchable command line, else None."""
+        try:
+            words = shlex.split(key)
+        except ValueError:
+            return None
+        if len(words) == 6 and tuple(words[:5]) == SUDO_PREFIX:
+            return True, words[5]
+        if len(words) == 3 and tuple(words[:2]) == SUDO_PREFIX[3:]:
+            return False, words[2]
+        return None
+
+    def _prefetch(self) -> None:
+        self._asked: dict[str, None] = {}
+        self._prefetched: dict[str, tuple[int, list, list]] = {}
+        self._previous = self._read_record()
+        if _state["changed"]:
+            return
+        for as_root in (True, False):
+            wanted = [(key, inner[1]) for key in self._previous
+                      if (inner := self._inner(key)) is not None and inner[0] == as_root]
+            if wanted:
+                self._batch(wanted, as_root)
+
+    def _batch(self, wanted: list[tuple[str, str]], as_root: bool) -> None:
+        token = "fleet-prefetch-" + secrets.token_hex(8)
+        script = batch_script([inner for _, inner in wanted], token)
+        try:
+            ok, output = super().run_shell_command(StringCommand("sh", "-s"), _sudo=as_root, _stdin=script,
+                                                   _timeout=BATCH_TIMEOUT)
+        except (OSError, SSHException, EOFError, TimeoutError) as exc:
+            logger.warning(f"{self.host.print_prefix}fact prefetch failed ({exc}); facts are asked one by one")
+            return
+        results = parse_batch(output.stdout_lines, output.stderr_lines, token, len(wanted)) if ok else {}
+        if not results:
+            logger.warning(f"{self.host.print_prefix}fact prefetch gave no usable answer; "
+                           "facts are asked one by one")
+            return
+        for index, result in results.items():
+            if not any("\r" in line for line in result[1] + result[2]):
+                self._prefetched[wanted[index][0]] = result
+        logger.debug(f"{self.host.print_prefix}prefetched {len(results)} fact commands")
+
+    def _write_record(self) -> None:
+        path = self._record_path()
+        asked = getattr(self, "_asked", None)
+        if path is None or not asked:
+            return
+        commands = {key: 0 for key in asked}
+        for key, age in getattr(self, "_previous", {}).items():
+            if key not in commands and age + 1 < RECORD_KEEP_RUNS:
+                commands[key] = age + 1
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({"commands": commands}, indent=0))
+            tmp.replace(path)
+        except OSError as exc:
+            logger.warning(f"{self.host.print_prefix}cannot write {path}: {exc.strerror}")
+
+    def connect(self) -> None:
+        super().connect()
+        self._prefetch()
+
+    def disconnect(self) -> None:
+        self._write_record()
+        super().disconnect()
+
+    def run_shell_command(self, command, print_output: bool = False, print_input: bool = False, **arguments):
+        fact = _fact_caller()
+        if fact:
+            key = self._cache_key(command, dict(arguments))
+            if key is not None and hasattr(self, "_asked"):
+                self._asked[key] = None
+                answer = None if _state["changed"] else self._prefetched.get(key)
+                if answer is not None:
+                    status, out, err = answer
+                    codes = arguments.get("_success_exit_codes")
+                    if print_input:
+                        print(f"{self.host.print_prefix}>>> {key} (prefetched)", file=sys.stderr)
+                    lines = [OutputLine("stdout", line) for line in out] + [OutputLine("stderr", line) for line in err]
+                    return (status in codes if codes else status == 0), CommandOutput(lines)
+        else:
+            _state["changed"] = True
+        try:
+            return super().run_shell_command(command, print_output=print_output, print_input=print_input,
+                                             **arguments)
         except EOFError as exc:
             raise self._lost(exc) from None
 
     def put_file(self, *args, **kwargs):
+        _state["changed"] = True
         try:
             return super().put_file(*args, **kwargs)
         except EOFError as exc:

@@ -152,6 +152,8 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
         entry["ssh_known_hosts_file"] = str(state_dir(repo, target) / known)
         first_contact = name in bootstrap and target == "fleet"
         entry["ssh_strict_host_key_checking"] = "accept-new" if first_contact else "yes"
+        # the fact commands pyinfra asked last run, prefetched in one batch (fleet.converge.connector)
+        entry["fleet_prefetch_file"] = str(state_dir(repo, target) / "facts" / f"{name}.json")
         address = entry.get("tailnet_address") if connect == "tailnet" else entry.get("lan_address")
         if isinstance(address, str) and address:
             entry["ssh_hostname"] = address.split("/")[0]
@@ -210,6 +212,10 @@ def prepare(hosts: dict, test_fleet: dict, inventory_file: str, target: str | No
     target = target or target_from_env()
     select_vault(repo, test_fleet, target)
     entries = apply_target(hosts, test_fleet, repo, target)
+    try:
+        registry.selected()
+    except registry.ComponentError as exc:
+        raise FleetConfigError(str(exc)) from None
     try:
         fleet = load_fleet(entries, repo / "group_data")
     except DataFileError as exc:

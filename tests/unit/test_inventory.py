@@ -81,7 +81,8 @@ def test_test_target_swaps_only_addresses_connection_and_vendor_sources(fake_rep
     for name, entry in hosts.items():
         changed = {k for k in test[name] if test[name][k] != entry.get(k)}
         assert changed <= {"lan_address", "base_admin_ssh_keys", "ssh_key", "ssh_known_hosts_file",
-                           "ssh_strict_host_key_checking", "ssh_hostname", *test_fleet["data"], *BUILT}
+                           "ssh_strict_host_key_checking", "ssh_hostname", "fleet_prefetch_file",
+                           *test_fleet["data"], *BUILT}
         assert test[name]["ollama_sha256"] == BUILT["ollama_sha256"]
         assert test[name]["ssh_hostname"] == entry["tailnet_address"]
         assert test[name]["lan_address"].startswith("100.101.")

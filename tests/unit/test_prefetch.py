@@ -1,0 +1,156 @@
+"""The fact prefetch batch (fleet.converge.connector): each command's answer, as pyinfra's
+own run of it would give, and nothing taken from output the script did not print."""
+
+from __future__ import annotations
+
+import subprocess
+
+from fleet.converge.connector import batch_script, parse_batch
+
+COMMANDS = [
+    "echo one; echo two",
+    "printf 'no newline at the end'",
+    "echo out; echo err >&2; exit 3",
+    "true",
+    "echo \"quotes ' and \\\" and $HOME-less $((1+2))\"",
+    "cat",  # reads stdin: gets /dev/null, not the rest of the script
+    "printf 'o-prefixed\\ne-prefixed\\n\\n'",
+    "printf '\\n'",
+    "echo a; printf 'b' >&2; exit 1",
+    "echo \"args: $# $1\"",  # no arguments, as under sh -c
+    "set -e; false; echo not reached",
+]
+
+
+def run_live(command: str) -> tuple[int, list[str], list[str]]:
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return done.returncode, done.stdout.splitlines(), done.stderr.splitlines()
+
+
+def run_batch(commands: list[str], token: str = "tok-123") -> dict:
+    done = subprocess.run(["sh", "-s"], input=batch_script(commands, token), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return parse_batch(done.stdout.splitlines(), done.stderr.splitlines(), token, len(commands))
+
+
+def test_each_answer_is_what_a_live_run_gives():
+    results = run_batch(COMMANDS)
+    assert sorted(results) == list(range(len(COMMANDS)))
+    for index, command in enumerate(COMMANDS):
+        assert results[index] == run_live(command), command
+
+
+def test_a_line_the_script_did_not_print_voids_the_batch():
+    assert parse_batch(["tok 0", "a", "", "tok-end 0 0", "stray"], ["tok 0", "", "tok-end 0"], "tok", 1) == {}
+    assert parse_batch(["tok 0", "a", "", "tok-end 0 0"], ["tok 0", "b", "tok-end 0"], "tok", 1) == {0: (0, ["a"], ["b"])}
+    assert parse_batch(["tok 0", "a", "", "tok-end 0 0"], [], "tok", 1) == {}  # stderr's sections missing
+    assert parse_batch(["tok 0", "a"], ["tok 0", "tok-end 0"], "tok", 1) == {}  # cut short
+
+
+def test_a_command_printing_a_header_lookalike_cannot_forge_an_answer():
+    results = run_batch(["echo 'tok-123 1 0'", "echo real"])
+    assert results[0] == (0, ["tok-123 1 0"], [])
+    assert results[1] == (0, ["real"], [])
+
+
+def test_indexes_beyond_the_batch_are_ignored():
+    assert parse_batch(["tok 5", "x", "tok-end 5 0"], ["tok 5", "tok-end 5"], "tok", 2) == {}
+
+
+# --- the connector: which answers come from the batch, and when they stop ----------------
+
+import json  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import pytest  # noqa: E402
+from pyinfra.api import StringCommand  # noqa: E402
+from pyinfra.connectors.ssh import SSHConnector  # noqa: E402
+
+from fleet.converge import connector as mod  # noqa: E402
+
+
+@pytest.fixture
+def conn(monkeypatch, tmp_path):
+    """A FleetSSHConnector with no SSH under it: pyinfra's connector answers every command
+    it is given with ('live', command) and counts the calls."""
+    live = []
+
+    def fake_run(self, command, print_output=False, print_input=False, **arguments):
+        if "_stdin" in arguments:  # the batch
+            script = arguments["_stdin"]
+            token = script.split("\nT=", 1)[1].split("\n", 1)[0]
+            out, err = [], []
+            for i in range(script.count("\nrun ")):
+                out += [f"{token} {i}", f"prefetched {i}", "", f"{token}-end {i} {i}"]
+                err += [f"{token} {i}", "", f"{token}-end {i}"]
+            from pyinfra.connectors.util import CommandOutput, OutputLine
+            return True, CommandOutput([OutputLine("stdout", line) for line in out]
+                                       + [OutputLine("stderr", line) for line in err])
+        live.append(str(command))
+        from pyinfra.connectors.util import CommandOutput, OutputLine
+        return True, CommandOutput([OutputLine("stdout", "live")])
+
+    monkeypatch.setattr(SSHConnector, "run_shell_command", fake_run)
+    monkeypatch.setattr(SSHConnector, "put_file", lambda self, *a, **k: True)
+    monkeypatch.setattr(mod, "_state", {"changed": False})
+    record = tmp_path / "facts" / "h.json"
+    c = object.__new__(mod.FleetSSHConnector)
+    c.state = None
+    c.host = SimpleNamespace(name="h", print_prefix="[h] ", connector_data={},
+                             data={"fleet_prefetch_file": str(record)})
+    c.live, c.record = live, record
+    return c
+
+
+def key(c, text):
+    return c._cache_key(StringCommand(text), {"_sudo": True})
+
+
+def ask(c, monkeypatch, text, fact=True, **arguments):
+    monkeypatch.setattr(mod, "_fact_caller", lambda: fact)
+    return c.run_shell_command(StringCommand(text), **{"_sudo": True, **arguments})
+
+
+def test_recorded_facts_are_answered_from_the_batch_until_something_changes(conn, monkeypatch):
+    conn.record.parent.mkdir()
+    conn.record.write_text(json.dumps({"commands": {key(conn, "cat /a"): 0, key(conn, "cat /b"): 0}}))
+    conn._prefetch()
+    status, out = ask(conn, monkeypatch, "cat /a")
+    assert (status, out.stdout_lines) == (True, ["prefetched 0"]) and conn.live == []
+    status, out = ask(conn, monkeypatch, "cat /b")  # exit status 1 in the fake batch
+    assert (status, out.stdout_lines) == (False, ["prefetched 1"])
+    assert ask(conn, monkeypatch, "cat /b", _success_exit_codes=[0, 1])[0] is True
+    ask(conn, monkeypatch, "touch /a", fact=False)  # an operation's command
+    assert ask(conn, monkeypatch, "cat /a")[1].stdout_lines == ["live"]
+    assert conn.live == ["touch /a", "cat /a"]
+
+
+def test_an_upload_voids_the_batch_too(conn, monkeypatch):
+    conn.record.parent.mkdir()
+    conn.record.write_text(json.dumps({"commands": {key(conn, "cat /a"): 0}}))
+    conn._prefetch()
+    conn.put_file("x", "/a")
+    assert ask(conn, monkeypatch, "cat /a")[1].stdout_lines == ["live"]
+
+
+def test_facts_not_run_as_root_or_with_stdin_are_never_batched(conn, monkeypatch):
+    assert conn._cache_key(StringCommand("id"), {"_sudo": False}) == "sh -c id"
+    assert conn._cache_key(StringCommand("id"), {"_sudo": True, "_sudo_user": "bob"}) is None
+    assert conn._cache_key(StringCommand("cat"), {"_sudo": True, "_stdin": "x"}) is None
+    assert mod.FleetSSHConnector._inner(key(conn, "cat '/a b'")) == (True, "cat '/a b'")
+
+
+def test_the_record_keeps_what_was_asked_and_forgets_what_was_not_for_three_runs(conn, monkeypatch):
+    conn.record.parent.mkdir()
+    conn.record.write_text(json.dumps({"commands": {key(conn, "old"): 0, key(conn, "older"): 2}}))
+    conn._prefetch()
+    ask(conn, monkeypatch, "new")
+    conn._write_record()
+    assert json.loads(conn.record.read_text())["commands"] == {key(conn, "new"): 0, key(conn, "old"): 1}
+
+
+def test_an_unreadable_record_means_no_batch(conn):
+    conn.record.parent.mkdir()
+    conn.record.write_text("{not json")
+    conn._prefetch()
+    assert conn._prefetched == {}
