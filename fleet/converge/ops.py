@@ -7,7 +7,7 @@ import shlex
 from io import BytesIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
 from pyinfra.facts.files import File, Sha256File
 from pyinfra.facts.server import Home
 
@@ -103,16 +103,56 @@ def verified_download(src: str, dest: str, sha256: str, mode: str = "644"):
     key or binary would already be where apt or systemd trusts it. Here the download lands
     in a candidate beside `dest`, is checked, and only then renamed. A file that already
     has the checksum is a no-op.
+
+    Hashing a large archive on every run (an image archive is hundreds of MB on a Pi) is
+    the slowest check of a no-op converge, so a verified file gets a stamp (`stamp_of`, under
+    /var/lib/fleet/verified): the checksum with the file's inode, size and change time (ctime, to
+    the nanosecond; nothing but a change moves it, and it cannot be set back). While the
+    stamp matches the file, the file is what was verified; any change to it (a rewrite, a
+    truncation, an edit in place) changes its ctime, and the file is hashed again.
     """
-    if host.get_fact(Sha256File, path=dest) == sha256:
+    if host.get_fact(VerifiedSha256, path=dest, sha256=sha256) == "stamped":
         host.noop(f"{dest} has the pinned checksum")
         return
     q = shlex.quote
+    stamp = q(stamp_of(dest))
+    record = stamp_command(dest, sha256)
+    if host.get_fact(Sha256File, path=dest) == sha256:
+        yield StringCommand(record)  # verified now: only the stamp was missing or stale
+        return
     candidate = f"{dest}.fleet-candidate"
     yield StringCommand(f"install -d -m 755 {q(dest.rsplit('/', 1)[0] or '/')}")
     yield StringCommand(
-        f"curl -fsSL --retry 3 --max-time 300 -o {q(candidate)} {q(src)}"
+        f"rm -f {stamp} && curl -fsSL --retry 3 --max-time 300 -o {q(candidate)} {q(src)}"
         f" && echo {q(sha256 + '  ' + candidate)} | sha256sum --check --quiet --strict"
-        f" && chmod {q(mode)} {q(candidate)} && mv -f {q(candidate)} {q(dest)}"
+        f" && chmod {q(mode)} {q(candidate)} && mv -f {q(candidate)} {q(dest)} && {record}"
         f" || {{ rm -f {q(candidate)}; echo {q(f'checksum or download failed for {src}: {dest} left unchanged')} >&2; exit 1; }}"
     )
+
+
+VERIFIED_DIR = "/var/lib/fleet/verified"
+
+
+def stamp_of(path: str) -> str:
+    """Where verified_download records that `path` was verified (one file per path)."""
+    return f"{VERIFIED_DIR}/{path.strip('/').replace('/', '%')}"
+
+
+def stamp_command(path: str, sha256: str) -> str:
+    """Record that `path`, as it is now, was verified to have `sha256`."""
+    q, stamp = shlex.quote, shlex.quote(stamp_of(path))
+    return (f"{{ install -d -m 755 {q(VERIFIED_DIR)} && echo {q(sha256)} $(stat -c '%i %s %.9Z' {q(path)})"
+            f" > {stamp}.tmp && mv -f {stamp}.tmp {stamp}; }}")
+
+
+class VerifiedSha256(FactBase):
+    """"stamped" when the stamp of `path` records `sha256` with the file's current inode,
+    size and ctime (see verified_download), else nothing."""
+
+    def command(self, path: str, sha256: str) -> str:
+        q = shlex.quote
+        return (f"s=$(stat -c '%i %s %.9Z' {q(path)} 2>/dev/null) && "
+                f"[ \"$(cat {q(stamp_of(path))} 2>/dev/null)\" = {q(sha256)}\" $s\" ] && echo stamped || true")
+
+    def process(self, output):
+        return "".join(output).strip() or None
