@@ -10,6 +10,9 @@ STATE := .state
 FLEET_TARGET ?= fleet
 export FLEET_TARGET
 PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
+# Spec workers (pytest-xdist): each takes whole hosts (tests/specs/conftest.py); 4 was the
+# fastest on the 2-core CI machine (docs/performance.md). SPEC_WORKERS=0 runs them in-process.
+SPEC_WORKERS ?= 4
 
 .PHONY: help setup lock check plan converge verify llm-check backup restore backups rollback fleet-up fleet-down demo test unit faults bench docs vault-init vault-edit edge-plan edge-apply tailnet-plan tailnet-apply
 
@@ -46,8 +49,8 @@ plan: setup ## dry run: what would change on each host, nothing applied
 converge: setup ## converge every host (pyinfra inventory.py deploys/site.py)
 	$(BIN)/pyinfra -y inventory.py deploys/site.py
 
-verify: setup ## run the testinfra specs against FLEET_TARGET
-	$(PYTEST) tests/specs
+verify: setup ## run the testinfra specs against FLEET_TARGET (hosts in parallel: SPEC_WORKERS)
+	$(PYTEST) -n $(SPEC_WORKERS) tests/specs
 
 vault-init: setup ## create secrets/fleet.vault (asks a passphrase) and generate host keys
 	FLEET_TARGET=fleet $(PY) -m fleet vault init
@@ -90,12 +93,8 @@ fleet-down: setup ## remove the Docker test fleet
 	$(PY) tests/harness/testfleet.py down
 
 demo: FLEET_TARGET = test
-demo: setup ## the whole fleet as local Docker test hosts: up, converge, verify, summary
-	$(PY) tests/harness/testfleet.py up
-	$(PY) tests/harness/testfleet.py converge | sed -n '/^converge:/,$$p'
-	$(PYTEST) -q --junitxml=$(STATE)/junit-demo.xml tests/specs | tail -n 3
-	@echo; echo "Spec results per host (make fleet-down removes the hosts):"
-	@$(PY) tests/report.py --per-host $(STATE)/junit-demo.xml
+demo: setup ## the whole fleet as local Docker test hosts: up, converge, verify, summary (each stage timed)
+	$(PY) tests/harness/demo.py
 
 unit: setup ## unit tests only (no Docker): the product's, then the test stand-ins' own
 	mkdir -p $(STATE)
@@ -112,11 +111,11 @@ test: setup ## unit tests, then molecule test (test fleet: converge, idempotence
 faults: setup ## the fault suite on the test fleet: inject, converge, a rerun recovers, then no change
 	mkdir -p $(STATE)
 	$(PY) tests/harness/testfleet.py up
-	$(PY) tests/harness/testfleet.py converge | sed -n '/^converge:/,$$p'
+	$(PY) tests/harness/testfleet.py converge
 	$(PY) tests/faults/run.py --junit $(STATE)/junit-faults.xml
 
 docs: setup ## regenerate docs/settings.md from the components' DEFAULTS
 	$(PY) -m fleet docs
 
-bench: setup ## time vault open, fleet-up, first and no-op converge; changed ops per host -> bench.json
-	$(PY) tests/harness/bench.py --out bench.json
+bench: setup ## time the floor, no-op converges (site, base, per host), specs -> bench.json (FRESH=1: fleet-up + first converge too)
+	$(PY) tests/harness/bench.py --out bench.json $(if $(FRESH),--fresh,)

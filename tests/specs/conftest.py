@@ -8,20 +8,21 @@ inventory, data and defaults the deploys use (the fleet model).
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import paramiko
 import pytest
 import testinfra
+from testinfra.backend.paramiko import ParamikoBackend
 
 from fleet.converge import component as registry
+from fleet.converge.connector import tune
 from fleet.converge.services import ServiceMap
-from fleet.preflight.inventory import prepare, read_inventory_data, ssh_options, target_from_env
+from fleet.preflight.inventory import prepare, read_inventory_data, target_from_env
 from specs.selection import spec_hosts
 from specs.waivers import WAIVERS
 
@@ -58,33 +59,56 @@ _CACHE: dict[str, FleetHost] = {}
 _OVERRIDES = json.loads(os.environ.get("FLEET_SPEC_DATA") or "{}")
 
 
-# One SSH connection per host for the whole run: testinfra asks OpenSSH for ControlMaster
-# but gives no ControlPath, so without one every command opened a new connection (~0.37 s
-# each). The masters live in a private directory of this run only (mkdtemp: 0700), so a run
-# never reuses a connection a fault or a rebuilt host made stale, and they are closed when
-# the run ends. testinfra %-formats the command line: %%C reaches ssh as %C (a hash of
-# host, port and user).
-_CONTROL_DIR = tempfile.mkdtemp(prefix="fleet-ssh-")
-_CONTROL_PATH = f"{_CONTROL_DIR}/%C"
+# One SSH connection per host for the whole run, shared by its sudo and user views: the
+# specs run hundreds of short commands, and a new connection (or a new ssh process over a
+# ControlMaster) for each costs far more than the command. testinfra's paramiko backend
+# keeps a connection open, but accepts any host key (WarningPolicy) and leaves Nagle on;
+# here the host key must match the inventory's known_hosts (RejectPolicy, as pyinfra and
+# ssh -o StrictHostKeyChecking=yes do) and the socket gets the converge's TCP settings
+# (fleet.converge.connector.tune: TCP_NODELAY, keepalive). A connection that died (a fault
+# test restarted sshd) is opened again once, by testinfra's own retry.
+_CLIENTS: dict[str, paramiko.SSHClient] = {}
+
+
+def _client(entry: dict) -> paramiko.SSHClient:
+    key = entry["ssh_hostname"]
+    client = _CLIENTS.get(key)
+    transport = client.get_transport() if client is not None else None
+    if transport is None or not transport.is_active():
+        client = paramiko.SSHClient()
+        client.load_host_keys(entry["ssh_known_hosts_file"])
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect(entry["ssh_hostname"], port=int(entry.get("ssh_port") or 22), username=entry["ssh_user"],
+                       key_filename=entry.get("ssh_key"), timeout=10, allow_agent=not entry.get("ssh_key"),
+                       look_for_keys=not entry.get("ssh_key"))
+        tune(client.get_transport().sock)
+        _CLIENTS[key] = client
+    return client
+
+
+class _FleetBackend(ParamikoBackend):
+    def __init__(self, entry: dict, sudo: bool):
+        super().__init__(f"{entry['ssh_user']}@{entry['ssh_hostname']}", sudo=sudo)
+        self._entry = entry
+
+    @functools.cached_property
+    def client(self) -> paramiko.SSHClient:
+        return _client(self._entry)
 
 
 def _close_connections() -> None:
-    for entry in {e["ssh_hostname"]: e for name, e in _ENTRIES.items() if name in _CACHE}.values():
-        subprocess.run(["ssh", "-o", f"ControlPath={_CONTROL_PATH}", "-O", "exit",
-                        f"{entry['ssh_user']}@{entry['ssh_hostname']}"], capture_output=True, timeout=10, check=False)
-    shutil.rmtree(_CONTROL_DIR, ignore_errors=True)
+    for client in _CLIENTS.values():
+        client.close()
 
 
 atexit.register(_close_connections)
 
 
 def _testinfra_host(entry: dict, sudo: bool) -> testinfra.host.Host:
-    user, address = entry["ssh_user"], entry["ssh_hostname"]
-    kwargs = {"sudo": sudo, "controlpath": _CONTROL_PATH.replace("%", "%%")}
-    if entry.get("ssh_key"):
-        kwargs["ssh_identity_file"] = entry["ssh_key"]
-    kwargs["ssh_extra_args"] = " ".join(ssh_options(entry))
-    return testinfra.get_host(f"ssh://{user}@{address}", **kwargs)
+    backend = _FleetBackend(entry, sudo)
+    host = testinfra.host.Host(backend)
+    backend.set_host(host)
+    return host
 
 
 def fleet_entries() -> dict:
@@ -164,3 +188,21 @@ def listening(fh: FleetHost, proto: str) -> list[tuple[str, int]]:
 
 
 WILDCARDS = ("0.0.0.0", "::", "*", "")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With pytest-xdist (`-n N`), all of a host's specs go to one worker, so hosts are checked
+    in parallel while each host's specs still run one after another, as without xdist (specs
+    that take no host run together). xdist's own `loadgroup` marks do not group under this
+    pytest (9.2: the nodeid it rewrites is read back unchanged), so the host is read from the
+    test's id, which starts with the host's name (pytest_generate_tests above)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    names = sorted(_FLEET.hosts, key=len, reverse=True)
+
+    class ByHost(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            param = nodeid.rsplit("[", 1)[1] if nodeid.endswith("]") else ""
+            return next((n for n in names if param == f"{n}]" or param.startswith(f"{n}-")), "fleet")
+
+    return ByHost(config, log)
