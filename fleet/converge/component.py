@@ -27,6 +27,7 @@ Nothing here imports pyinfra: the registry is read before any host is touched.
 from __future__ import annotations
 
 import importlib
+import os
 import importlib.util
 import pkgutil
 import sys
@@ -204,6 +205,25 @@ def _registry(package: str) -> tuple[Component, ...]:
 def components(package: str = PACKAGE) -> tuple[Component, ...]:
     """Every component, in the order they run on a host (imported once per process)."""
     return _registry(package)
+
+
+# FLEET_COMPONENTS=base,tailscale limits a converge to those components (the benchmark's
+# base-only run, a phase of the setup checklist); unset or empty: every component.
+SELECT_ENV = "FLEET_COMPONENTS"
+
+
+def selected(package: str = PACKAGE) -> tuple[Component, ...]:
+    """The components a converge runs, in order: those FLEET_COMPONENTS names, or all."""
+    raw = os.environ.get(SELECT_ENV, "").strip()
+    if not raw:
+        return components(package)
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    known = {c.name for c in components(package)}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ComponentError(f"{SELECT_ENV} names no component {', '.join(map(repr, unknown))}. "
+                             f"Fix: use names from deploys/ ({', '.join(sorted(known))}).")
+    return tuple(c for c in components(package) if c.name in names)
 
 
 def component(name: str, package: str = PACKAGE) -> Component:

@@ -1,11 +1,18 @@
-"""Benchmark the converge loop on the Docker test fleet; print figures and write JSON.
+"""`make bench`: where a converge's time goes on the Docker test fleet, as figures and ratios.
 
-    python tests/harness/bench.py [--out bench.json] [--keep]
+    python tests/harness/bench.py [--out bench.json] [--runs 3] [--fresh] [--keep]
 
-Measures: opening the demo vault (scrypt at its real cost, then decryption), fleet-up from no test hosts (the base image is built first and timed apart, so
-a cached image does not hide or inflate the figure), the first converge, a no-op converge
-(wall time and changed operations per host: all should be 0). Leaves no hosts behind
-unless --keep.
+From one run it prints and writes to JSON (medians of --runs where repeated):
+- the floor: SSH connections to every host at once (paramiko, as pyinfra connects) and one
+  command on each: what any run over SSH costs at least;
+- the no-op converge of the whole site, and of the base component only (FLEET_COMPONENTS);
+- the per-host marginal cost: the slope of the no-op converge's time over --limit 1, 3 and
+  every host (least squares), i.e. what one more host of the fleet adds;
+- the specs' time (tests/specs, every host);
+- the vault's opening time (scrypt at its real cost, then decryption);
+- with --fresh, also fleet-up from no hosts and the first converge.
+Each time is also given as a ratio to the floor. Figures, not assertions: nothing here
+fails because a number is high, only because a run failed or changed something.
 """
 
 from __future__ import annotations
@@ -14,79 +21,177 @@ import argparse
 import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `harness` importable
 
+import paramiko  # noqa: E402
+
 from fleet.converge import keys  # noqa: E402
 from fleet.converge.vault import Vault, params_of  # noqa: E402
-from fleet.preflight.inventory import select_vault  # noqa: E402
+from fleet.preflight.inventory import prepare, select_vault  # noqa: E402
 from harness import testfleet  # noqa: E402
 
+REPO = testfleet.REPO
 
-def timed(fn):
+
+def floor_once(entries: dict) -> float:
+    """Seconds to connect to every host at once and run `true` on each."""
+    errors: list[str] = []
+
+    def one(entry: dict) -> None:
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(entry["ssh_known_hosts_file"])
+            client.connect(entry["ssh_hostname"], username=entry["ssh_user"], key_filename=entry.get("ssh_key"),
+                           timeout=10, allow_agent=False, look_for_keys=False)
+            _, out, _ = client.exec_command("true")
+            if out.channel.recv_exit_status() != 0:
+                errors.append(entry["ssh_hostname"])
+        except Exception as exc:  # noqa: BLE001 - reported, not raised from a thread
+            errors.append(f"{entry['ssh_hostname']}: {exc}")
+        finally:
+            client.close()
+
     t0 = time.monotonic()
-    value = fn()
-    return round(time.monotonic() - t0, 1), value
+    threads = [threading.Thread(target=one, args=(e,)) for e in entries.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    seconds = time.monotonic() - t0
+    if errors:
+        raise SystemExit(f"bench: the floor's SSH connections failed: {errors}")
+    return seconds
+
+
+def noop(extra: list[str], env: dict | None, label: str) -> float:
+    result = testfleet.converge(extra, log_name=f"bench-{label}", env=env)
+    if result["returncode"] != 0 or result["changed"]:
+        raise SystemExit(f"bench: the {label} converge was not a clean no-op "
+                         f"(exit {result['returncode']}, {result['changed']} changed); log {result['log']}")
+    return result["seconds"]
+
+
+def median_of(runs: int, fn) -> tuple[float, list[float]]:
+    values = [round(fn(), 3) for _ in range(runs)]
+    return round(statistics.median(values), 3), values
+
+
+def slope(points: list[tuple[int, float]]) -> float:
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python tests/harness/bench.py")
     parser.add_argument("--out", default="bench.json", help="where to write the figures")
-    parser.add_argument("--keep", action="store_true", help="leave the test fleet up")
+    parser.add_argument("--runs", type=int, default=3, help="repeats of each timed run (median)")
+    parser.add_argument("--fresh", action="store_true", help="also time fleet-up from no hosts and the first converge")
+    parser.add_argument("--keep", action="store_true", help="with --fresh: leave the test fleet up")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be 1 or more")
 
     os.environ["FLEET_TARGET"] = "test"
-    select_vault(testfleet.REPO, testfleet.load_inventory()[1])
+    figures: dict = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                                              capture_output=True, text=True).stdout.strip()}
+    step = lambda what: print(f"[bench {time.monotonic() - t0:6.1f}s] {what}", flush=True)  # noqa: E731
+    t0 = time.monotonic()
+
+    hosts, test_fleet = testfleet.load_inventory()
+    select_vault(REPO, test_fleet)
     opens = []
     for _ in range(3):
-        t0 = time.monotonic()
+        t = time.monotonic()
         Vault(keys.vault_path(), keys.passphrase()).load()
-        opens.append(time.monotonic() - t0)
-    vault_seconds = round(min(opens), 3)
-    testfleet.ensure_engine()
-    image_seconds, _ = timed(testfleet.ensure_image)
-    testfleet.down()
-    up_seconds, _ = timed(testfleet.up)
-    first = testfleet.converge([], log_name="bench-first")
-    noop = testfleet.converge([], log_name="bench-noop")
-    if not args.keep:
+        opens.append(time.monotonic() - t)
+    figures["vault_open_seconds"] = round(min(opens), 3)
+    figures["vault_kdf"] = {"n": params_of(keys.vault_path()).n, "r": params_of(keys.vault_path()).r}
+
+    if args.fresh:
+        step("fleet-up from no hosts")
+        testfleet.ensure_engine()
+        figures["image_build_or_cache_seconds"] = round(_timed(testfleet.ensure_image), 1)
+        testfleet.down()
+        figures["fleet_up_seconds"] = round(_timed(testfleet.up), 1)
+        step("first converge")
+        first = testfleet.converge([], log_name="bench-first")
+        figures["first_converge_seconds"] = first["seconds"]
+        figures["first_converge_changed"] = first["changed"]
+    else:
+        testfleet.up()  # a no-op when the fleet is up
+    step("settling converge (the runs below must change nothing)")
+    settle = testfleet.converge([], log_name="bench-settle")
+    if settle["returncode"] != 0:
+        raise SystemExit(f"bench: the settling converge failed; log {settle['log']}")
+
+    entries, _ = prepare(hosts, test_fleet, str(REPO / "inventory.py"), "test")
+    names = list(entries)
+    step(f"floor: {len(names)} parallel SSH connections + one command, x{args.runs + 2}")
+    figures["floor_seconds"], figures["floor_runs"] = median_of(args.runs + 2, lambda: floor_once(entries))
+    step(f"no-op converge, whole site, x{args.runs}")
+    figures["noop_site_seconds"], figures["noop_site_runs"] = median_of(args.runs, lambda: noop([], None, "noop"))
+    step(f"no-op converge, base only, x{args.runs}")
+    figures["noop_base_seconds"], figures["noop_base_runs"] = median_of(
+        args.runs, lambda: noop([], {"FLEET_COMPONENTS": "base"}, "noop-base"))
+    points = []
+    for count in sorted({1, min(3, len(names)), len(names)}):
+        limit = ",".join(names[:count])
+        step(f"no-op converge, --limit {count} host(s), x{args.runs}")
+        seconds, _ = median_of(args.runs, lambda: noop(["--limit", limit], None, f"noop-limit{count}"))
+        points.append((count, seconds))
+    figures["noop_by_host_count"] = {str(c): s for c, s in points}
+    figures["per_host_marginal_seconds"] = round(slope(points), 3) if len(points) > 1 else None
+    step("specs, every host")
+    t = time.monotonic()
+    specs = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "testpaths=", "-q", "-n", "4",
+                            "tests/specs"], cwd=REPO, capture_output=True, text=True,
+                           env=dict(os.environ, FLEET_TARGET="test"))
+    figures["specs_seconds"] = round(time.monotonic() - t, 1)
+    figures["specs_summary"] = (specs.stdout.strip().splitlines() or [""])[-1]
+    if args.fresh and not args.keep:
         testfleet.down()
 
-    failed = first["returncode"] != 0 or noop["returncode"] != 0
-    figures = {
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "vault_open_seconds": vault_seconds,
-        "vault_kdf": {"n": params_of(keys.vault_path()).n, "r": params_of(keys.vault_path()).r},
-        "image_build_or_cache_seconds": image_seconds,
-        "fleet_up_seconds": up_seconds,
-        "first_converge_seconds": first["seconds"],
-        "first_converge_changed": {h: c["changed"] for h, c in sorted(first["hosts"].items())},
-        "noop_converge_seconds": noop["seconds"],
-        "noop_converge_changed": {h: c["changed"] for h, c in sorted(noop["hosts"].items())},
-        "errors": first["errors"] + noop["errors"],
-    }
-    with open(args.out, "w") as fh:
-        json.dump(figures, fh, indent=2)
+    floor = figures["floor_seconds"]
+    ratio = lambda v: round(v / floor, 1) if v is not None and floor else None  # noqa: E731
+    figures["ratios_to_floor"] = {k: ratio(figures[k]) for k in
+                                  ("noop_site_seconds", "noop_base_seconds", "per_host_marginal_seconds",
+                                   "specs_seconds", "first_converge_seconds") if figures.get(k) is not None}
+    Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
 
-    print(f"vault open (scrypt + decrypt)    {vault_seconds:>7.3f} s  (best of 3)")
-    print(f"base image (build or cache hit)  {image_seconds:>7.1f} s")
-    print(f"fleet-up (7 hosts)               {up_seconds:>7.1f} s")
-    print(f"first converge                   {first['seconds']:>7.1f} s")
-    print(f"no-op converge                   {noop['seconds']:>7.1f} s")
-    print(f"{'host':<18} {'first: changed ops':>18} {'no-op: changed ops':>19}")
-    for host in sorted(first["hosts"]):
-        print(f"{host:<18} {first['hosts'][host]['changed']:>18} "
-              f"{noop['hosts'].get(host, {}).get('changed', '?'):>19}")
+    print(f"\n{'figure':<44} {'seconds':>9} {'x floor':>8}")
+    rows = [("floor: parallel SSH connect + one command", "floor_seconds"),
+            ("no-op converge, whole site", "noop_site_seconds"),
+            ("no-op converge, base only", "noop_base_seconds"),
+            ("per-host marginal cost (no-op, slope)", "per_host_marginal_seconds"),
+            ("specs, every host", "specs_seconds"),
+            ("vault open (scrypt + decrypt)", "vault_open_seconds"),
+            ("fleet-up from no hosts", "fleet_up_seconds"),
+            ("first converge", "first_converge_seconds")]
+    for label, key in rows:
+        if figures.get(key) is not None:
+            r = ratio(figures[key])
+            print(f"{label:<44} {figures[key]:>9.3f} {r if r is not None else '':>8}")
+    print("no-op converge by host count: " + ", ".join(f"{c} host(s) {s:.2f}s" for c, s in points))
+    print(f"specs: {figures['specs_summary']}")
     print(f"figures written to {args.out}")
-    if failed:
-        print("a converge failed: see the logs in .state/testfleet/", file=sys.stderr)
-        return 1
-    return 0
+    return 0 if specs.returncode == 0 else 1
+
+
+def _timed(fn) -> float:
+    t = time.monotonic()
+    fn()
+    return time.monotonic() - t
 
 
 if __name__ == "__main__":

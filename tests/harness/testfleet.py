@@ -66,8 +66,11 @@ RUN_FLAGS = [
 ]
 
 
+_T0 = time.monotonic()
+
+
 def log(msg: str) -> None:
-    print(f"[testfleet] {msg}", flush=True)
+    print(f"[testfleet {time.monotonic() - _T0:6.1f}s] {msg}", flush=True)
 
 
 def run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -142,11 +145,8 @@ def ensure_image() -> str:
     log(f"building {tag} with debootstrap (about a minute)")
     with tempfile.TemporaryDirectory(prefix="fleet-rootfs-") as rootfs:
         r = IMAGE_RECIPE
-        subprocess.run(
-            ["debootstrap", f"--variant={r['variant']}", f"--include={','.join(r['include'])}",
-             r["suite"], rootfs, r["mirror"]],
-            check=True, stdout=subprocess.DEVNULL,
-        )
+        stream_phases(["debootstrap", f"--variant={r['variant']}", f"--include={','.join(r['include'])}",
+                       r["suite"], rootfs, r["mirror"]], "debootstrap")
         for step in r["post"]:
             subprocess.run(["sh", "-c", step], cwd=rootfs, check=True)
         tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
@@ -155,6 +155,26 @@ def ensure_image() -> str:
         if tar.wait() != 0:
             raise SystemExit("tar of the debootstrap rootfs failed")
     return tag
+
+
+def stream_phases(cmd: list[str], what: str) -> None:
+    """Run cmd, showing its progress as it goes: one line each time debootstrap's "I: <verb>"
+    phase changes (Retrieving, Validating, Extracting, Unpacking, Configuring ...), with how
+    many packages the last phase went through; fail with its last lines if it fails."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    phase, count, tail = None, 0, []
+    for line in proc.stdout:
+        tail = (tail + [line.rstrip()])[-20:]
+        verb = line[3:].split(" ", 1)[0] if line.startswith("I: ") else None
+        if verb and verb != phase:
+            if phase:
+                log(f"{what}: {phase} done ({count} step(s))")
+            phase, count = verb, 0
+        count += 1
+    if phase:
+        log(f"{what}: {phase} done ({count} step(s))")
+    if proc.wait() != 0:
+        raise SystemExit(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(tail))
 
 
 # --- hosts --------------------------------------------------------------------------------
@@ -354,14 +374,16 @@ def count_changes(output: str) -> dict[str, dict[str, int]]:
     return counts
 
 
-def presented_key(address: str) -> str | None:
-    """The ed25519 host key a host presents over SSH ('type base64'), or None."""
-    scan = run(["ssh-keyscan", "-T", "5", "-t", "ed25519", address], check=False)
+def presented_keys(addresses: list[str]) -> dict[str, str]:
+    """address -> the ed25519 host key it presents over SSH ('type base64'); one ssh-keyscan
+    for all of them (it scans in parallel), unreachable addresses left out."""
+    scan = run(["ssh-keyscan", "-T", "5", "-t", "ed25519", *addresses], check=False)
+    found = {}
     for line in scan.stdout.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and not line.startswith("#"):
-            return " ".join(parts[1:3])
-    return None
+        if len(parts) >= 3 and not line.startswith("#") and parts[0] in addresses:
+            found[parts[0]] = " ".join(parts[1:3])
+    return found
 
 
 def known_keys(path: Path) -> dict[str, str]:
@@ -393,9 +415,10 @@ def hosts_to_bootstrap(env: dict) -> list[str]:
     vault_keys = known_keys(STATE / "known_hosts")
     first_boot = known_keys(STATE / "bootstrap_known_hosts")
     bootstrap = []
+    presented = presented_keys([entry["tailnet_address"] for entry in hosts.values()])
     for name, entry in hosts.items():
         address = entry["tailnet_address"]
-        key = presented_key(address)
+        key = presented.get(address)
         if key is None or key == vault_keys.get(address):
             continue  # unreachable hosts fail in pyinfra with its own error
         if key == first_boot.get(address):
@@ -466,6 +489,25 @@ def converge(extra: list[str], log_name: str = "converge", env: dict | None = No
     }
 
 
+def progress_printer(full: bool = False):
+    """An on_line for converge(): every line of pyinfra's output as it comes (full), or one
+    line per operation as it starts, with the run's elapsed time, and every error line."""
+    t0 = time.monotonic()
+
+    def on_line(line: str) -> None:
+        plain = ANSI.sub("", line).rstrip()
+        if full:
+            print(line, end="", flush=True)
+        elif plain.startswith("--> Starting operation:"):
+            print(f"[{time.monotonic() - t0:6.1f}s] {plain[len('--> Starting operation:'):].strip()}", flush=True)
+        elif plain.startswith("--> Connecting") or plain.startswith("--> Beginning"):
+            print(f"[{time.monotonic() - t0:6.1f}s] {plain[4:]}", flush=True)
+        elif "Error" in plain or plain.startswith("--> pyinfra error") or "Traceback" in plain:
+            print(f"{'':10}{plain.strip()}", flush=True)
+
+    return on_line
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("up", "down", "status", "converge"):
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
@@ -477,8 +519,9 @@ def main(argv: list[str]) -> int:
     elif argv[0] == "status":
         return status()
     else:
-        result = converge(argv[1:])
-        sys.stdout.write(result.pop("output"))
+        argv = [a for a in argv if a != "--full"]
+        result = converge(argv[1:], on_line=progress_printer(full="--full" in argv))
+        result.pop("output")
         print(f"converge: {result['changed']} changed operation(s), {result['errors']} error(s), "
               f"{result['seconds']}s (log {result['log']})")
         if result["bootstrap"]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fleet.commands import docs
+from fleet.converge import component as registry
 from fleet.converge.component import Component, ComponentError, components, defaults, order
 
 REPO = Path(__file__).resolve().parents[2]
@@ -191,3 +192,16 @@ def test_key_comments_reads_the_comment_block_above_each_key():
     source = 'DEFAULTS = {\n    # one\n    # two\n    "a_x": 1,\n    "a_y": {\n        # inner\n        "k": 1,\n    },\n}\n'
     assert docs.key_comments(source) == {"a_x": "one two", "a_y": ""}
     assert list(tokenize.generate_tokens(io.StringIO(source).readline))  # valid Python
+
+
+def test_fleet_components_selects_in_registry_order(monkeypatch):
+    monkeypatch.setenv("FLEET_COMPONENTS", "tailscale, base")
+    assert [c.name for c in registry.selected()] == ["base", "tailscale"]
+    monkeypatch.setenv("FLEET_COMPONENTS", "")
+    assert registry.selected() == registry.components()
+
+
+def test_fleet_components_naming_no_component_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("FLEET_COMPONENTS", "base,dockr")
+    with pytest.raises(registry.ComponentError, match=r"FLEET_COMPONENTS names no component 'dockr'\. Fix: use names"):
+        registry.selected()
