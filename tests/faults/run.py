@@ -48,8 +48,12 @@ print_lock = threading.Lock()
 # switch reads pi0-epsilon's prober), so a spec failure that overlapped a fault on another
 # host is checked once more after every other lane has recovered: a failure that stays is
 # still a failure, and the table says when a recheck was needed.
+# The recheck runs with no fault in flight anywhere else: while one is pending, lanes wait
+# before injecting their next fault (CI once saw a recheck of pi5-gamma's specs, whose
+# pg-04 connects from pi5-alpha, start just as pi5-alpha's lane began rebooting it).
 broken: set[str] = set()
 injected = [0]
+rechecks = [0]
 broken_lock = threading.Lock()
 OTHERS_RECOVER_WAIT = 900  # seconds a recheck waits for the other lanes
 
@@ -134,6 +138,8 @@ def run_scenario(s: Scenario) -> Result:
     result = Result(s.name, label)
     t0 = time.monotonic()
     try:
+        wait_until(lambda: not rechecks[0], "a recheck on another lane to finish",
+                   timeout=OTHERS_RECOVER_WAIT + 600, interval=1)
         say(f"[faults] {s.name} ({label}): injecting")
         with broken_lock:
             broken.add(s.host or "*")
@@ -178,10 +184,16 @@ def run_scenario(s: Scenario) -> Result:
                 overlapped = ", ".join(sorted(before | after)) or "another host"
                 say(f"[faults] {s.name}: specs of {host} failed while {overlapped} had a fault; "
                     "checking again once every other lane has recovered")
-                wait_until(lambda: not faults_elsewhere(host)[0], "the other lanes to recover",
-                           timeout=OTHERS_RECOVER_WAIT, interval=2)
-                time.sleep(recheck_delay())
-                run = specs(host)
+                with broken_lock:
+                    rechecks[0] += 1  # no lane injects a new fault until this recheck is done
+                try:
+                    wait_until(lambda: not faults_elsewhere(host)[0], "the other lanes to recover",
+                               timeout=OTHERS_RECOVER_WAIT, interval=2)
+                    time.sleep(recheck_delay())
+                    run = specs(host)
+                finally:
+                    with broken_lock:
+                        rechecks[0] -= 1
                 rechecked = " (rechecked after faults on other hosts)"
             tail = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-200:]
             if run.returncode != 0:
