@@ -147,13 +147,16 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
             entry["base_admin_ssh_keys"] = [pubkey]
             entry["ssh_key"] = str(key)
     bootstrap = bootstrap_hosts(hosts)
+    chosen = sorted({n.strip() for n in os.environ.get(registry.SELECT_ENV, "").split(",") if n.strip()})
+    selection = f"--{'+'.join(chosen)}" if chosen else ""
     for name, entry in hosts.items():
         known = "bootstrap_known_hosts" if name in bootstrap else "known_hosts"
         entry["ssh_known_hosts_file"] = str(state_dir(repo, target) / known)
         first_contact = name in bootstrap and target == "fleet"
         entry["ssh_strict_host_key_checking"] = "accept-new" if first_contact else "yes"
-        # the fact commands pyinfra asked last run, prefetched in one batch (fleet.converge.connector)
-        entry["fleet_prefetch_file"] = str(state_dir(repo, target) / "facts" / f"{name}.json")
+        # the fact commands pyinfra asked last run, prefetched in one batch (fleet.converge.connector);
+        # a run limited to some components (FLEET_COMPONENTS) keeps its own record
+        entry["fleet_prefetch_file"] = str(state_dir(repo, target) / "facts" / f"{name}{selection}.json")
         address = entry.get("tailnet_address") if connect == "tailnet" else entry.get("lan_address")
         if isinstance(address, str) and address:
             entry["ssh_hostname"] = address.split("/")[0]
@@ -211,11 +214,11 @@ def prepare(hosts: dict, test_fleet: dict, inventory_file: str, target: str | No
     repo = Path(inventory_file).resolve().parent
     target = target or target_from_env()
     select_vault(repo, test_fleet, target)
-    entries = apply_target(hosts, test_fleet, repo, target)
     try:
-        registry.selected()
+        registry.selected()  # FLEET_COMPONENTS names real components (apply_target reads it)
     except registry.ComponentError as exc:
         raise FleetConfigError(str(exc)) from None
+    entries = apply_target(hosts, test_fleet, repo, target)
     try:
         fleet = load_fleet(entries, repo / "group_data")
     except DataFileError as exc:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 import paramiko  # noqa: E402
 
+from fleet.converge import component as registry  # noqa: E402
 from fleet.converge import keys  # noqa: E402
 from fleet.converge.vault import Vault, params_of  # noqa: E402
 from fleet.preflight.inventory import prepare, select_vault  # noqa: E402
@@ -71,11 +72,12 @@ def floor_once(entries: dict) -> float:
     return seconds
 
 
-def noop(extra: list[str], env: dict | None, label: str) -> float:
+def noop(extra: list[str], env: dict | None, label: str, hosts: int) -> float:
     result = testfleet.converge(extra, log_name=f"bench-{label}", env=env)
-    if result["returncode"] != 0 or result["changed"]:
-        raise SystemExit(f"bench: the {label} converge was not a clean no-op "
-                         f"(exit {result['returncode']}, {result['changed']} changed); log {result['log']}")
+    if result["returncode"] != 0 or result["changed"] or len(result["hosts"]) != hosts:
+        raise SystemExit(f"bench: the {label} converge was not a clean no-op on {hosts} host(s) "
+                         f"(exit {result['returncode']}, {result['changed']} changed, {len(result['hosts'])} host(s) "
+                         f"ran); log {result['log']}")
     return result["seconds"]
 
 
@@ -96,6 +98,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=3, help="repeats of each timed run (median)")
     parser.add_argument("--fresh", action="store_true", help="also time fleet-up from no hosts and the first converge")
     parser.add_argument("--keep", action="store_true", help="with --fresh: leave the test fleet up")
+    parser.add_argument("--spec-workers", type=int, default=4, help="pytest-xdist workers for the specs (0: none)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be 1 or more")
@@ -140,24 +143,27 @@ def main(argv: list[str]) -> int:
     step(f"floor: {len(names)} parallel SSH connections + one command, x{args.runs + 2}")
     figures["floor_seconds"], figures["floor_runs"] = median_of(args.runs + 2, lambda: floor_once(entries))
     step(f"no-op converge, whole site, x{args.runs}")
-    figures["noop_site_seconds"], figures["noop_site_runs"] = median_of(args.runs, lambda: noop([], None, "noop"))
-    step(f"no-op converge, base only, x{args.runs}")
-    figures["noop_base_seconds"], figures["noop_base_runs"] = median_of(
-        args.runs, lambda: noop([], {"FLEET_COMPONENTS": "base"}, "noop-base"))
+    figures["noop_site_seconds"], figures["noop_site_runs"] = median_of(args.runs, lambda: noop([], None, "noop", len(names)))
+    if hasattr(registry, "selected"):  # FLEET_COMPONENTS (absent from older commits: no figure)
+        step(f"no-op converge, base only, x{args.runs}")
+        figures["noop_base_seconds"], figures["noop_base_runs"] = median_of(
+            args.runs, lambda: noop([], {"FLEET_COMPONENTS": "base"}, "noop-base", len(names)))
     points = []
     for count in sorted({1, min(3, len(names)), len(names)}):
-        limit = ",".join(names[:count])
+        limit = [arg for name in names[:count] for arg in ("--limit", name)]
         step(f"no-op converge, --limit {count} host(s), x{args.runs}")
-        seconds, _ = median_of(args.runs, lambda: noop(["--limit", limit], None, f"noop-limit{count}"))
+        seconds, _ = median_of(args.runs, lambda: noop(limit, None, f"noop-limit{count}", count))
         points.append((count, seconds))
     figures["noop_by_host_count"] = {str(c): s for c, s in points}
     figures["per_host_marginal_seconds"] = round(slope(points), 3) if len(points) > 1 else None
     step("specs, every host")
     t = time.monotonic()
-    specs = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "testpaths=", "-q", "-n", "4",
-                            "tests/specs"], cwd=REPO, capture_output=True, text=True,
+    workers = ["-n", str(args.spec_workers)] if args.spec_workers else []
+    specs = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "testpaths=", "-q",
+                            *workers, "tests/specs"], cwd=REPO, capture_output=True, text=True,
                            env=dict(os.environ, FLEET_TARGET="test"))
     figures["specs_seconds"] = round(time.monotonic() - t, 1)
+    figures["spec_workers"] = args.spec_workers
     figures["specs_summary"] = (specs.stdout.strip().splitlines() or [""])[-1]
     if args.fresh and not args.keep:
         testfleet.down()
