@@ -36,6 +36,7 @@ from pathlib import Path
 
 from paramiko import SSHException
 from pyinfra.api import StringCommand
+from pyinfra.api.exceptions import ConnectError
 from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.connectors.util import CommandOutput, OutputLine, make_unix_command_for_host
 
@@ -176,8 +177,9 @@ class FleetSSHConnector(SSHConnector):
         if transport is not None and isinstance(transport.sock, socket.socket):
             tune(transport.sock)
 
-    def _lost(self, exc: EOFError) -> SSHException:
-        return SSHException(f"the connection to {self.host.name} was lost mid-run ({type(exc).__name__})")
+    def _lost(self, exc: Exception) -> SSHException:
+        why = type(exc).__name__ if isinstance(exc, EOFError) else f"{type(exc).__name__}: {exc}"
+        return SSHException(f"the connection to {self.host.name} was lost mid-run ({why})")
 
     # -- prefetch ----------------------------------------------------------------------
     def _record_path(self) -> Path | None:
@@ -298,15 +300,18 @@ class FleetSSHConnector(SSHConnector):
         except EOFError as exc:
             raise self._lost(exc) from None
 
+    # A file transfer opens the SFTP channel the first time one is needed; when the host has
+    # stopped answering by then, pyinfra raises ConnectError, which it does not expect from
+    # a transfer either: it ends the whole run. Reported as the per-host SSHException.
     def put_file(self, *args, **kwargs):
         _state["changed"] = True
         try:
             return super().put_file(*args, **kwargs)
-        except EOFError as exc:
+        except (EOFError, ConnectError) as exc:
             raise self._lost(exc) from None
 
     def get_file(self, *args, **kwargs):
         try:
             return super().get_file(*args, **kwargs)
-        except EOFError as exc:
+        except (EOFError, ConnectError) as exc:
             raise self._lost(exc) from None

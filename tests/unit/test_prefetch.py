@@ -154,3 +154,17 @@ def test_an_unreadable_record_means_no_batch(conn):
     conn.record.write_text("{not json")
     conn._prefetch()
     assert conn._prefetched == {}
+
+
+def test_a_transfer_to_a_host_that_went_away_fails_that_host_only(conn, monkeypatch):
+    """pyinfra ends the whole run on a ConnectError from a transfer (the SFTP channel opened
+    after the host stopped answering); the connector reports pyinfra's per-host SSHException."""
+    from paramiko import SSHException
+    from pyinfra.api.exceptions import ConnectError
+
+    def gone(self, *a, **k):
+        raise ConnectError("Unable to establish SFTP connection.")
+
+    monkeypatch.setattr(SSHConnector, "put_file", gone)
+    with pytest.raises(SSHException, match=r"the connection to h was lost mid-run \(ConnectError: Unable"):
+        conn.put_file("x", "/a")
