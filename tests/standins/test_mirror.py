@@ -359,10 +359,10 @@ class Tailnet:
                 self.proc.wait(timeout=5)
         self.proc = None
 
-    def ts(self, *args, socket_path=None):
+    def ts(self, *args, socket_path=None, env=None):
         return subprocess.run(
             [sys.executable, str(self.cli), f"--socket={socket_path or self.socket}", *args],
-            capture_output=True, text=True, timeout=20)
+            capture_output=True, text=True, timeout=20, env=dict(os.environ, **(env or {})))
 
     def ok(self, *args):
         res = self.ts(*args)
@@ -510,6 +510,33 @@ def test_down_then_up_without_key_and_restart_keeps_state(tailnet):
     st = tailnet.status()
     assert st["BackendState"] == "Running" and st["StandIn"]["Logins"] == 1
     assert st["Self"]["Tags"] == ["tag:fleet", "tag:gateway"]
+
+
+def test_ping_answers_only_while_the_peer_runs(tailnet):
+    # The probe goes to the daemon's UDP port on loopback (the test hook names the port).
+    peer = {"TS_STANDIN_PEER_PORT": str(tailnet.status()["StandIn"]["Port"])}
+    logged_out = tailnet.ts("ping", "--c", "1", "--timeout", "200ms", "127.0.0.1", env=peer)
+    assert logged_out.returncode == 1 and "Logged out." in logged_out.stderr
+    tailnet.join()
+    res = tailnet.ts("ping", "--c", "2", "--timeout", "2s", "127.0.0.1", env=peer)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.startswith("pong from pi5-alpha (127.0.0.1) via 127.0.0.1:"), res.stdout
+    # A peer whose backend is stopped does not answer: every try times out, then "no reply".
+    tailnet.ok("down")
+    workdir = tailnet.log.parent / "peer"
+    workdir.mkdir()
+    other = Tailnet(tailnet.cli.parents[2], workdir, tailnet.socket.parent)
+    other.socket = tailnet.socket.parent / "peer.sock"
+    other.start()
+    try:
+        other.join()
+        silent = other.ts("ping", "--c", "2", "--timeout", "300ms", "127.0.0.1", env=peer)
+        assert silent.returncode == 1 and silent.stderr.strip() == "no reply", (silent.stdout, silent.stderr)
+        assert silent.stdout.count('ping "127.0.0.1" timed out') == 2
+        bad = other.ts("ping", "--timeout", "soon", "127.0.0.1")
+        assert bad.returncode == 2 and "invalid value" in bad.stderr
+    finally:
+        other.stop()
 
 
 def test_node_ip_lookup_without_override(tailnet):
