@@ -119,6 +119,34 @@ edge_workers_keep = [
     "lucidia-core", "cece",
 ]
 edge_kv_keep = ["AUTH", "IDENTITY", "RATE_LIMIT", "CACHE", "BILLING", "STATE"]
+# The namespace the guide's API keys live in (`python -m fleet apikey create NAME`: the key is
+# printed once; only its SHA-256 is stored, as the KV key).
+edge_api_keys_namespace = "AUTH"
+# WAF custom rules and rate-limiting rules, per zone (Cloudflare's rulesets: each zone's
+# http_request_firewall_custom and http_ratelimit entry points; `make edge-apply` writes them).
+# A rule: ref (unique, starts with "fleet-": rules without it were made by hand and are kept),
+# description, expression (Cloudflare's rules language), action; a rate limit also has
+# ratelimit (characteristics, period, requests_per_period, mitigation_timeout; the Free plan
+# allows period 10 and mitigation_timeout 10 with characteristics cf.colo.id and ip.src).
+_probe_paths = ('(starts_with(http.request.uri.path, "/.env") or starts_with(http.request.uri.path, "/.git") '
+                'or starts_with(http.request.uri.path, "/wp-") or http.request.uri.path contains "/phpmyadmin")')
+_block_probes = {"ref": "fleet-block-probes", "description": "Block scanners' probes for files we never serve",
+                 "expression": _probe_paths, "action": "block"}
+edge_waf_rules = {"blackroad.io": [_block_probes], "lucidia.earth": [_block_probes]}
+edge_rate_limits = {
+    "blackroad.io": [{
+        "ref": "fleet-api-rate", "description": "api and agents: 100 requests per 10 s per visitor",
+        "expression": '(http.host in {"api.blackroad.io" "agents.blackroad.io"})', "action": "block",
+        "ratelimit": {"characteristics": ["cf.colo.id", "ip.src"], "period": 10, "requests_per_period": 100,
+                      "mitigation_timeout": 10},
+    }],
+}
+
+# --- the setup checklist (fleet/checklist.py, `make phaseN`) -------------------------------
+# "Verify blackroad.io loads something from Pi" also sends an HTTPS request to each app
+# domain's public name from the operator's machine; off, the item says why (the reason).
+checklist_public_https = True
+checklist_public_https_reason = ""
 
 # --- tailnet policy: generated from the service graph (docs/tailnet-policy.md) ---------------
 # `make tailnet-plan` / `make tailnet-apply` write it through Tailscale's API; the API key comes

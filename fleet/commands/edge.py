@@ -12,6 +12,10 @@ comes from inventory.py and group_data/all.py:
   DNS      one proxied CNAME per fleet_domains hostname -> <tunnel id>.cfargotunnel.com,
            in the edge_zones zone the hostname belongs to
   audit    Workers scripts and KV namespaces not in edge_workers_keep / edge_kv_keep
+  rules    WAF custom rules (edge_waf_rules) and rate-limiting rules (edge_rate_limits) per
+           zone: the zone's entry-point rulesets of Cloudflare's rulesets API. Only rules
+           whose ref starts with "fleet-" are this repository's; any other rule in the same
+           entry point was made by hand and is kept, unchanged, after ours.
 
 `plan` prints one line per action (+ add, ~ change, = unchanged, - unlisted) and changes
 nothing, not even the vault. `apply` makes the adds and changes and prints what it did; run
@@ -27,7 +31,7 @@ error that says what to do by hand.
 
 The API token: CLOUDFLARE_API_TOKEN when set, else the vault's cloudflare_api_token. It
 needs Zone:DNS:Edit, Account:Cloudflare Tunnel:Edit, Workers Scripts:Read/Edit and Workers KV
-Storage:Read/Edit. CLOUDFLARE_API_BASE_URL points the client at another API (tests). The
+Storage:Read/Edit, and Zone WAF:Edit for the rules. CLOUDFLARE_API_BASE_URL points the client at another API (tests). The
 token and tunnel secrets are never printed.
 
 Exit codes: 0 done; 1 an error (changes printed before it were made); 2 bad usage.
@@ -60,8 +64,14 @@ TUNNEL_SUFFIX = ".cfargotunnel.com"
 CNAME_CONFLICTS = ("A", "AAAA", "NS")
 PER_PAGE = 50
 MAX_PAGES = 1000  # a listing longer than this is a broken API, not an account
-PERMISSIONS = ("Zone:DNS:Edit, Account:Cloudflare Tunnel:Edit, Workers Scripts:Read/Edit "
+PERMISSIONS = ("Zone:DNS:Edit, Zone:Zone WAF:Edit, Account:Cloudflare Tunnel:Edit, Workers Scripts:Read/Edit "
                "and Workers KV Storage:Read/Edit")
+# The rulesets this tool manages: data key -> (entry-point phase, what the plan calls it).
+RULESETS = {"edge_waf_rules": ("http_request_firewall_custom", "waf rules"),
+            "edge_rate_limits": ("http_ratelimit", "rate limits")}
+MANAGED_REF = "fleet-"
+RULE_ACTIONS = ("block", "challenge", "managed_challenge", "js_challenge", "log", "skip")
+RATELIMIT_KEYS = ("characteristics", "period", "requests_per_period", "mitigation_timeout")
 
 
 class EdgeError(Exception):
@@ -82,12 +92,24 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Ruleset:
+    zone: str
+    phase: str
+    kind: str
+    rules: tuple[str, ...]  # each rule as canonical JSON (hashable)
+
+    def wanted(self) -> list[dict]:
+        return [json.loads(r) for r in self.rules]
+
+
+@dataclass(frozen=True)
 class Desired:
     account_id: str
     tunnels: tuple[str, ...]
     records: tuple[Record, ...]
     workers_keep: frozenset[str]
     kv_keep: frozenset[str]
+    rulesets: tuple[Ruleset, ...] = ()
 
     @property
     def zones(self) -> list[str]:
@@ -128,10 +150,51 @@ def desired_state(fleet: Fleet) -> Desired:
                 "or correct the hostname.")
         if tunnel in tunnels and zone is not None:
             records.append(Record(name, zone, tunnel))
+    rulesets = tuple(_rulesets(all_data, zones, problems))
     if problems:
         raise EdgeError(problems)
     return Desired(account_id, tunnels, tuple(records),
-                   frozenset(all_data.get("edge_workers_keep") or ()), frozenset(all_data.get("edge_kv_keep") or ()))
+                   frozenset(all_data.get("edge_workers_keep") or ()), frozenset(all_data.get("edge_kv_keep") or ()),
+                   rulesets)
+
+
+def _rulesets(all_data: dict, zones: list[str], problems: list[str]):
+    """The WAF and rate-limiting entry points the data asks for, each rule checked."""
+    for key, (phase, kind) in RULESETS.items():
+        per_zone = all_data.get(key) or {}
+        if not isinstance(per_zone, dict):
+            problems.append(f"{key} must be a dict of zone -> list of rules. Fix: see docs/settings.md, group_data/all.py.")
+            continue
+        for zone, rules in sorted(per_zone.items()):
+            if zone.lower() not in [z.lower() for z in zones]:
+                problems.append(f"{key}[{zone!r}]: not one of edge_zones ({', '.join(zones)}). Fix: add the zone "
+                                f"to edge_zones or correct the name in group_data/all.py.")
+                continue
+            checked, refs = [], set()
+            for n, rule in enumerate(rules if isinstance(rules, list) else [None]):
+                where = f"{key}[{zone!r}][{n}]"
+                if not isinstance(rule, dict):
+                    problems.append(f"{where}: a rule is a dict (ref, description, expression, action). Fix: "
+                                    "write it like the examples in group_data/all.py.")
+                    continue
+                ref = str(rule.get("ref") or "")
+                missing = [f for f in ("ref", "description", "expression", "action") if not rule.get(f)]
+                if missing:
+                    problems.append(f"{where}: missing {', '.join(missing)}. Fix: set them in group_data/all.py.")
+                elif not ref.startswith(MANAGED_REF) or ref in refs:
+                    problems.append(f"{where}: ref {ref!r} must start with {MANAGED_REF!r} and be unique in the zone "
+                                    "(it is how this tool tells its rules from hand-made ones). Fix: rename it.")
+                elif rule["action"] not in RULE_ACTIONS:
+                    problems.append(f"{where}: action {rule['action']!r} is not one of {', '.join(RULE_ACTIONS)}. "
+                                    "Fix: pick one.")
+                elif key == "edge_rate_limits" and not (isinstance(rule.get("ratelimit"), dict)
+                                                        and all(k in rule["ratelimit"] for k in RATELIMIT_KEYS)):
+                    problems.append(f"{where}: a rate limit needs ratelimit with {', '.join(RATELIMIT_KEYS)}. "
+                                    "Fix: add them (see the example in group_data/all.py).")
+                else:
+                    refs.add(ref)
+                    checked.append(json.dumps({"enabled": True, **rule}, sort_keys=True))
+            yield Ruleset(zone.lower(), phase, kind, tuple(checked))
 
 
 # --- current state -------------------------------------------------------------------------
@@ -144,6 +207,7 @@ class Current:
     credentials: dict[str, dict] = field(default_factory=dict)  # tunnel name -> vault credentials
     workers: list[str] = field(default_factory=list)
     kv: list[tuple[str, str]] = field(default_factory=list)  # (title, id)
+    rulesets: dict[tuple[str, str], list[dict] | None] = field(default_factory=dict)  # (zone, phase) -> rules
 
 
 def _all(first_page, what: str) -> list:
@@ -200,6 +264,16 @@ def fetch_current(client, desired: Desired, vault_data: dict[str, str]) -> Curre
     current.workers = sorted(s.id for s in _all(client.workers.scripts.list(account_id=account), "Workers"))
     namespaces = _all(client.kv.namespaces.list(account_id=account, per_page=PER_PAGE), "KV namespaces")
     current.kv = sorted((ns.title, ns.id) for ns in namespaces)
+    import cloudflare
+
+    for want in desired.rulesets:
+        if want.zone not in current.zone_ids:
+            continue
+        try:
+            entry = client.rulesets.phases.get(want.phase, zone_id=current.zone_ids[want.zone])
+            current.rulesets[(want.zone, want.phase)] = [r.to_dict(mode="json") for r in entry.rules or []]
+        except cloudflare.NotFoundError:  # the zone has no entry point for the phase yet
+            current.rulesets[(want.zone, want.phase)] = None
     return current
 
 
@@ -258,6 +332,41 @@ class UnlistedAction:
         return f"- {self.kind} {shown} (unlisted; apply --delete-unlisted deletes it)"
 
 
+@dataclass(frozen=True)
+class RulesetAction:
+    op: str  # "+" create the entry point, "~" change our rules in it, "=" unchanged
+    want: Ruleset
+    kept: tuple[str, ...] = ()  # hand-made rules in the entry point (canonical JSON), kept after ours
+
+    def line(self) -> str:
+        count = len(self.want.rules)
+        kept = f"; {len(self.kept)} hand-made rule(s) kept" if self.kept else ""
+        if self.op == "=":
+            return f"= {self.want.kind} {self.want.zone} ({count} rule(s), ok{kept})"
+        verb = "new entry point" if self.op == "+" else "rules differ"
+        return f"{self.op} {self.want.kind} {self.want.zone} ({count} rule(s): {verb}{kept})"
+
+
+def _matches(want, have) -> bool:
+    """`have` (from the API) says what `want` (from data) says; the API's own extra fields
+    (id, version, last_updated, defaults it fills in) are not a difference."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(_matches(v, have.get(k)) for k, v in want.items())
+    return want == have
+
+
+def _ruleset_action(want: Ruleset, current: Current) -> RulesetAction:
+    have = current.rulesets.get((want.zone, want.phase))
+    if have is None:
+        return RulesetAction("+", want)
+    ours = [r for r in have if str(r.get("ref") or "").startswith(MANAGED_REF)]
+    kept = tuple(json.dumps(r, sort_keys=True) for r in have if not str(r.get("ref") or "").startswith(MANAGED_REF))
+    wanted = want.wanted()
+    same = len(ours) == len(wanted) and all(_matches(w, h) for w, h in zip(wanted, ours)) \
+        and have[:len(ours)] == ours  # ours come first: a hand-made rule never runs before them
+    return RulesetAction("=" if same else "~", want, kept)
+
+
 def _tunnel_action(name: str, current: Current) -> TunnelAction | str:
     live = current.tunnels.get(name, [])
     creds = current.credentials.get(name)
@@ -303,6 +412,7 @@ def diff(desired: Desired, current: Current) -> list:
         (problems.append if isinstance(result, str) else actions.append)(result)
     if problems:
         raise EdgeError(problems)
+    actions += [_ruleset_action(want, current) for want in desired.rulesets if want.zone in current.zone_ids]
     actions += [UnlistedAction("-", "worker", name, name) for name in current.workers
                 if name not in desired.workers_keep]
     actions += [UnlistedAction("-", "kv", title, ns_id) for title, ns_id in current.kv
@@ -355,6 +465,15 @@ def apply(client, actions: list, desired: Desired, current: Current, vault: Vaul
                 client.dns.records.create(**fields)
             else:
                 client.dns.records.edit(action.record_id, **fields)
+            writes += 1
+            print(("created " if action.op == "+" else "changed ") + action.line()[2:])
+        elif isinstance(action, RulesetAction) and action.op in "+~":
+            # PUT replaces the entry point's rule list: ours first, then every hand-made
+            # rule as it was (by id, so Cloudflare keeps it as the same rule).
+            hand_made = [{k: v for k, v in json.loads(r).items() if k not in ("version", "last_updated")}
+                         for r in action.kept]
+            client.rulesets.phases.update(action.want.phase, zone_id=current.zone_ids[action.want.zone],
+                                          rules=[*action.want.wanted(), *hand_made])
             writes += 1
             print(("created " if action.op == "+" else "changed ") + action.line()[2:])
         elif isinstance(action, UnlistedAction):

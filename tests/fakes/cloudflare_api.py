@@ -67,6 +67,8 @@ class FakeCloudflare:
         self.tunnel_secrets: dict[str, str] = {}
         self.workers: dict[str, dict] = {}
         self.kv: dict[str, dict] = {}
+        self.kv_values: dict[str, dict[str, dict]] = {}  # namespace id -> key -> {value, metadata}
+        self.rulesets: dict[tuple[str, str], dict] = {}  # (zone id, phase) -> entry-point ruleset
         self.requests: list[tuple[str, str]] = []
         self.unhandled: list[tuple[str, str]] = []
         self._server = LocalServer(self._answer, "fake-cloudflare")
@@ -111,8 +113,10 @@ class FakeCloudflare:
     def records_named(self, name: str) -> list[dict]:
         return [r for r in self.records.values() if r["name"] == name]
 
-    def add_tunnel(self, name: str, tunnel_secret: str | None = None) -> str:
-        return self._store_tunnel(name, "local", tunnel_secret or base64.b64encode(secrets.token_bytes(32)).decode())["id"]
+    def add_tunnel(self, name: str, tunnel_secret: str | None = None, tunnel_id: str | None = None) -> str:
+        """A tunnel made before the test (tunnel_id: the one a vault's credentials name)."""
+        return self._store_tunnel(name, "local", tunnel_secret or base64.b64encode(secrets.token_bytes(32)).decode(),
+                                  tunnel_id)["id"]
 
     def delete_tunnel(self, tunnel_id: str) -> None:
         """What deleting a tunnel in the dashboard does: it stays listed, with deleted_at."""
@@ -160,8 +164,8 @@ class FakeCloudflare:
         self.records[record_id] = record
         return record
 
-    def _store_tunnel(self, name: str, config_src: str, tunnel_secret: str) -> dict:
-        tunnel_id = str(uuid.uuid4())
+    def _store_tunnel(self, name: str, config_src: str, tunnel_secret: str, tunnel_id: str | None = None) -> dict:
+        tunnel_id = tunnel_id or str(uuid.uuid4())
         tunnel = {
             "id": tunnel_id, "account_tag": self.account_id, "name": name, "created_at": _now(),
             "deleted_at": None, "connections": [], "conns_active_at": None, "conns_inactive_at": None,
@@ -297,7 +301,60 @@ class FakeCloudflare:
         del self.kv[namespace_id]
         return {}
 
+    # --- rulesets (entry points per zone and phase) and KV values --------------------------------
+
+    def get_entrypoint(self, query, zone_id, phase):
+        self._zone(zone_id)
+        ruleset = self.rulesets.get((zone_id, phase))
+        if ruleset is None:
+            raise ApiError(404, 10003, f"could not find entrypoint ruleset in the {phase} phase")
+        return ruleset, None
+
+    def put_entrypoint(self, query, body, zone_id, phase):
+        self._zone(zone_id)
+        old = self.rulesets.get((zone_id, phase))
+        old_ids = {r["id"] for r in (old or {}).get("rules", [])}
+        version = str(int(old["version"]) + 1) if old else "1"
+        rules = []
+        for rule in body.get("rules") or []:
+            if not rule.get("expression") or not rule.get("action"):
+                raise ApiError(400, 20021, "rule is missing an expression or an action")
+            if phase == "http_ratelimit" and not rule.get("ratelimit"):
+                raise ApiError(400, 20021, "a rate limiting rule needs a ratelimit")
+            rule_id = rule.get("id")
+            if rule_id and rule_id not in old_ids:
+                raise ApiError(400, 20021, f"rule {rule_id} is not in the ruleset")
+            rules.append({"enabled": True, **rule, "id": rule_id or secrets.token_hex(16), "version": version,
+                          "last_updated": _now()})
+        ruleset = {"id": (old or {}).get("id") or secrets.token_hex(16), "name": "default", "kind": "zone",
+                   "phase": phase, "version": version, "last_updated": _now(), "rules": rules,
+                   "description": body.get("description", "")}
+        self.rulesets[(zone_id, phase)] = ruleset
+        return ruleset
+
+    def bulk_put_kv(self, query, body, account_id, namespace_id):
+        self._account(account_id)
+        if namespace_id not in self.kv:
+            raise ApiError(404, 10013, "namespace not found")
+        if not isinstance(body, list):
+            raise ApiError(400, 10026, "bulk write takes a JSON array")
+        for pair in body:
+            self.kv_values.setdefault(namespace_id, {})[pair["key"]] = {"value": pair["value"],
+                                                                        "metadata": pair.get("metadata")}
+        return {"successful_key_count": len(body), "unsuccessful_keys": []}
+
+    def list_kv_keys(self, query, account_id, namespace_id):
+        self._account(account_id)
+        if namespace_id not in self.kv:
+            raise ApiError(404, 10013, "namespace not found")
+        keys = [{"name": k, "metadata": v["metadata"]} for k, v in sorted(self.kv_values.get(namespace_id, {}).items())]
+        return keys, {"count": len(keys), "cursor": ""}
+
     ROUTES = [
+        ("GET", r"/zones/(?P<zone_id>[^/]+)/rulesets/phases/(?P<phase>[a-z_]+)/entrypoint", "get_entrypoint"),
+        ("PUT", r"/zones/(?P<zone_id>[^/]+)/rulesets/phases/(?P<phase>[a-z_]+)/entrypoint", "put_entrypoint"),
+        ("PUT", r"/accounts/(?P<account_id>[^/]+)/storage/kv/namespaces/(?P<namespace_id>[^/]+)/bulk", "bulk_put_kv"),
+        ("GET", r"/accounts/(?P<account_id>[^/]+)/storage/kv/namespaces/(?P<namespace_id>[^/]+)/keys", "list_kv_keys"),
         ("GET", r"/zones", "list_zones"),
         ("GET", r"/zones/(?P<zone_id>[^/]+)/dns_records", "list_records"),
         ("POST", r"/zones/(?P<zone_id>[^/]+)/dns_records", "create_record"),

@@ -30,6 +30,9 @@ PASSPHRASE = "edge unit passphrase"
 TUNNELS = ["pi5-alpha", "jetson-prime", "droplet-failover"]
 UNLISTED_WORKERS = ["old-landing", "test-worker-2"]
 UNLISTED_KV = ["SCRATCH", "SESSIONS_OLD"]
+# What the committed data asks for: WAF rules in both zones, a rate limit on blackroad.io.
+RULESETS = [("waf rules", "blackroad.io"), ("waf rules", "lucidia.earth"), ("rate limits", "blackroad.io")]
+RULESET_PHASES = ["http_request_firewall_custom", "http_request_firewall_custom", "http_ratelimit"]
 CLEAN_ENV = ("FLEET_VAULT_PASSPHRASE_FILE", "FLEET_TARGET", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_API_KEY",
              "CLOUDFLARE_EMAIL", "CLOUDFLARE_API_USER_SERVICE_KEY", "CLOUDFLARE_BASE_URL")
 
@@ -134,7 +137,10 @@ def test_plan_on_an_empty_account_lists_every_add_and_changes_nothing(run, fake,
     for title in UNLISTED_KV:
         assert any(line.startswith(f"- kv {title} (") for line in lines)
     assert not any("blackroad-auth" in line or " AUTH " in line for line in lines)
-    assert lines[-1] == f"plan: {len(TUNNELS) + len(domains())} to add, 0 to change, 4 unlisted (not deleted)"
+    for kind, zone in RULESETS:
+        assert any(line.startswith(f"+ {kind} {zone} (") and "new entry point" in line for line in lines), kind
+    assert lines[-1] == (f"plan: {len(TUNNELS) + len(domains()) + len(RULESETS)} to add, 0 to change, "
+                         "4 unlisted (not deleted)")
     assert fake.writes == []
     assert vault.path.read_bytes() == before
 
@@ -160,7 +166,10 @@ def test_apply_creates_tunnels_and_records_then_converges(run, fake, vault):
             "CNAME", f"{tunnel_id(fake, route['tunnel'])}.cfargotunnel.com", True)
     assert sorted(fake.workers) == sorted([*UNLISTED_WORKERS, "blackroad-auth"])
     assert fake.kv_titles() == sorted([*UNLISTED_KV, "AUTH"])
-    assert "apply: 10 change(s) made (4 unlisted left in place; --delete-unlisted deletes them)" in out
+    for (_, zone), phase in zip(RULESETS, RULESET_PHASES):
+        rules = fake.rulesets[(fake.zone_id(zone), phase)]["rules"]
+        assert rules and all(r["ref"].startswith("fleet-") for r in rules)
+    assert "apply: 13 change(s) made (4 unlisted left in place; --delete-unlisted deletes them)" in out
 
     writes = len(fake.writes)
     saved = vault.path.read_bytes()
@@ -267,8 +276,7 @@ def test_a_rejected_token_is_a_clear_error(run, fake, monkeypatch):
     assert code == 1
     assert "the Cloudflare API rejected the token (HTTP 403" in err
     assert "Authentication error [10000]" in err and "token from CLOUDFLARE_API_TOKEN" in err
-    assert ("check it has Zone:DNS:Edit, Account:Cloudflare Tunnel:Edit, Workers Scripts:Read/Edit "
-            "and Workers KV Storage:Read/Edit") in err
+    assert f"check it has {edge.PERMISSIONS}" in err and "Zone WAF:Edit" in err
     assert "Traceback" not in err and wrong not in out + err
     assert fake.writes == []
 
@@ -296,3 +304,50 @@ def test_a_missing_token_is_a_clear_error(run, fake, vault):
     assert "no Cloudflare API token" in err
     assert "CLOUDFLARE_API_TOKEN" in err and "cloudflare_api_token" in err
     assert fake.requests == []
+
+
+# --- WAF and rate-limiting rules ---------------------------------------------------------------
+
+def test_rules_keep_hand_made_ones_and_fix_a_changed_rule(run, fake):
+    waf = ("http_request_firewall_custom")
+    zone_id = fake.zone_id("blackroad.io")
+    fake.put_entrypoint({}, {"rules": [{"ref": "by-hand", "description": "ops' own", "expression": "ip.src eq 192.0.2.1",
+                                        "action": "block"}]}, zone_id, waf)
+    hand_id = fake.rulesets[(zone_id, waf)]["rules"][0]["id"]
+    code, out, err = run("plan")
+    assert "~ waf rules blackroad.io (1 rule(s): rules differ; 1 hand-made rule(s) kept)" in out.splitlines(), out
+    assert run("apply")[0] == 0
+    rules = fake.rulesets[(zone_id, waf)]["rules"]
+    assert [r["ref"] for r in rules] == ["fleet-block-probes", "by-hand"] and rules[1]["id"] == hand_id
+    # someone edits our rule in the dashboard: the plan shows it, apply puts it back, once
+    rules[0]["expression"] = "true"
+    code, out, _ = run("plan")
+    assert "~ waf rules blackroad.io (1 rule(s): rules differ; 1 hand-made rule(s) kept)" in out
+    writes = len(fake.writes)
+    assert run("apply")[0] == 0 and len(fake.writes) == writes + 1
+    assert fake.rulesets[(zone_id, waf)]["rules"][0]["expression"].startswith("(starts_with(")
+    assert fake.rulesets[(zone_id, waf)]["rules"][1]["id"] == hand_id
+    code, out, _ = run("apply")
+    assert "apply: no changes" in out.splitlines()[-1]
+
+
+@pytest.mark.parametrize("rules, message", [
+    ('{"blackroad.io": [{"ref": "x", "description": "d", "expression": "true", "action": "block"}]}',
+     "must start with 'fleet-'"),
+    ('{"example.org": []}', "not one of edge_zones"),
+    ('{"blackroad.io": [{"ref": "fleet-a", "description": "d", "expression": "true", "action": "nuke"}]}',
+     "action 'nuke' is not one of"),
+    ('{"blackroad.io": [{"ref": "fleet-a", "description": "d"}]}', "missing expression, action"),
+])
+def test_bad_rules_are_refused_before_any_request(tmp_path, vault, fake, capsys, rules, message):
+    root = copy_repo(tmp_path, f'edge_account_id = "{ACCOUNT}"\nedge_waf_rules = {rules}')
+    assert edge.main(["--repo", str(root), "plan"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Fix:" in err and fake.requests == []
+
+
+def test_a_rate_limit_needs_its_ratelimit_block(tmp_path, vault, fake, capsys):
+    rule = '{"blackroad.io": [{"ref": "fleet-r", "description": "d", "expression": "true", "action": "block"}]}'
+    root = copy_repo(tmp_path, f'edge_account_id = "{ACCOUNT}"\nedge_rate_limits = {rule}')
+    assert edge.main(["--repo", str(root), "plan"]) == 1
+    assert "a rate limit needs ratelimit with characteristics, period" in capsys.readouterr().err
