@@ -14,7 +14,7 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
 # fastest on the 2-core CI machine (docs/performance.md). SPEC_WORKERS=0 runs them in-process.
 SPEC_WORKERS ?= 4
 
-.PHONY: help setup lock check plan converge verify llm-check backup restore backups rollback fleet-up fleet-down demo test unit faults bench docs vault-init vault-edit edge-plan edge-apply tailnet-plan tailnet-apply
+.PHONY: help setup lock check plan converge verify llm-check backup restore backups rollback fleet-up fleet-down demo test unit faults bench docs phase1 phase2 phase3 phase4 vault-init vault-edit edge-plan edge-apply apikey tailnet-plan tailnet-apply
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ edge-plan: setup ## Cloudflare: show what edge-apply would change (tunnels, DNS,
 edge-apply: setup ## Cloudflare: apply the plan; DELETE=1 also deletes unlisted Workers/KV
 	$(PY) -m fleet edge apply $(if $(DELETE),--delete-unlisted,)
 
+apikey: setup ## a new API key for NAME (e.g. NAME=partner-x): printed once, only its SHA-256 stored in KV (AUTH)
+	$(PY) -m fleet apikey create "$(NAME)"
+
 tailnet-plan: setup ## Tailscale: diff the live tailnet policy against the one generated from the service graph
 	$(PY) -m fleet tailnet plan
 
@@ -114,8 +117,20 @@ faults: setup ## the fault suite on the test fleet: inject, converge, a rerun re
 	$(PY) tests/harness/testfleet.py converge
 	$(PY) tests/faults/run.py --junit $(STATE)/junit-faults.xml
 
-docs: setup ## regenerate docs/settings.md from the components' DEFAULTS
+docs: setup ## regenerate docs/settings.md, docs/fleet.md and docs/runbook.md from the data
 	$(PY) -m fleet docs
+
+# The guide's setup checklist, one phase at a time (fleet/checklist.py): converge what the
+# phase needs, then one line per item. LIMIT=hosts,groups; CHECK_ONLY=1 verifies only.
+PHASE_ARGS = $(if $(LIMIT),--limit $(LIMIT),) $(if $(CHECK_ONLY),--check-only,) --workers $(SPEC_WORKERS)
+phase1: setup ## checklist phase 1 (Foundation): converge, verify each item; LIMIT=..., CHECK_ONLY=1
+	$(PY) -m fleet phase 1 $(PHASE_ARGS)
+phase2: setup ## checklist phase 2 (Services)
+	$(PY) -m fleet phase 2 $(PHASE_ARGS)
+phase3: setup ## checklist phase 3 (Hardening)
+	$(PY) -m fleet phase 3 $(PHASE_ARGS)
+phase4: setup ## checklist phase 4 (Cleanup)
+	$(PY) -m fleet phase 4 $(PHASE_ARGS)
 
 bench: setup ## time the floor, no-op converges (site, base, per host), specs -> bench.json (FRESH=1: fleet-up + first converge too)
 	$(PY) tests/harness/bench.py --out bench.json $(if $(FRESH),--fresh,)

@@ -162,10 +162,18 @@ TEST_FLEET = {
         # (tests/mirror/llm_release.py) and served by the same mirror. Their checksums are in
         # built_data below: the vLLM stand-in image carries Debian's Python, so its hash
         # follows Debian's point releases and cannot be a literal here.
+        # No internet here: the checklist's public HTTPS request is not applicable (the origin
+        # check through each domain's tunnel route still runs).
+        "checklist_public_https": False,
+        "checklist_public_https_reason": "the test fleet has no internet or public DNS; the origin check "
+                                         "(app05, app06) is what verifies the domains here",
         "ollama_release_url": "http://100.100.0.250/ollama/v{version}",
         "vllm_image": "fleet-test/vllm-standin:0.8.6",
         "vllm_image_archive_url": "http://100.100.0.250/vllm/vllm-standin.tar",
     },
+    # Fleet-wide data (group_data/all.py keys) the test fleet's operator commands use instead:
+    # the Cloudflare account of the fake API the tests start (tests/fakes/cloudflare_api.py).
+    "all_data": {"edge_account_id": "0123456789abcdef0123456789abcdef"},
     # Data the test suite computes when it builds the mirror (make fleet-up): the checksums
     # of the stand-in Ollama release and vLLM image archive, and the releases of the stand-in
     # app images (apps_releases: tests/mirror/app_release.py). Merged over "data".

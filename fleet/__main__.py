@@ -3,13 +3,15 @@
   check        validate inventory.py and group_data/ for FLEET_TARGET (no host is touched)
   vault        manage the secrets vault (init, view, list, get, set, edit, rekey, hostkeys)
   edge         Cloudflare state: plan | apply [--delete-unlisted]
+  apikey       the guide's API keys in Workers KV: create NAME [--user ID] | list
   tailnet      the tailnet policy from the service graph: show | check | plan | apply [--force]
   llm-check    one chat completion on the llm host's endpoint [--via HOST]
   backup       one backup of HOST now, and the snapshot it made
   restore      restore HOST's snapshot: a side cluster, or the live one with --confirm
   backups      every host's snapshots: count, latest, age, size
   rollback     switch APP back to its previous image, through the health gate [--host HOST]
-  docs         regenerate docs/settings.md from the components' DEFAULTS
+  phase        one phase of the setup checklist: converge, verify each item [--limit] [--check-only]
+  docs         regenerate docs/settings.md, docs/fleet.md and docs/runbook.md
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ COMMANDS = {
     "check": "fleet.preflight.inventory",
     "vault": "fleet.commands.vault",
     "edge": "fleet.commands.edge",
+    "apikey": "fleet.commands.apikey",
     "tailnet": "fleet.commands.tailnet",
     "llm-check": "fleet.commands.llm_check",
     "backup": "fleet.commands.backup:main_backup",
     "restore": "fleet.commands.backup:main_restore",
     "backups": "fleet.commands.backup:main_backups",
     "rollback": "fleet.commands.rollback",
+    "phase": "fleet.commands.phase",
     "docs": "fleet.commands.docs",
 }
 

@@ -21,15 +21,19 @@ from pathlib import Path
 from typing import Callable
 
 from fleet.converge.vault import VaultError
-from fleet.preflight.inventory import FleetConfigError, read_inventory_data, select_vault
+from fleet.preflight.inventory import FleetConfigError, read_inventory_data, select_vault, target_from_env
 from fleet.preflight.model import Fleet, load_fleet
 
 
 def load_data(repo: Path) -> Fleet:
-    """The fleet model of `repo`'s inventory.py and group_data/, its target's vault selected."""
+    """The fleet model of `repo`'s inventory.py and group_data/, its target's vault selected.
+    For the test fleet, TEST_FLEET["all_data"] replaces those fleet-wide keys (its edge account)."""
     hosts, test_fleet = read_inventory_data(repo / "inventory.py")
     select_vault(repo, test_fleet)
-    return load_fleet(hosts, repo / "group_data")
+    fleet = load_fleet(hosts, repo / "group_data")
+    if target_from_env() == "test":
+        fleet.all_data.update(test_fleet.get("all_data") or {})
+    return fleet
 
 
 def commands(prog: str, doc: str, repo: Path):

@@ -69,8 +69,9 @@ def test_test_target_swaps_only_addresses_connection_and_vendor_sources(fake_rep
     # and monitoring's intervals are shorter (a stopped service alerts within a test's wait),
     # the dead man's switch's too, with a webhook on the droplet's loopback,
     # and a new app version that never gets healthy is given up on sooner,
-    # and the firewall lets the Docker host (converge, specs) reach every service
-    assert set(test_fleet["data"]) == {"tailscale_apt", "nvidia_apt", "cloudflared_apt", "docker_source",
+    # and the firewall lets the Docker host (converge, specs) reach every service,
+    # and the checklist sends no request to the internet (there is none)
+    assert set(test_fleet["data"]) == {"checklist_public_https", "checklist_public_https_reason","tailscale_apt", "nvidia_apt", "cloudflared_apt", "docker_source",
                                        "ollama_release_url", "vllm_image", "vllm_image_archive_url",
                                        "base_time_sync_running", "redis_private_users",
                                        "prometheus_scrape_interval", "prometheus_evaluation_interval",
