@@ -114,7 +114,7 @@ def converge(repo: Path, items: list[dict], hosts_of: dict[str, list[str]]) -> l
             problems.append(f"converge: pyinfra exit {rc} (its output is above)")
     if any(EDGE in item["converge"] for item in items):
         _say("converge: python -m fleet edge apply")
-        rc = subprocess.run([sys.executable, "-m", "fleet", "edge", "apply", "--repo", str(repo)],
+        rc = subprocess.run([sys.executable, "-m", "fleet", "edge", "--repo", str(repo), "apply"],
                             cwd=repo).returncode
         if rc:
             problems.append(f"converge: edge apply exit {rc} (its output is above)")
@@ -142,7 +142,7 @@ def run_specs(repo: Path, items: list[dict], hosts_of: dict[str, list[str]], all
     with tempfile.TemporaryDirectory(prefix="fleet-phase-") as tmp:
         junit = Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "testpaths=", "-q",
-               "--no-header", "-rN", f"--junitxml={junit}", "-k", " or ".join(f"test_{i}_" for i in ids)]
+               "--no-header", "-rN", "--tb=no", f"--junitxml={junit}", "-k", " or ".join(f"test_{i}_" for i in ids)]
         if workers:
             cmd += ["-n", str(workers)]
         cmd.append("tests/specs")
