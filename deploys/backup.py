@@ -18,7 +18,7 @@ from __future__ import annotations
 import shlex
 from io import StringIO
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import FactBase, OperationError, StringCommand, deploy, operation
 from pyinfra.operations import apt, files
 
@@ -103,13 +103,22 @@ class BackupStatus(FactBase):
                 f" echo repository=missing; else echo \"repository=error: $(printf '%s' \"$out\" | grep -v '^$' | tail -n 1)\"; fi;"
                 f" cmp -s {PATHS} {LAST_PATHS} || echo paths=changed;"
                 f" for m in {LAST_BACKUP} {LAST_DRILL}; do"
-                f" grep -h \"^$m \" {q(textfile_dir)}/fleet_backup.prom {q(textfile_dir)}/fleet_restore_drill.prom 2>/dev/null; done; true")
+                f" grep -h \"^$m \" {q(textfile_dir)}/fleet_backup.prom {q(textfile_dir)}/fleet_restore_drill.prom 2>/dev/null; done;"
+                # no record here of a snapshot, but a repository: does it hold this host's
+                # snapshots already (a rebuilt or wiped host)?
+                f" if ! grep -qs '^{LAST_BACKUP} ' {q(textfile_dir)}/fleet_backup.prom"
+                f" && {BIN}/fleet-restic --no-lock cat config >/dev/null 2>&1; then"
+                f" echo \"snapshots=$({BIN}/fleet-restic --no-lock snapshots --json --host \"$(. {ETC}/env; echo $FLEET_BACKUP_HOST)\""
+                f" 2>/dev/null | grep -o '\"short_id\"' | wc -l)\"; fi; true")
 
     def process(self, output):
-        found = {"repository": "error: no answer", LAST_BACKUP: None, LAST_DRILL: None, "paths_changed": False}
+        found = {"repository": "error: no answer", LAST_BACKUP: None, LAST_DRILL: None, "paths_changed": False,
+                 "snapshots": 0}
         for line in output:
             if line == "paths=changed":
                 found["paths_changed"] = True
+            elif line.startswith("snapshots="):
+                found["snapshots"] = int(line.split("=", 1)[1] or 0)
             elif line.startswith("repository="):
                 found["repository"] = line.split("=", 1)[1]
             else:
@@ -134,7 +143,15 @@ def repository_ready(textfile_dir: str):
     commands = []
     if status["repository"] == "missing":
         commands.append(f"{BIN}/fleet-restic init")
-    if status[LAST_BACKUP] is None or status["paths_changed"]:
+    rebuilt = status[LAST_BACKUP] is None and status["snapshots"] > 0
+    if rebuilt:
+        # The repository holds this host's snapshots but the host has no record of making
+        # one: it was rebuilt (or wiped). A snapshot now would make its empty state the
+        # latest, the one a plain restore takes; so none is taken until the data is back.
+        logger.warning(f"{host.name}: the backup repository holds {status['snapshots']} snapshot(s) of this host, "
+                       "which has no record of making them (rebuilt?): no snapshot is taken now. Restore first: "
+                       f"make restore HOST={host.name} CONFIRM=yes")
+    elif status[LAST_BACKUP] is None or status["paths_changed"]:
         # never backed up, or the last snapshot predates state a component now declares
         commands.append("systemctl start fleet-backup.service")
     if status[LAST_DRILL] is None:

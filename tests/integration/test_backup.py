@@ -155,3 +155,25 @@ def test_backup_peak_memory_for_a_100mb_database():
     finally:
         sql("drop database if exists bulk")
         fleet("backup", HOST)  # the latest snapshot no longer carries the scratch database
+
+
+def test_a_host_without_its_record_takes_no_snapshot_over_its_repository():
+    """A rebuilt host (no record of ever making a snapshot, a repository that holds its
+    snapshots) must not make its empty state the latest snapshot at converge: a plain
+    `make restore` takes the latest."""
+    from deploys.node_exporter import DEFAULTS
+
+    prom = f"{DEFAULTS['node_exporter_textfile_dir']}/fleet_backup.prom"
+    saved = docker_exec(HOST, "cat", prom).stdout
+    before = snapshot_ids()
+    assert before
+    docker_exec(HOST, "rm", "-f", prom)
+    try:
+        run = testfleet.converge(["--limit", HOST], log_name="converge-rebuilt-backup",
+                                 env={"FLEET_COMPONENTS": "backup"})
+        assert run["returncode"] == 0, run["output"][-3000:]
+        assert "no record of making them (rebuilt?): no snapshot is taken now" in run["output"]
+        assert snapshot_ids() == before
+    finally:
+        subprocess.run(["docker", "exec", "-i", HOST, "sh", "-c", f"cat > {prom}"], input=saved, text=True, check=True)
+    settle("converge-after-rebuilt-backup")

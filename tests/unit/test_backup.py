@@ -1,7 +1,7 @@
 """Backups: which hosts are backed up (the ones whose components declare state), the one
 repository host, its forced-command keys, and the rules."""
 
-from deploys.backup import repository_hosts, restic_program
+from deploys.backup import LAST_BACKUP, BackupStatus, repository_hosts, restic_program
 from deploys.backup_repository import authorized_keys, backed_up_hosts
 from fleet.converge import component as registry
 from fleet.converge.keys import new_host_key
@@ -47,3 +47,11 @@ def test_schedules_are_one_line_and_retention_is_a_policy(data):
     found = [str(p) for p in problems(data.fleet())]
     assert any(p.startswith("pi5-gamma: backup_schedule:") and "control character" in p for p in found), found
     assert any(p.startswith("droplet-failover: backup_repository_keep:") for p in found), found
+
+
+def test_the_status_counts_the_repositorys_snapshots_only_without_a_local_record():
+    command = BackupStatus().command("/t")
+    # the probe runs only when the host has no record of a snapshot and the repository opens
+    assert f"if ! grep -qs '^{LAST_BACKUP} ' /t/fleet_backup.prom && " in command
+    assert BackupStatus().process(["repository=yes", "snapshots=3"])["snapshots"] == 3
+    assert BackupStatus().process(["repository=yes", f"{LAST_BACKUP} 1700000000"])["snapshots"] == 0
