@@ -14,7 +14,7 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
 # fastest on the 2-core CI machine (docs/performance.md). SPEC_WORKERS=0 runs them in-process.
 SPEC_WORKERS ?= 4
 
-.PHONY: help setup lock check plan converge verify llm-check backup restore backups rollback fleet-up fleet-down demo test unit faults bench docs phase1 phase2 phase3 phase4 vault-init vault-edit edge-plan edge-apply apikey tailnet-plan tailnet-apply
+.PHONY: help setup lock check plan converge verify llm-check backup restore backups rollback rebuild fleet-up fleet-down demo test unit faults bench docs phase1 phase2 phase3 phase4 vault-init vault-edit edge-plan edge-apply apikey tailnet-plan tailnet-apply
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -85,6 +85,9 @@ restore: setup ## restore HOST [SNAPSHOT=id] [DATABASE=name] into a side cluster
 
 rollback: setup ## switch APP (e.g. APP=web) back to its previous image through the health gate; HOST=... only there
 	$(PY) -m fleet rollback "$(APP)" $(if $(HOST),--host $(HOST),)
+
+rebuild: setup ## a freshly flashed HOST back to its full role and data (refuses a healthy host unless FORCE=1)
+	$(PY) -m fleet rebuild "$(HOST)" $(if $(FORCE),--force,)
 
 backups: setup ## every backed-up host's snapshots: count, latest, age, size
 	$(PY) -m fleet backups

@@ -9,6 +9,7 @@
   backup       one backup of HOST now, and the snapshot it made
   restore      restore HOST's snapshot: a side cluster, or the live one with --confirm
   backups      every host's snapshots: count, latest, age, size
+  rebuild      a freshly flashed HOST back to its full role, data included [--force]
   rollback     switch APP back to its previous image, through the health gate [--host HOST]
   phase        one phase of the setup checklist: converge, verify each item [--limit] [--check-only]
   docs         regenerate docs/settings.md, docs/fleet.md and docs/runbook.md
@@ -29,6 +30,7 @@ COMMANDS = {
     "backup": "fleet.commands.backup:main_backup",
     "restore": "fleet.commands.backup:main_restore",
     "backups": "fleet.commands.backup:main_backups",
+    "rebuild": "fleet.commands.rebuild",
     "rollback": "fleet.commands.rollback",
     "phase": "fleet.commands.phase",
     "docs": "fleet.commands.docs",

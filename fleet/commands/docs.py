@@ -185,16 +185,10 @@ def render_runbook(fleet) -> str:
         ("Roll back an app", [f"make rollback APP={app}", f"make rollback APP={app} HOST={gateway}"],
          "Switches back to the previous image through the health gate."),
         ("Rebuild a host from a fresh SD card",
-         ["# 1. flash Raspberry Pi OS Lite (64-bit) with the admin user and your key (Raspberry Pi Imager)",
-          "# 2. remove the dead node in the Tailscale admin console (Machines), so the new one keeps its name",
-          f"FLEET_CONNECT=lan FLEET_BOOTSTRAP={db} .venv/bin/pyinfra -y inventory.py deploys/site.py --limit {db}",
-          "make backups   # the latest snapshot is the last one before the host died",
-          f"make restore HOST={db} CONFIRM=yes", "make verify"],
-         "Until `make rebuild` exists: the first converge goes over the LAN (the host is not on the "
-         "tailnet yet) and puts the vault's host key back, so known_hosts stays valid. A host whose "
-         "backup repository already holds its snapshots takes no new one until it has been restored, so "
-         "the latest snapshot stays the one to restore; restore within the backup interval (1 hour), or "
-         "name the snapshot with SNAPSHOT=id."),
+         ["# flash Raspberry Pi OS Lite (64-bit) with the admin user and your key (Raspberry Pi Imager), boot it",
+          f"make rebuild HOST={db}"],
+         "Refuses a healthy host (FORCE=1 overrides); deletes the dead Tailscale node, converges over "
+         "the LAN then the tailnet, restores the latest snapshot, verifies; docs/rebuild.md."),
         ("Check the LLM endpoint from a Pi", [f"make llm-check VIA={gateway}"], "One chat completion, timed."),
         ("Cloudflare: tunnels, DNS, WAF and rate-limiting rules", ["make edge-plan", "make edge-apply"],
          "Adds and changes; deletes nothing (DELETE=1 also deletes unlisted Workers and KV namespaces)."),

@@ -83,6 +83,7 @@ class FakeTailscale:
         self.validate_failure: str | None = None
         self.policy_tests = lambda policy: []  # -> [{"user": src, "errors": [...]}]
         self.requests: list[tuple[str, str, dict]] = []
+        self.devices: dict[str, dict] = {}  # id -> device, as GET .../devices lists them
         self.unhandled: list[tuple[str, str]] = []
         self._server = LocalServer(self.handle, "fake-tailscale")
         self.url = self._server.url
@@ -104,7 +105,36 @@ class FakeTailscale:
         with self.lock:
             self.text, self.etag = text, self._etag(text)
 
+    def add_device(self, hostname: str, address: str) -> str:
+        """A node of the tailnet (the devices endpoints: list, delete, set its IPv4)."""
+        device_id = hashlib.sha256(f"{hostname}{len(self.devices)}".encode()).hexdigest()[:16]
+        self.devices[device_id] = {"id": device_id, "nodeId": "n" + device_id, "hostname": hostname,
+                                   "name": f"{hostname}.tail-test.ts.net", "addresses": [address], "os": "linux"}
+        return device_id
+
     # --- the API --------------------------------------------------------------------------------
+
+    def _devices(self, method: str, path: str, raw: bytes) -> tuple[int, dict, bytes] | None:
+        m = re.fullmatch(r"/api/v2/tailnet/([^/]+)/devices", path)
+        if m and method == "GET":
+            if m.group(1) not in (self.tailnet, "-"):
+                return 404, {}, _json({"message": f"tailnet {m.group(1)!r} not found"})
+            return 200, {}, _json({"devices": list(self.devices.values())})
+        m = re.fullmatch(r"/api/v2/device/([^/]+)(/ip)?", path)
+        if not m:
+            return None
+        if m.group(1) not in self.devices:
+            return 404, {}, _json({"message": "device not found"})
+        if method == "DELETE" and not m.group(2):
+            del self.devices[m.group(1)]
+            return 200, {}, b""
+        if method == "POST" and m.group(2):
+            address = json.loads(raw or b"{}").get("ipv4", "")
+            if not address.startswith("100."):
+                return 400, {}, _json({"message": "ipv4 must be in the tailnet's range"})
+            self.devices[m.group(1)]["addresses"] = [address]
+            return 200, {}, b"{}"
+        return None
 
     def _authorized(self, headers) -> bool:
         auth = headers.get("Authorization") or ""
@@ -128,6 +158,9 @@ class FakeTailscale:
             self.requests.append((method, path, dict(headers)))
             if not self._authorized(headers):
                 return 401, {}, _json({"message": "API token invalid"})
+            answered = self._devices(method, path.split("?")[0], raw)
+            if answered is not None:
+                return answered
             m = re.fullmatch(r"/api/v2/tailnet/([^/]+)/acl(/validate)?", path.split("?")[0])
             if not m:
                 self.unhandled.append((method, path))

@@ -58,3 +58,39 @@ def settle(log_name: str) -> None:
     """A plain converge of the whole test fleet changes nothing: the test left it as found."""
     again = testfleet.converge([], log_name=log_name)
     assert again["returncode"] == 0 and again["changed"] == 0, again["output"][-3000:]
+
+
+def edge_fake():
+    """The fake Cloudflare API (127.0.0.1) as the test fleet's account would hold it before any
+    `edge apply`: the data's zones, the tunnels whose credentials the demo vault holds, and the
+    Workers and KV namespaces the data keeps. Stop it with .stop()."""
+    from deploys.cloudflared import credentials_key
+    from fakes.cloudflare_api import FakeCloudflare
+    from fleet.converge import keys
+    from fleet.preflight.inventory import select_vault
+    from fleet.preflight.model import load_group_data
+
+    hosts, test_fleet = testfleet.load_inventory()
+    select_vault(REPO, test_fleet, "test")
+    vault = keys.current()
+    all_data, _ = load_group_data(REPO / "group_data")
+    fake = FakeCloudflare(account_id=test_fleet["all_data"]["edge_account_id"])
+    for zone in all_data["edge_zones"]:
+        fake.add_zone(zone)
+    for host in hosts:
+        if credentials_key(host) in vault:  # every host that runs cloudflared has them
+            creds = json.loads(vault[credentials_key(host)])
+            fake.add_tunnel(host, creds["TunnelSecret"], creds["TunnelID"])
+    for name in all_data["edge_workers_keep"]:
+        fake.add_worker(name)
+    for title in all_data["edge_kv_keep"]:
+        fake.add_kv(title)
+    return fake
+
+
+def edge_env(cloudflare, **extra: str) -> dict:
+    """The environment of an operator command run against the test fleet and the fake API."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.update(FLEET_TARGET="test", CLOUDFLARE_API_BASE_URL=cloudflare.url, CLOUDFLARE_API_TOKEN=cloudflare.token,
+               NO_PROXY="127.0.0.1", **extra)
+    return env

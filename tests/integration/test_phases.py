@@ -11,21 +11,15 @@ phases' own converge adds the DNS records. Each run's output goes to .state/phas
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 
 import pytest
 
-from deploys.cloudflared import credentials_key
-from fakes.cloudflare_api import FakeCloudflare
 from fleet.checklist import ITEMS, PHASES
-from fleet.converge import keys
-from fleet.preflight.inventory import select_vault
-from fleet.preflight.model import load_group_data
 from harness import testfleet
-from integration.conftest import REPO, docker_exec, settle, wait_until
+from integration.conftest import REPO, docker_exec, edge_env, edge_fake, settle, wait_until
 
 REPORT = REPO / ".state" / "phases-report.txt"
 MANUAL = {i["id"] for i in ITEMS if i["verify"][0][0] == "manual"}
@@ -36,29 +30,13 @@ OWN = re.compile(r"^(phase |converge:|verify:|blocked by:|p\d-\d\d  |         |c
 
 @pytest.fixture(scope="module")
 def cloudflare():
-    _, test_fleet = testfleet.load_inventory()
-    select_vault(REPO, test_fleet, "test")
-    vault = keys.current()
-    all_data, _ = load_group_data(REPO / "group_data")
-    fake = FakeCloudflare(account_id=test_fleet["all_data"]["edge_account_id"])
-    for zone in all_data["edge_zones"]:
-        fake.add_zone(zone)
-    for host in testfleet.load_inventory()[0]:
-        if credentials_key(host) in vault:  # every host that runs cloudflared has them
-            creds = json.loads(vault[credentials_key(host)])
-            fake.add_tunnel(host, creds["TunnelSecret"], creds["TunnelID"])
-    for name in all_data["edge_workers_keep"]:
-        fake.add_worker(name)
-    for title in all_data["edge_kv_keep"]:
-        fake.add_kv(title)
+    fake = edge_fake()
     yield fake
     fake.stop()
 
 
 def phase(cloudflare, number: int, *args: str) -> tuple[int, str, dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env.update(FLEET_TARGET="test", CLOUDFLARE_API_BASE_URL=cloudflare.url, CLOUDFLARE_API_TOKEN=cloudflare.token,
-               NO_PROXY="127.0.0.1")
+    env = edge_env(cloudflare)
     run = subprocess.run([sys.executable, "-m", "fleet", "phase", str(number), *args], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=900)
     out = run.stdout + run.stderr
