@@ -320,6 +320,24 @@ def up() -> None:
     log(f"{len(hosts)} hosts up ({len(fresh)} started) in {time.monotonic() - t0:.1f}s")
 
 
+def reflash(name: str) -> None:
+    """What a dead SD card and a freshly flashed one do to a host: its container is destroyed
+    and a blank one started in its place (same addresses), first-booted like at fleet-up (the
+    admin user, the operator's key, a new host key, recorded as its first-boot key)."""
+    hosts, test_fleet = load_inventory()
+    image = ensure_image()
+    pubkey = ensure_key().with_suffix(".pub").read_text().strip()
+    docker("rm", "-f", name)
+    log(f"flashing a blank {name}")
+    start_host(name, hosts[name], test_fleet, image, pubkey)
+    kind, blob = flash_host(name, hosts[name], pubkey, test_fleet.get("l4t_release_files", {}).get(name))
+    names = ",".join([hosts[name]["tailnet_address"], addr(test_fleet["lan_addresses"][name])])
+    path = STATE / "bootstrap_known_hosts"
+    kept = [line for line in path.read_text().splitlines(keepends=True) if line.split(" ", 1)[0] != names]
+    path.write_text("".join(kept) + f"{names} {kind} {blob}\n")
+    wait_for(lambda: tcp_open(hosts[name]["tailnet_address"], 22), f"SSH on {name}", timeout=60)
+
+
 def down() -> None:
     if not engine_answers():
         log("no Docker engine answers: nothing to remove")

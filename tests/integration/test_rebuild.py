@@ -1,6 +1,6 @@
 """`make rebuild` on the test fleet: pi5-gamma has rows in PostgreSQL and a backup on the
 droplet; a rebuild of the healthy host is refused; its container is destroyed and a blank one
-"flashed" in its place (testfleet.up: the admin user and the operator's key, a new host key);
+"flashed" in its place (testfleet.reflash: the admin user and the operator's key, a new host key);
 `make rebuild HOST=pi5-gamma` brings it back; its specs pass and the rows are there.
 
 Tailscale's API is the fake on 127.0.0.1 (tests/fakes/tailscale_api.py) holding the dead
@@ -72,8 +72,7 @@ def test_rebuild_refuses_a_healthy_host_then_brings_a_flashed_one_back(apis):
     assert any(d["hostname"] == HOST for d in tailscale.devices.values())  # nothing was touched
 
     # the SD card dies: a blank host in its place, as Raspberry Pi Imager's first boot leaves it
-    testfleet.docker("rm", "-f", HOST)
-    testfleet.up()
+    testfleet.reflash(HOST)
     assert docker_exec(HOST, "test", "-e", "/etc/fleet", check=False).returncode != 0
 
     rebuilt = fleet(env, "rebuild", HOST)
