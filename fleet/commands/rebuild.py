@@ -197,7 +197,7 @@ def run(args) -> int:
 
     with steps.step("check", "is it healthy (vault host key, specs)?"):
         ok, why = healthy(repo, entries[name], name)
-        say(f"    {name} {why}")
+        say(f"  - {name} {why}")
     if ok and not args.force:
         raise Refused(f"{name} {why}: it is healthy, and a rebuild would replace it and its data. "
                       f"Fix: nothing to do; if you mean it, run again with FORCE=1 (--force).")
@@ -208,9 +208,9 @@ def run(args) -> int:
         stale = api.devices(host.data.get("tailnet_name") or name, keep=others)
         for device in stale:
             api.delete(device["id"])
-            say(f"    deleted device {device.get('name') or device.get('hostname')} ({device['id']})")
+            say(f"  - deleted device {device.get('name') or device.get('hostname')} ({device['id']})")
         if not stale:
-            say("    no device of that name in the tailnet")
+            say("  - no device of that name in the tailnet")
 
     with steps.step("join", "first contact over the LAN: base and tailscale"):
         pyinfra(repo, name, FLEET_CONNECT="lan", FLEET_BOOTSTRAP=name, FLEET_COMPONENTS="base,tailscale")
@@ -231,8 +231,8 @@ def run(args) -> int:
         if address != host.tailnet_address:
             for device in api.devices(want, keep=others):
                 api.pin(device["id"], host.tailnet_address)
-            say(f"    pinned {want}'s address to {host.tailnet_address} (it joined as {address})")
-        say(f"    joined as {joined_as} ({host.tailnet_address})")
+            say(f"  - pinned {want}'s address to {host.tailnet_address} (it joined as {address})")
+        say(f"  - joined as {joined_as} ({host.tailnet_address})")
 
     with steps.step("converge", "the full converge of the host, over the tailnet"):
         pyinfra(repo, name)
@@ -251,7 +251,7 @@ def run(args) -> int:
             latest = max(snapshots, key=lambda s: s["time"])
             taken = parse_time(latest["time"])
             age = datetime.now(timezone.utc) - taken
-            say(f"    snapshot {latest['short_id']} of {taken:%Y-%m-%d %H:%M:%S %Z}: the data is "
+            say(f"  - snapshot {latest['short_id']} of {taken:%Y-%m-%d %H:%M:%S %Z}: the data is "
                 f"{age.total_seconds() / 60:.1f} min old")
             restore = subprocess.run([*ssh_command(entries[name]),
                                       f"sudo -n fleet-restore --snapshot {shlex.quote(latest['id'])} --live"],
@@ -265,7 +265,7 @@ def run(args) -> int:
     failed = []
     with steps.step("verify", "the host's specs and the checklist items that concern it"):
         ok, line = specs(repo, name)
-        say(f"    specs: {line}")
+        say(f"  - specs: {line}")
         if not ok:
             failed.append(f"specs: {line}")
         for number in PHASES:
@@ -273,7 +273,7 @@ def run(args) -> int:
                                     "--limit", name], cwd=repo, capture_output=True, text=True, timeout=900)
             summary = [line for line in phase.stdout.splitlines() if line.startswith(f"phase {number} (")]
             items = [line for line in phase.stdout.splitlines() if line[:1] == "p" and "  failing " in line]
-            say(f"    {(summary or [f'phase {number}: no summary (exit {phase.returncode})'])[-1]}")
+            say(f"  - {(summary or [f'phase {number}: no summary (exit {phase.returncode})'])[-1]}")
             failed += [f"phase item {line.strip()}" for line in items]
 
     say("")

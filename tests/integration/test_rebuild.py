@@ -51,7 +51,7 @@ def fleet(env: dict, *args: str) -> subprocess.CompletedProcess:
     with open(REPORT, "a") as out:
         out.write(f"$ python -m fleet {' '.join(args)}   (exit {run.returncode})\n")
         out.write("\n".join(line for line in (run.stdout + run.stderr).splitlines()
-                            if re.match(r"^(==>|    |rebuild|recovery|  failing|restore:|backup:|snapshot )", line))
+                            if re.match(r"^(==>|  - |rebuild|recovery|  failing|restore:|backup:|snapshot )", line))
                   + "\n\n")
     return run
 
