@@ -550,6 +550,7 @@ def scenarios(seed: int) -> list[Scenario]:
 
     # 12. a wrong vault passphrase: refused before any host is touched
     def wrong_passphrase(s):
+        clocks = host_clocks()
         before = fleet_fingerprint()
         # pyinfra itself, as an operator runs it (the harness would validate first)
         env = dict(os.environ, FLEET_TARGET="test", FLEET_VAULT_PASSPHRASE="not the passphrase")
@@ -559,14 +560,45 @@ def scenarios(seed: int) -> list[Scenario]:
         text = ANSI.sub("", run["output"])
         if run["returncode"] == 0 or "wrong passphrase" not in text.lower() or "Traceback" in text:
             raise AssertionError(f"no clear refusal: {text[-600:]}")
-        if "Starting operation" in text or fleet_fingerprint() != before:
-            raise AssertionError("a host was touched")
-        s.note["first"] = "refused: wrong passphrase, no host touched"
+        # Touching a host means an SSH session on it: pyinfra has no other way in. A change
+        # under /etc or /var/lib/fleet with no session is a background service's (a timer,
+        # a daemon reconnecting after the previous scenario), named in the note, not a failure.
+        logins = ssh_logins_since(clocks)
+        if "Starting operation" in text or logins:
+            raise AssertionError(f"a host was touched: {logins or 'an operation started'}")
+        after = fleet_fingerprint()
+        moved = {h: changed_since(h, clocks[h]) for h in after if after[h] != before[h]}
+        if moved:
+            print(f"[faults] wrong-vault-passphrase: changed without an SSH session: {moved}", flush=True)
+        s.note["first"] = "refused: wrong passphrase, no SSH session on any host" + (
+            f" (background changes without a session: {moved})" if moved else "")
         return run
 
     out.append(Scenario("wrong-vault-passphrase", None, lambda: None, first=wrong_passphrase, must_fail_first=True,
                         spec_hosts=[]))
     return out
+
+
+def host_clocks() -> dict[str, str]:
+    """Each host's clock now (seconds since the epoch), to ask its journal what came after."""
+    return {h: sh(h, "date +%s").stdout.strip() for h in testfleet.load_inventory()[0]}
+
+
+def ssh_logins_since(clocks: dict[str, str]) -> dict[str, list[str]]:
+    """Per host, the SSH sessions sshd accepted since its clock read `clocks[host]` (only
+    hosts that had any)."""
+    found = {}
+    for h, since in clocks.items():
+        out = sh(h, f"journalctl -t sshd -t sshd-session --since @{since} -o cat --no-pager 2>/dev/null"
+                    " | grep '^Accepted ' || true", check=False).stdout.split("\n")
+        if [line for line in out if line.strip()]:
+            found[h] = [line for line in out if line.strip()]
+    return found
+
+
+def changed_since(host: str, since: str) -> list[str]:
+    return sh(host, f"find /etc /usr/local /var/lib/fleet -newermt @{since} -printf '%p\\n' 2>/dev/null | head -n 5",
+              check=False).stdout.split()
 
 
 def fleet_fingerprint() -> dict[str, str]:
