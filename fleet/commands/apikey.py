@@ -38,13 +38,12 @@ def verify_api_key(key: str, stored_hash: str) -> bool:
 
 
 def _namespace(client, fleet, account: str) -> tuple[str, str]:
-    title = str(fleet.all_data.get("edge_api_keys_namespace") or "AUTH")
-    found = [ns.id for ns in edge._all(client.kv.namespaces.list(account_id=account, per_page=edge.PER_PAGE),
-                                       "KV namespaces") if ns.title == title]
-    if not found:
+    namespaces = edge._all(client.kv.namespaces.list(account_id=account, per_page=edge.PER_PAGE), "KV namespaces")
+    title, found = edge.api_keys_namespace(fleet.all_data, [(ns.title, ns.id) for ns in namespaces])
+    if found is None:
         raise edge.EdgeError(f"no KV namespace titled {title} in account {account}. Fix: create it (dashboard: "
                              "Storage & Databases, KV) and keep it listed in edge_kv_keep.")
-    return title, found[0]
+    return title, found
 
 
 def run(args) -> int:
@@ -90,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parse(parser, argv)
     if isinstance(args, int):
         return args
-    return cli.report("apikey", run, args, (edge.EdgeError,), interrupted="nothing was stored unless printed")
+    return cli.report("apikey", run, args, {edge.EdgeError: 1},
+                      interrupted="interrupted (nothing was stored unless printed)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ the command's name, with secrets blanked out, and never a traceback.
         args = cli.parse(parser, argv)      # an int: argparse's own exit code (--help 0, usage 2)
         if isinstance(args, int):
             return args
-        return cli.report("edge", run, args, (EdgeError,), interrupted="changes printed above were made")
+        return cli.report("edge", run, args, {EdgeError: 1},
+                          interrupted="interrupted (changes printed above were made)")
 
 `run(args)` appends every secret it holds to `args.redact` as soon as it has it.
 """
@@ -55,15 +56,22 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
 
 
 def report(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
-           errors: tuple[type[Exception], ...], interrupted: str) -> int:
+           errors: dict[type[Exception], int], interrupted: str, every_line: bool = True) -> int:
+    """run(args); an error it raises of a class in `errors` (or VaultError, FleetConfigError:
+    exit code 1 unless `errors` names them) is printed as `name: message` and its exit code
+    returned, Ctrl-C as `name: <interrupted>` and 130. With every_line false, only the
+    message's first line is prefixed."""
     try:
         return run(args)
     except (*errors, VaultError, FleetConfigError) as exc:
         message = str(exc)
         for secret in args.redact:
             message = message.replace(secret, "***")
-        print("\n".join(f"{name}: {line}" for line in message.splitlines()), file=sys.stderr)
-        return 1
+        if every_line:
+            print("\n".join(f"{name}: {line}" for line in message.splitlines()), file=sys.stderr)
+        else:
+            print(f"{name}: {message}", file=sys.stderr)
+        return next((code for cls, code in errors.items() if isinstance(exc, cls)), 1)
     except KeyboardInterrupt:
-        print(f"{name}: interrupted ({interrupted})", file=sys.stderr)
+        print(f"{name}: {interrupted}", file=sys.stderr)
         return 130

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fleet.checklist import PHASES, phase_items
-from fleet.commands import phase_checks
+from fleet.commands import cli, phase_checks
 from fleet.converge.vault import VaultError
 from fleet.preflight.inventory import FleetConfigError, prepare, read_inventory_data, state_dir, target_from_env
 
@@ -269,18 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=int(os.environ.get("SPEC_WORKERS") or 4),
                         help="spec workers (pytest-xdist); 0 runs them in-process")
     parser.add_argument("--repo", default=str(REPO), help=argparse.SUPPRESS)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        return run(args)
-    except (PhaseError, FleetConfigError, VaultError) as exc:
-        print(f"phase: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("phase: interrupted (what the converge printed above was applied)", file=sys.stderr)
-        return 130
+    args = cli.parse(parser, argv)
+    if isinstance(args, int):
+        return args
+    return cli.report("phase", run, args, {PhaseError: 2, FleetConfigError: 2, VaultError: 2},
+                      interrupted="interrupted (what the converge printed above was applied)", every_line=False)
 
 
 if __name__ == "__main__":

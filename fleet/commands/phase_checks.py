@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import subprocess
 import urllib.error
 import urllib.request
@@ -195,21 +194,21 @@ def edge_auth_namespace(ctx: Context) -> Result:
         return failed
     desired, current, client = state
     import cloudflare
+    from fleet.commands.edge import api_keys_namespace
 
-    title = str(ctx.fleet.all_data.get("edge_api_keys_namespace") or "AUTH")
-    found = [ns_id for t, ns_id in current.kv if t == title]
-    if not found:
+    title, found = api_keys_namespace(ctx.fleet.all_data, current.kv)
+    if found is None:
         return Result("failing", [f"no KV namespace titled {title} in the account (create it: Storage & "
                                   "Databases, KV; keep it listed in edge_kv_keep)"])
     try:
-        names = [k.name for k in client.kv.namespaces.keys.list(found[0], account_id=desired.account_id)]
+        names = [k.name for k in client.kv.namespaces.keys.list(found, account_id=desired.account_id)]
     except cloudflare.CloudflareError as exc:
         return Result("failing", [f"listing the keys of {title}: {exc}"])
     raw = [n for n in names if not (len(n) == 64 and all(c in "0123456789abcdef" for c in n))]
     if raw:
         return Result("failing", [f"{len(raw)} key(s) in {title} are not SHA-256 hashes (a key stored in "
                                   "clear): delete them and issue new ones with `make apikey NAME=...`"])
-    return Result("done", [f"KV namespace {title} = {found[0]}: {len(names)} key(s), hashes only; "
+    return Result("done", [f"KV namespace {title} = {found}: {len(names)} key(s), hashes only; "
                            "`make apikey NAME=...` issues one"])
 
 
@@ -329,7 +328,3 @@ def runbook_current(ctx: Context) -> Result:
 CHECKS = {f.__name__: f for f in (tailnet_matrix, edge_tunnels, edge_dns, edge_worker_count, edge_kv_count,
                                   edge_auth_namespace, edge_waf_rules, edge_rate_limits, public_https, llm_via_pi, fleet_doc_current,
                                   runbook_current)}
-
-
-def as_json(result: Result) -> dict:
-    return json.loads(json.dumps(result.__dict__))

@@ -44,6 +44,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from fleet.commands import cli
 from fleet.commands.backup import parse_time
 from fleet.commands.llm_check import ssh_command
 from fleet.converge.vault import VaultError
@@ -199,7 +200,7 @@ def run(args) -> int:
         ok, why = healthy(repo, entries[name], name)
         say(f"  - {name} {why}")
     if ok and not args.force:
-        raise Refused(f"{name} {why}: it is healthy, and a rebuild would replace it and its data. "
+        raise Refused(f"refused: {name} {why}: it is healthy, and a rebuild would replace it and its data. "
                       f"Fix: nothing to do; if you mean it, run again with FORCE=1 (--force).")
 
     with steps.step("tailnet", "delete the dead node, so the new one keeps the name"):
@@ -291,24 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("host", help="the inventory host to rebuild")
     parser.add_argument("--force", action="store_true", help="rebuild even a healthy host")
     parser.add_argument("--repo", default=str(REPO), help=argparse.SUPPRESS)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        return run(args)
-    except Refused as exc:
-        print(f"rebuild: refused: {exc}", file=sys.stderr)
-        return 2
-    except (FleetConfigError, VaultError) as exc:
-        print(f"rebuild: {exc}", file=sys.stderr)
-        return 2
-    except RebuildError as exc:
-        print(f"rebuild: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("rebuild: interrupted (every step is safe to run again)", file=sys.stderr)
-        return 130
+    args = cli.parse(parser, argv)
+    if isinstance(args, int):
+        return args
+    return cli.report("rebuild", run, args, {Refused: 2, FleetConfigError: 2, VaultError: 2, RebuildError: 1},
+                      interrupted="interrupted (every step is safe to run again)", every_line=False)
 
 
 if __name__ == "__main__":

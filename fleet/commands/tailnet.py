@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         return args
     args.force = getattr(args, "force", False)
     args.hujson = getattr(args, "hujson", False)
-    return cli.report("tailnet", run, args, (TailnetError, evaluate.PolicyError),
-                      interrupted="a write the output does not show was not made")
+    return cli.report("tailnet", run, args, {TailnetError: 1, evaluate.PolicyError: 1},
+                      interrupted="interrupted (a write the output does not show was not made)")
 
 
 if __name__ == "__main__":

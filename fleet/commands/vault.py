@@ -27,9 +27,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fleet.commands import cli
 from fleet.converge import keys
 from fleet.converge.vault import KdfParams, Vault, VaultError
-from fleet.preflight.inventory import FleetConfigError, read_inventory_data, select_vault
+from fleet.preflight.inventory import read_inventory_data, select_vault
 
 
 def _vault(phrase: str | None = None) -> Vault:
@@ -160,18 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("edit")
     sub.add_parser("rekey")
     sub.add_parser("hostkeys")
-    args = parser.parse_args(argv)
-    handler = globals()[f"cmd_{args.command}"]
-    try:
-        _, test_fleet = read_inventory_data(keys.REPO / "inventory.py")
-        select_vault(keys.REPO, test_fleet)
-        return handler(args)
-    except (VaultError, FleetConfigError) as exc:
-        print(f"vault: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("vault: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    args = cli.parse(parser, argv)
+    if isinstance(args, int):
+        return args
+    return cli.report("vault", run, args, {}, interrupted="interrupted; nothing was written", every_line=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    _, test_fleet = read_inventory_data(keys.REPO / "inventory.py")
+    select_vault(keys.REPO, test_fleet)
+    return globals()[f"cmd_{args.command}"](args)
 
 
 if __name__ == "__main__":
