@@ -53,6 +53,7 @@ from fleet.commands.cli import load_data
 from fleet.converge import keys
 from fleet.converge.vault import Vault, VaultError
 from fleet.preflight.model import Fleet
+from fleet.preflight.validate import MANAGED_REF, edge_rule_problems
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
@@ -69,9 +70,6 @@ PERMISSIONS = ("Zone:DNS:Edit, Zone:Zone WAF:Edit, Account:Cloudflare Tunnel:Edi
 # The rulesets this tool manages: data key -> (entry-point phase, what the plan calls it).
 RULESETS = {"edge_waf_rules": ("http_request_firewall_custom", "waf rules"),
             "edge_rate_limits": ("http_ratelimit", "rate limits")}
-MANAGED_REF = "fleet-"
-RULE_ACTIONS = ("block", "challenge", "managed_challenge", "js_challenge", "log", "skip")
-RATELIMIT_KEYS = ("characteristics", "period", "requests_per_period", "mitigation_timeout")
 
 
 class EdgeError(Exception):
@@ -150,51 +148,20 @@ def desired_state(fleet: Fleet) -> Desired:
                 "or correct the hostname.")
         if tunnel in tunnels and zone is not None:
             records.append(Record(name, zone, tunnel))
-    rulesets = tuple(_rulesets(all_data, zones, problems))
+    problems += [f"{p.key}: {p.message} Fix: {p.fix}" for p in edge_rule_problems(all_data)]
     if problems:
         raise EdgeError(problems)
     return Desired(account_id, tunnels, tuple(records),
                    frozenset(all_data.get("edge_workers_keep") or ()), frozenset(all_data.get("edge_kv_keep") or ()),
-                   rulesets)
+                   tuple(_rulesets(all_data)))
 
 
-def _rulesets(all_data: dict, zones: list[str], problems: list[str]):
-    """The WAF and rate-limiting entry points the data asks for, each rule checked."""
+def _rulesets(all_data: dict):
+    """The WAF and rate-limiting entry points the data asks for (edge_rule_problems found it valid)."""
     for key, (phase, kind) in RULESETS.items():
-        per_zone = all_data.get(key) or {}
-        if not isinstance(per_zone, dict):
-            problems.append(f"{key} must be a dict of zone -> list of rules. Fix: see docs/settings.md, group_data/all.py.")
-            continue
-        for zone, rules in sorted(per_zone.items()):
-            if zone.lower() not in [z.lower() for z in zones]:
-                problems.append(f"{key}[{zone!r}]: not one of edge_zones ({', '.join(zones)}). Fix: add the zone "
-                                f"to edge_zones or correct the name in group_data/all.py.")
-                continue
-            checked, refs = [], set()
-            for n, rule in enumerate(rules if isinstance(rules, list) else [None]):
-                where = f"{key}[{zone!r}][{n}]"
-                if not isinstance(rule, dict):
-                    problems.append(f"{where}: a rule is a dict (ref, description, expression, action). Fix: "
-                                    "write it like the examples in group_data/all.py.")
-                    continue
-                ref = str(rule.get("ref") or "")
-                missing = [f for f in ("ref", "description", "expression", "action") if not rule.get(f)]
-                if missing:
-                    problems.append(f"{where}: missing {', '.join(missing)}. Fix: set them in group_data/all.py.")
-                elif not ref.startswith(MANAGED_REF) or ref in refs:
-                    problems.append(f"{where}: ref {ref!r} must start with {MANAGED_REF!r} and be unique in the zone "
-                                    "(it is how this tool tells its rules from hand-made ones). Fix: rename it.")
-                elif rule["action"] not in RULE_ACTIONS:
-                    problems.append(f"{where}: action {rule['action']!r} is not one of {', '.join(RULE_ACTIONS)}. "
-                                    "Fix: pick one.")
-                elif key == "edge_rate_limits" and not (isinstance(rule.get("ratelimit"), dict)
-                                                        and all(k in rule["ratelimit"] for k in RATELIMIT_KEYS)):
-                    problems.append(f"{where}: a rate limit needs ratelimit with {', '.join(RATELIMIT_KEYS)}. "
-                                    "Fix: add them (see the example in group_data/all.py).")
-                else:
-                    refs.add(ref)
-                    checked.append(json.dumps({"enabled": True, **rule}, sort_keys=True))
-            yield Ruleset(zone.lower(), phase, kind, tuple(checked))
+        for zone, rules in sorted((all_data.get(key) or {}).items()):
+            yield Ruleset(zone.lower(), phase, kind,
+                          tuple(json.dumps({"enabled": True, **rule}, sort_keys=True) for rule in rules))
 
 
 # --- current state -------------------------------------------------------------------------
@@ -218,6 +185,13 @@ def _all(first_page, what: str) -> list:
             raise EdgeError(f"listing {what} did not end after {MAX_PAGES} pages; the API misbehaves")
         items.extend(page.result or [])
     return items
+
+
+def api_keys_namespace(all_data: dict, kv: list[tuple[str, str]]) -> tuple[str, str | None]:
+    """(title, id) of the KV namespace the guide's API keys live in (edge_api_keys_namespace, AUTH
+    by default), the first of `kv`'s (title, id) pairs with that title; id None when there is none."""
+    title = str(all_data.get("edge_api_keys_namespace") or "AUTH")
+    return title, next((ns_id for t, ns_id in kv if t == title), None)
 
 
 def read_credentials(vault_data: dict[str, str], tunnels: tuple[str, ...]) -> dict[str, dict]:
@@ -569,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     args.delete_unlisted = getattr(args, "delete_unlisted", False)
-    return cli.report("edge", run, args, (EdgeError,), interrupted="changes printed above were made")
+    return cli.report("edge", run, args, {EdgeError: 1}, interrupted="interrupted (changes printed above were made)")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,12 @@ from fleet.preflight.model import Fleet
 TAILNET_RANGE = ipaddress.ip_network("100.64.0.0/10")
 REQUIRED_HOST_KEYS = ("lan_address", "tailnet_address", "ssh_user", "arch")
 KNOWN_ARCHS = ("arm64", "amd64")
+# The edge's WAF and rate-limiting rules (fleet.commands.edge writes them to Cloudflare): a rule's
+# ref starts with MANAGED_REF (rules without it were made by hand and are kept).
+EDGE_RULE_KEYS = ("edge_waf_rules", "edge_rate_limits")
+MANAGED_REF = "fleet-"
+RULE_ACTIONS = ("block", "challenge", "managed_challenge", "js_challenge", "log", "skip")
+RATELIMIT_KEYS = ("characteristics", "period", "requests_per_period", "mitigation_timeout")
 
 __all__ = ["Problem", "InventoryError", "problems", "validate"]
 
@@ -306,6 +312,79 @@ def check_group_conflicts(fleet: Fleet) -> list[Problem]:
     return problems
 
 
+def edge_rule_problems(all_data: dict) -> list[Problem]:
+    """What is wrong with edge_waf_rules and edge_rate_limits (`make edge-plan` refuses the same)."""
+    problems = []
+    zones = list(all_data.get("edge_zones") or [])
+    for key in EDGE_RULE_KEYS:
+        per_zone = all_data.get(key) or {}
+        if not isinstance(per_zone, dict):
+            problems.append(Problem("all", key, "must be a dict of zone -> list of rules.",
+                                    "write it like the examples in group_data/all.py."))
+            continue
+        for zone, rules in sorted(per_zone.items()):
+            if zone.lower() not in [z.lower() for z in zones]:
+                problems.append(Problem("all", f"{key}[{zone!r}]", f"not one of edge_zones ({', '.join(zones)}).",
+                                        "add the zone to edge_zones or correct the name in group_data/all.py."))
+                continue
+            refs = set()
+            for n, rule in enumerate(rules if isinstance(rules, list) else [None]):
+                where = f"{key}[{zone!r}][{n}]"
+                if not isinstance(rule, dict):
+                    problems.append(Problem("all", where, "a rule is a dict (ref, description, expression, action).",
+                                            "write it like the examples in group_data/all.py."))
+                    continue
+                ref = str(rule.get("ref") or "")
+                missing = [f for f in ("ref", "description", "expression", "action") if not rule.get(f)]
+                if missing:
+                    problems.append(Problem("all", where, f"missing {', '.join(missing)}.", "set them in group_data/all.py."))
+                elif not ref.startswith(MANAGED_REF) or ref in refs:
+                    problems.append(Problem("all", where, f"ref {ref!r} must start with {MANAGED_REF!r} and be unique in "
+                                            "the zone (it is how this tool tells its rules from hand-made ones).",
+                                            "rename it in group_data/all.py."))
+                elif rule["action"] not in RULE_ACTIONS:
+                    problems.append(Problem("all", where, f"action {rule['action']!r} is not one of "
+                                            f"{', '.join(RULE_ACTIONS)}.", "pick one in group_data/all.py."))
+                elif key == "edge_rate_limits" and not (isinstance(rule.get("ratelimit"), dict)
+                                                        and all(k in rule["ratelimit"] for k in RATELIMIT_KEYS)):
+                    problems.append(Problem("all", where, f"a rate limit needs ratelimit with {', '.join(RATELIMIT_KEYS)}.",
+                                            "add them (see the example in group_data/all.py)."))
+                else:
+                    refs.add(ref)
+    return problems
+
+
+def check_edge_data(fleet: Fleet) -> list[Problem]:
+    """The edge keys of group_data/all.py that `make edge-apply`, `make apikey` and the checklist
+    read: the WAF and rate-limiting rules, the API keys' KV namespace."""
+    problems = edge_rule_problems(fleet.all_data)
+    title = fleet.all_data.get("edge_api_keys_namespace")
+    if title is not None and not isinstance(title, str):
+        problems.append(Problem("all", "edge_api_keys_namespace", f"{title!r} is {_a(type(title).__name__)}, not text.",
+                                "set it in group_data/all.py to the title of the KV namespace the API keys live in "
+                                "(e.g. 'AUTH')."))
+    return problems
+
+
+def check_checklist(fleet: Fleet) -> list[Problem]:
+    """checklist_public_https turns the checklist's public HTTPS check on or off; off, its reason
+    is what the item prints instead."""
+    problems = []
+    for host in fleet.hosts.values():
+        on = host.data.get("checklist_public_https", True)
+        reason = host.data.get("checklist_public_https_reason")
+        where = where_set(fleet, host, "checklist_public_https")
+        if not isinstance(on, bool):
+            problems.append(Problem(host.name, "checklist_public_https", f"{on!r} is {_a(type(on).__name__)}, "
+                                    "not True or False.", f"set it to True or False in {where}."))
+        elif not on and not (isinstance(reason, str) and reason.strip()):
+            problems.append(Problem(host.name, "checklist_public_https_reason",
+                                    f"is {reason!r}, but checklist_public_https is False: the checklist item "
+                                    "would not say why it skips the check.",
+                                    f"set it to the reason (a non-empty str) next to checklist_public_https in {where}."))
+    return problems
+
+
 def key_id(line: str) -> str:
     """'type base64' of an OpenSSH public key line (the comment does not matter)."""
     return " ".join(line.split()[:2])
@@ -342,6 +421,8 @@ RULES = (
     check_domains,
     check_group_conflicts,
     check_service_graph,  # fleet.policy.graph: who reaches which service, the tailnet policy's data
+    check_edge_data,
+    check_checklist,
 )
 
 

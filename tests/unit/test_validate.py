@@ -257,3 +257,53 @@ def test_vllm_archive_needs_its_checksum_and_context_is_positive(data):
     data.group_data["llm"]["ollama_sha256"] = {}
     data.hosts["jetson-prime"].update(vllm_image_archive_url="", vllm_max_model_len=4096)
     assert problems(data.fleet()) == []
+
+
+RULE = {"ref": "fleet-r", "description": "d", "expression": "true", "action": "block"}
+
+
+@pytest.mark.parametrize("key, value, where, message", [
+    ("edge_waf_rules", ["not", "a", "dict"], "edge_waf_rules", "must be a dict of zone -> list of rules"),
+    ("edge_waf_rules", {"example.org": [RULE]}, "edge_waf_rules['example.org']", "not one of edge_zones"),
+    ("edge_waf_rules", {"blackroad.io": ["block"]}, "edge_waf_rules['blackroad.io'][0]", "a rule is a dict"),
+    ("edge_waf_rules", {"blackroad.io": [{**RULE, "action": "nuke"}]}, "edge_waf_rules['blackroad.io'][0]",
+     "action 'nuke' is not one of"),
+    ("edge_waf_rules", {"blackroad.io": [{**RULE, "ref": "by-hand"}]}, "edge_waf_rules['blackroad.io'][0]",
+     "must start with 'fleet-'"),
+    ("edge_rate_limits", {"blackroad.io": [RULE]}, "edge_rate_limits['blackroad.io'][0]",
+     "a rate limit needs ratelimit with characteristics, period"),
+    ("edge_api_keys_namespace", 7, "edge_api_keys_namespace", "7 is an int, not text"),
+])
+def test_bad_edge_data_is_refused(data, key, value, where, message):
+    data.all_data[key] = value
+    [p] = only(problems(data.fleet()), key)
+    assert p.host == "all" and p.key == where and message in p.message and "group_data/all.py" in p.fix
+    assert "\n" not in str(p)
+
+
+def test_good_edge_data_passes(data):
+    limit = {**RULE, "ratelimit": {"characteristics": ["ip.src"], "period": 10, "requests_per_period": 5,
+                                   "mitigation_timeout": 10}}
+    data.all_data.update(edge_waf_rules={"lucidia.earth": [RULE]}, edge_rate_limits={"blackroad.io": [limit]},
+                         edge_api_keys_namespace="KEYS")
+    assert problems(data.fleet()) == []
+
+
+def test_checklist_public_https_must_be_a_bool(data):
+    data.hosts["pi5-alpha"]["checklist_public_https"] = "no"
+    [p] = only(problems(data.fleet()), "checklist_public_https")
+    assert p.host == "pi5-alpha" and p.message == "'no' is a str, not True or False."
+    assert p.fix == "set it to True or False in its entry in inventory.py."
+
+
+@pytest.mark.parametrize("reason", ["", "  ", None, 3])
+def test_checklist_public_https_off_needs_a_reason(data, reason):
+    data.hosts["pi5-alpha"].update(checklist_public_https=False, checklist_public_https_reason=reason)
+    [p] = only(problems(data.fleet()), "checklist_public_https")
+    assert p.host == "pi5-alpha" and p.key == "checklist_public_https_reason"
+    assert "checklist_public_https is False" in p.message and "its entry in inventory.py" in p.fix
+
+
+def test_checklist_public_https_off_with_a_reason_passes(data):
+    data.all_data.update(checklist_public_https=False, checklist_public_https_reason="no public DNS yet")
+    assert problems(data.fleet()) == []
