@@ -14,7 +14,7 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
 # fastest on the 2-core CI machine (docs/performance.md). SPEC_WORKERS=0 runs them in-process.
 SPEC_WORKERS ?= 4
 
-.PHONY: help setup lock check plan converge verify llm-check backup restore backups rollback rebuild fleet-up fleet-down demo test unit faults bench docs phase1 phase2 phase3 phase4 vault-init vault-edit edge-plan edge-apply apikey tailnet-plan tailnet-apply
+.PHONY: help setup lock check plan converge verify llm-check backup restore backups rollback rebuild fleet-up fleet-down demo test unit faults bench docs phase1 phase2 phase3 phase4 vault-init vault-edit edge-plan edge-apply apikey tailnet-plan tailnet-apply test-arm64
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -137,3 +137,6 @@ phase4: setup ## checklist phase 4 (Cleanup)
 
 bench: setup ## time the floor, no-op converges (site, base, per host), specs -> bench.json (FRESH=1: fleet-up + first converge too)
 	$(PY) tests/harness/bench.py --out bench.json $(if $(FRESH),--fresh,)
+
+test-arm64: setup ## the rebuild test with pi5-gamma on arm64 under qemu-user (HOST=..., KEEP=1): not in make test (~40 min)
+	$(PY) tests/harness/arm64.py $(if $(HOST),--host $(HOST),) $(if $(KEEP),--keep,)

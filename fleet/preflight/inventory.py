@@ -135,6 +135,7 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
             )
         pubkey = key.with_suffix(".pub").read_text().strip()
         built = built_data(repo, test_fleet)
+        emulated = emulated_hosts(hosts)
         for name, entry in hosts.items():
             if name not in test_fleet["lan_addresses"]:
                 raise FleetConfigError(
@@ -144,8 +145,13 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
             entry["lan_address"] = test_fleet["lan_addresses"][name]
             entry.update(copy.deepcopy(test_fleet.get("data", {})))
             entry.update(copy.deepcopy(built))
+            if name in emulated:
+                entry.update(copy.deepcopy(test_fleet.get("arm64_data", {})))
             entry["base_admin_ssh_keys"] = [pubkey]
             entry["ssh_key"] = str(key)
+    elif os.environ.get(ARM64_ENV, "").strip():
+        raise FleetConfigError(f"{ARM64_ENV} is set, but the target is the real fleet ({target}): emulated arm64 "
+                               f"hosts exist only in the test fleet. Fix: unset {ARM64_ENV} or set FLEET_TARGET=test.")
     bootstrap = bootstrap_hosts(hosts)
     chosen = sorted({n.strip() for n in os.environ.get(registry.SELECT_ENV, "").split(",") if n.strip()})
     selection = f"--{'+'.join(chosen)}" if chosen else ""
@@ -161,6 +167,20 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
         if isinstance(address, str) and address:
             entry["ssh_hostname"] = address.split("/")[0]
     return hosts
+
+
+ARM64_ENV = "FLEET_TEST_ARM64"
+
+
+def emulated_hosts(hosts: dict) -> set[str]:
+    """The test hosts run as arm64 under qemu-user (FLEET_TEST_ARM64=name[,name]: make
+    test-arm64); they get TEST_FLEET["arm64_data"] over the test data."""
+    names = {n.strip() for n in os.environ.get(ARM64_ENV, "").split(",") if n.strip()}
+    unknown = sorted(names - set(hosts))
+    if unknown:
+        raise FleetConfigError(f"{ARM64_ENV}={os.environ[ARM64_ENV]!r}: {', '.join(unknown)} is not a host in "
+                               f"inventory.py. Fix: name test hosts from HOSTS, e.g. {ARM64_ENV}=pi5-gamma.")
+    return names
 
 
 def built_data(repo: Path, test_fleet: dict) -> dict:

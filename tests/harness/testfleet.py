@@ -131,24 +131,74 @@ def ensure_engine(timeout: float = 90) -> None:
 
 # --- base image ---------------------------------------------------------------------------
 
-def image_tag() -> str:
-    digest = hashlib.sha256(json.dumps(IMAGE_RECIPE, sort_keys=True).encode()).hexdigest()[:12]
-    return f"fleet-testhost:{digest}"
+NATIVE_ARCH = "amd64"
+# Hosts started as arm64 (the Pis' real architecture) under qemu-user emulation, e.g.
+# FLEET_TEST_ARM64=pi5-gamma (make test-arm64). The inventory reads the same variable to give
+# those hosts TEST_FLEET["arm64_data"]: what an emulated host cannot do (docs/testing.md).
+QEMU = "/usr/bin/qemu-aarch64-static"
 
 
-def ensure_image() -> str:
-    tag = image_tag()
+def host_arch(name: str) -> str:
+    from fleet.preflight.inventory import emulated_hosts
+
+    return "arm64" if name in emulated_hosts(load_inventory()[0]) else NATIVE_ARCH
+
+
+def image_tag(arch: str = NATIVE_ARCH) -> str:
+    recipe = IMAGE_RECIPE if arch == NATIVE_ARCH else dict(IMAGE_RECIPE, arch=arch, qemu=QEMU)
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return f"fleet-testhost:{digest}" if arch == NATIVE_ARCH else f"fleet-testhost-{arch}:{digest}"
+
+
+def ensure_binfmt() -> None:
+    """Register qemu-user for arm64 binaries on this machine (TESTING.md's path): Debian's
+    qemu-user-static and binfmt-support, binfmt_misc mounted, the qemu-aarch64 entry enabled.
+    Its registration has no F flag, so the interpreter is copied into each arm64 rootfs."""
+    if not Path(QEMU).exists() or not shutil.which("update-binfmts"):
+        apt_install("qemu-user-static", "binfmt-support")
+    misc = Path("/proc/sys/fs/binfmt_misc")
+    if not (misc / "register").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(misc)], check=True)
+    subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], check=False, capture_output=True)
+    entry = misc / "qemu-aarch64"
+    flags = next((line.split(":", 1)[1].strip() for line in entry.read_text().splitlines()
+                  if line.startswith("flags:")), "") if entry.exists() else ""
+    if entry.exists() and "C" not in flags:
+        # Debian registers it without credentials ("C"): the kernel then runs a setuid program
+        # with the caller's credentials, and `sudo` in an arm64 host says "effective uid is
+        # not 0". Re-register the same entry (same magic, mask, interpreter) with O+C.
+        fields = dict(line.split(" ", 1) for line in entry.read_text().splitlines() if " " in line)
+        escape = lambda hexes: "".join(f"\\x{hexes[i:i + 2]}" for i in range(0, len(hexes), 2))
+        entry.write_text("-1")
+        (misc / "register").write_text(f":qemu-aarch64:M:{fields['offset']}:{escape(fields['magic'])}:"
+                                       f"{escape(fields['mask'])}:{fields['interpreter']}:{flags}OC")
+    if not entry.exists() or "enabled" not in entry.read_text():
+        raise SystemExit("qemu-aarch64 is not registered in binfmt_misc: arm64 test hosts cannot run here. "
+                         "Fix: apt-get install qemu-user-static binfmt-support, then update-binfmts --enable qemu-aarch64")
+
+
+def ensure_image(arch: str = NATIVE_ARCH) -> str:
+    tag = image_tag(arch)
+    if arch != NATIVE_ARCH:
+        ensure_binfmt()
     if docker("image", "inspect", tag, check=False).returncode == 0:
         return tag
     if not shutil.which("debootstrap"):
         apt_install("debootstrap")
-    log(f"building {tag} with debootstrap (about a minute)")
+    log(f"building {tag} with debootstrap ({'about a minute' if arch == NATIVE_ARCH else f'{arch} under qemu-user: a few minutes'})")
     with tempfile.TemporaryDirectory(prefix="fleet-rootfs-") as rootfs:
         r = IMAGE_RECIPE
-        stream_phases(["debootstrap", f"--variant={r['variant']}", f"--include={','.join(r['include'])}",
-                       r["suite"], rootfs, r["mirror"]], "debootstrap")
+        stream_phases(["debootstrap", f"--arch={arch}", f"--variant={r['variant']}",
+                       f"--include={','.join(r['include'])}", r["suite"], rootfs, r["mirror"]], "debootstrap")
         for step in r["post"]:
             subprocess.run(["sh", "-c", step], cwd=rootfs, check=True)
+        if arch != NATIVE_ARCH:
+            # binfmt_misc looks the interpreter up inside the container (no F flag)
+            link = Path(rootfs, "usr/libexec/qemu-binfmt/aarch64-binfmt-P")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(QEMU, Path(rootfs) / QEMU.lstrip("/"))
+            link.unlink(missing_ok=True)
+            link.symlink_to(QEMU)
         tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
         subprocess.run(["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]', "-", tag],
                        stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL)
@@ -242,8 +292,10 @@ def start_host(name: str, entry: dict, test_fleet: dict, image: str, pubkey: str
 def flash_host(name: str, entry: dict, pubkey: str, l4t_release: str | None = None) -> str:
     """First boot of a freshly flashed host; returns its SSH host key line. `l4t_release`:
     the /etc/nv_tegra_release line a JetPack image has (Jetson hosts only)."""
+    # an emulated (arm64) host boots 5-10 times slower
     wait_for(lambda: docker("exec", name, "systemctl", "is-system-running", check=False)
-             .stdout.strip() in ("running", "degraded"), f"systemd in {name}", timeout=90)
+             .stdout.strip() in ("running", "degraded"), f"systemd in {name}",
+             timeout=90 if host_arch(name) == NATIVE_ARCH else 600, interval=2)
     docker("exec", "-e", f"FLEET_USER={entry['ssh_user']}", "-e", f"FLEET_PUBKEY={pubkey}",
            name, "sh", "-c", FLASH_SCRIPT)
     if l4t_release:
@@ -292,10 +344,18 @@ def up() -> None:
     ensure_mirror(test_fleet, image)
     existing = set(docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}")
                    .stdout.split())
+    for name in sorted(existing & set(hosts)):
+        # a host asked for on another architecture than it runs (FLEET_TEST_ARM64) starts afresh
+        want = image_tag(host_arch(name)).split(":")[0]
+        if docker("inspect", "-f", "{{.Config.Image}}", name).stdout.strip().split(":")[0] != want:
+            log(f"{name} runs another architecture's image than {want}: starting it afresh")
+            docker("rm", "-f", "-v", name)
+            existing.discard(name)
     fresh = [n for n in hosts if n not in existing]
     for name in fresh:
-        log(f"starting {name}")
-        start_host(name, hosts[name], test_fleet, image, pubkey)
+        arch = host_arch(name)
+        log(f"starting {name}" + ("" if arch == NATIVE_ARCH else f" ({arch}, emulated)"))
+        start_host(name, hosts[name], test_fleet, ensure_image(arch), pubkey)
     for name in hosts:
         if docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip() != "true":
             docker("start", name)
@@ -325,10 +385,11 @@ def reflash(name: str) -> None:
     and a blank one started in its place (same addresses), first-booted like at fleet-up (the
     admin user, the operator's key, a new host key, recorded as its first-boot key)."""
     hosts, test_fleet = load_inventory()
-    image = ensure_image()
+    arch = host_arch(name)
+    image = ensure_image(arch)
     pubkey = ensure_key().with_suffix(".pub").read_text().strip()
     docker("rm", "-f", name)
-    log(f"flashing a blank {name}")
+    log(f"flashing a blank {name} ({arch})")
     start_host(name, hosts[name], test_fleet, image, pubkey)
     kind, blob = flash_host(name, hosts[name], pubkey, test_fleet.get("l4t_release_files", {}).get(name))
     names = ",".join([hosts[name]["tailnet_address"], addr(test_fleet["lan_addresses"][name])])

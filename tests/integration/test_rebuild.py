@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from fakes.tailscale_api import FakeTailscale
+from fleet.preflight.inventory import emulated_hosts
 from harness import testfleet
 from integration.conftest import REPO, docker_exec, edge_env, edge_fake, settle
 
@@ -84,7 +85,10 @@ def test_rebuild_refuses_a_healthy_host_then_brings_a_flashed_one_back(apis):
     assert re.search(r"snapshot \w{8} of .*: the data is [\d.]+ min old", out)
     assert not any(d["hostname"] == HOST for d in tailscale.devices.values())  # the dead node went
     total = int(re.search(r"; total (\d+)s", out).group(1))
-    assert total < 600, f"RTO {total}s, over the 10 minutes the test fleet must meet"
+    # 10 minutes on native test hosts; under qemu-user (make test-arm64) everything runs 5-10x
+    # slower, so the bound there is the hour that step is given
+    limit = 3600 if HOST in emulated_hosts(testfleet.load_inventory()[0]) else 600
+    assert total < limit, f"RTO {total}s, over the {limit // 60} minutes the test fleet must meet"
     with open(REPORT, "a") as report:
         report.write(f"rows after the rebuild: {sql('select count(*) from rebuild_rows')} of {ROWS}\n")
     settle("converge-after-rebuild")

@@ -1,6 +1,7 @@
 """inventory.py as pyinfra sees it: groups, targets, and bad data stopping the CLI early."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -132,3 +133,25 @@ def test_pyinfra_stops_before_touching_any_host(fake_repo):
     assert "pi5-beta: tailnet_address: 100.100.0.1 is also the tailnet address of pi5-alpha" in out
     assert "no host was touched" in out
     assert "Connecting" not in out and "Traceback" not in out
+
+
+def test_emulated_arm64_host_gets_the_arm64_data_and_only_it(fake_repo, monkeypatch):
+    monkeypatch.setenv("FLEET_TEST_ARM64", "pi5-gamma")
+    hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
+    assert test_fleet["arm64_data"], "TEST_FLEET['arm64_data'] lists what an emulated host cannot do"
+    assert set(test_fleet["arm64_data"]) == set(test_fleet["arm64_waivers"]), "every arm64 data key has its reason"
+    test = apply_target(hosts, test_fleet, fake_repo, "test")
+    for key, value in test_fleet["arm64_data"].items():
+        assert test["pi5-gamma"][key] == value
+        assert test["pi5-alpha"].get(key) == {**hosts["pi5-alpha"], **test_fleet["data"]}.get(key)
+
+
+@pytest.mark.parametrize("target,value,message", [
+    ("test", "pi9-nope", "FLEET_TEST_ARM64='pi9-nope': pi9-nope is not a host in inventory.py. Fix: "),
+    ("fleet", "pi5-gamma", "FLEET_TEST_ARM64 is set, but the target is the real fleet (fleet)"),
+])
+def test_bad_arm64_selection_is_a_clear_error(fake_repo, monkeypatch, target, value, message):
+    monkeypatch.setenv("FLEET_TEST_ARM64", value)
+    hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
+    with pytest.raises(FleetConfigError, match=re.escape(message)):
+        apply_target(hosts, test_fleet, fake_repo, target)

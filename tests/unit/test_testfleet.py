@@ -22,3 +22,9 @@ def test_counts_per_host():
 def test_image_tag_is_stable_and_hashed():
     assert image_tag() == image_tag()
     assert image_tag().startswith("fleet-testhost:") and len(image_tag().split(":")[1]) == 12
+
+
+def test_arm64_image_has_its_own_tag():
+    # a different architecture is a different image; the native one keeps its tag
+    assert image_tag("arm64") != image_tag()
+    assert image_tag("arm64").startswith("fleet-testhost-arm64:")
