@@ -29,6 +29,9 @@ DEFAULTS = {
     # The most disk they may use (journalctl --vacuum-size form), e.g. 2G on an SSD, less on
     # an SD card.
     "journal_remote_max_use": "1G",
+    # How long a sender waits before it tries the monitoring host again after a failed
+    # upload; it never gives up (Debian's unit stops for good after five quick failures).
+    "journal_upload_retry_seconds": 15,
 }
 
 SOCKET = "systemd-journal-remote.socket"
@@ -38,6 +41,7 @@ SD = "/etc/systemd/system"
 SOCKET_DROPIN = f"{SD}/{SOCKET}.d/fleet.conf"
 REMOTE_DROPIN = f"{SD}/{REMOTE}.d/fleet.conf"
 UPLOAD_CONF = "/etc/systemd/journal-upload.conf.d/fleet.conf"
+UPLOAD_DROPIN = f"{SD}/{UPLOAD}.d/fleet.conf"
 SIZE = re.compile(r"^[0-9]+[KMGT]?$")
 
 
@@ -93,8 +97,12 @@ def journal():
         "etc/systemd/journal-upload.conf.d/fleet.conf.j2",
         url=services.url("journal-remote", server=targets[0], client=name)),
         dest=UPLOAD_CONF, mode="644", create_remote_dir=True)
+    dropin = files.put(name="Keep journal-upload retrying while the monitoring host is away", src=template(
+        f"etc/systemd/system/{UPLOAD}.d/fleet.conf.j2", restart_seconds=data.journal_upload_retry_seconds),
+        dest=UPLOAD_DROPIN, mode="644", create_remote_dir=True)
     apt.packages(name="Install systemd-journal-remote", packages=["systemd-journal-remote"], no_recommends=True)
-    keep_running("journal-upload", UPLOAD, inputs=[UPLOAD_CONF], why="for its new destination", changed=(conf,))
+    keep_running("journal-upload", UPLOAD, inputs=[UPLOAD_CONF, UPLOAD_DROPIN], why="for its new destination",
+                 changed=(conf, dropin), unit_files=True)
 
 
 def check_settings(fleet, hosts) -> list[Problem]:
@@ -103,6 +111,10 @@ def check_settings(fleet, hosts) -> list[Problem]:
         if not SIZE.match(str(h.data.get("journal_remote_max_use"))):
             problems.append(Problem(h.name, "journal_remote_max_use", f"{h.data.get('journal_remote_max_use')!r} is not a size.",
                                     "write it like 1G or 500M."))
+        retry = h.data.get("journal_upload_retry_seconds")
+        if isinstance(retry, int) and not isinstance(retry, bool) and not 1 <= retry <= 3600:  # (type: checked for all keys)
+            problems.append(Problem(h.name, "journal_upload_retry_seconds", f"{retry!r} is not a whole number of "
+                                    "seconds from 1 to 3600.", "write it like 15."))
         path = str(h.data.get("journal_remote_dir"))
         if not path.startswith("/") or any(c.isspace() for c in path):
             problems.append(Problem(h.name, "journal_remote_dir", f"{path!r} is not an absolute path.",

@@ -24,10 +24,14 @@ def test_journal01_remote_listens_on_the_tailnet_only(fh):
 
 @pytest.mark.fleet_hosts(lambda groups, data: "monitoring" not in groups)
 def test_journal02_senders_upload_and_never_listen(fh):
-    """journal-02: journal-upload runs towards the monitoring host; the receiving side is
-    masked here, so nothing listens on the journal port."""
+    """journal-02: journal-upload runs towards the monitoring host and keeps retrying while
+    that host is away (no start limit, the data's delay); the receiving side is masked here,
+    so nothing listens on the journal port."""
     upload = fh.host.service("systemd-journal-upload")
     assert upload.is_enabled and upload.is_running
+    shown = dict(line.split("=", 1) for line in fh.host.check_output(
+        "systemctl show -p StartLimitIntervalUSec -p RestartUSec systemd-journal-upload").splitlines())
+    assert shown == {"StartLimitIntervalUSec": "0", "RestartUSec": f"{fh.data['journal_upload_retry_seconds']}s"}
     assert fh.host.file("/etc/systemd/system/systemd-journal-remote.socket").linked_to == "/dev/null"
     port = fleet_services().port("journal-remote")
     assert not [a for a, p in listening(fh, "tcp") if p == port]

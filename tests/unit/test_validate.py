@@ -307,3 +307,13 @@ def test_checklist_public_https_off_needs_a_reason(data, reason):
 def test_checklist_public_https_off_with_a_reason_passes(data):
     data.all_data.update(checklist_public_https=False, checklist_public_https_reason="no public DNS yet")
     assert problems(data.fleet()) == []
+
+
+@pytest.mark.parametrize("value,message", [(0, "0 is not a whole number of seconds from 1 to 3600."),
+                                           (7200, "7200 is not a whole number of seconds from 1 to 3600."),
+                                           ("15", "'15' is a str, but it must be an int"),
+                                           (True, "True is a bool, but it must be an int")])
+def test_journal_upload_retry_must_be_seconds(data, value, message):
+    data.all_data["journal_upload_retry_seconds"] = value
+    [p] = only(problems(data.fleet()), "journal_upload_retry_seconds")[:1]
+    assert message in p.message
