@@ -315,15 +315,18 @@ def check_group_conflicts(fleet: Fleet) -> list[Problem]:
 def edge_rule_problems(all_data: dict) -> list[Problem]:
     """What is wrong with edge_waf_rules and edge_rate_limits (`make edge-plan` refuses the same)."""
     problems = []
-    zones = list(all_data.get("edge_zones") or [])
+    zones = all_data.get("edge_zones") or []
+    if not isinstance(zones, list) or not all(isinstance(z, str) and z for z in zones):
+        return [Problem("all", "edge_zones", f"{zones!r} is not a list of zone names.",
+                        "write it like ['blackroad.io'] in group_data/all.py.")]
     for key in EDGE_RULE_KEYS:
         per_zone = all_data.get(key) or {}
         if not isinstance(per_zone, dict):
             problems.append(Problem("all", key, "must be a dict of zone -> list of rules.",
                                     "write it like the examples in group_data/all.py."))
             continue
-        for zone, rules in sorted(per_zone.items()):
-            if zone.lower() not in [z.lower() for z in zones]:
+        for zone, rules in sorted(per_zone.items(), key=lambda item: str(item[0])):
+            if not isinstance(zone, str) or zone.lower() not in [z.lower() for z in zones]:
                 problems.append(Problem("all", f"{key}[{zone!r}]", f"not one of edge_zones ({', '.join(zones)}).",
                                         "add the zone to edge_zones or correct the name in group_data/all.py."))
                 continue

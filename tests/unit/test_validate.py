@@ -273,6 +273,9 @@ RULE = {"ref": "fleet-r", "description": "d", "expression": "true", "action": "b
     ("edge_rate_limits", {"blackroad.io": [RULE]}, "edge_rate_limits['blackroad.io'][0]",
      "a rate limit needs ratelimit with characteristics, period"),
     ("edge_api_keys_namespace", 7, "edge_api_keys_namespace", "7 is an int, not text"),
+    ("edge_zones", ["blackroad.io", 7], "edge_zones", "is not a list of zone names"),
+    ("edge_zones", "blackroad.io", "edge_zones", "is not a list of zone names"),
+    ("edge_waf_rules", {7: [RULE], "blackroad.io": [RULE]}, "edge_waf_rules[7]", "not one of edge_zones"),
 ])
 def test_bad_edge_data_is_refused(data, key, value, where, message):
     data.all_data[key] = value
