@@ -134,7 +134,7 @@ def ensure_engine(timeout: float = 90) -> None:
 NATIVE_ARCH = "amd64"
 # Hosts started as arm64 (the Pis' real architecture) under qemu-user emulation, e.g.
 # FLEET_TEST_ARM64=pi5-gamma (make test-arm64). The inventory reads the same variable to give
-# those hosts TEST_FLEET["arm64_data"]: what an emulated host cannot do (docs/testing.md).
+# those hosts TEST_FLEET["arm64_data"]: what an emulated host cannot do (docs/test-fleet.md).
 QEMU = "/usr/bin/qemu-aarch64-static"
 
 
@@ -152,8 +152,9 @@ def image_tag(arch: str = NATIVE_ARCH) -> str:
 
 def ensure_binfmt() -> None:
     """Register qemu-user for arm64 binaries on this machine (TESTING.md's path): Debian's
-    qemu-user-static and binfmt-support, binfmt_misc mounted, the qemu-aarch64 entry enabled.
-    Its registration has no F flag, so the interpreter is copied into each arm64 rootfs."""
+    qemu-user-static and binfmt-support, binfmt_misc mounted, the qemu-aarch64 entry enabled
+    and allowed to run setuid programs (below). The interpreter is also copied into each arm64
+    rootfs, for registrations without the F flag (TESTING.md saw one)."""
     if not Path(QEMU).exists() or not shutil.which("update-binfmts"):
         apt_install("qemu-user-static", "binfmt-support")
     misc = Path("/proc/sys/fs/binfmt_misc")
@@ -193,7 +194,7 @@ def ensure_image(arch: str = NATIVE_ARCH) -> str:
         for step in r["post"]:
             subprocess.run(["sh", "-c", step], cwd=rootfs, check=True)
         if arch != NATIVE_ARCH:
-            # binfmt_misc looks the interpreter up inside the container (no F flag)
+            # without the F flag, binfmt_misc looks the interpreter up inside the container
             link = Path(rootfs, "usr/libexec/qemu-binfmt/aarch64-binfmt-P")
             link.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(QEMU, Path(rootfs) / QEMU.lstrip("/"))
