@@ -168,3 +168,18 @@ def test_a_transfer_to_a_host_that_went_away_fails_that_host_only(conn, monkeypa
     monkeypatch.setattr(SSHConnector, "put_file", gone)
     with pytest.raises(SSHException, match=r"the connection to h was lost mid-run \(ConnectError: Unable"):
         conn.put_file("x", "/a")
+
+
+@pytest.mark.parametrize("command", ["true", "cat '/a b'", "echo \"$HOME\" 'it'\"'\"'s'", "''", "'", "a\nb\t`c` $(d)",
+                                     "x" * 5000 + "'", "", "sh -c 'sh -c \"x\"'"])
+@pytest.mark.parametrize("prefix", ["sudo -H -n sh -c ", "sh -c ", "sudo -H -n  sh -c ", "sudo -u x sh -c ", "env sh -c "])
+def test_the_fast_unquoting_gives_what_shlex_split_gives(prefix, command):
+    """_inner undoes shlex.quote itself; on any line it must agree with shlex.split."""
+    import shlex
+
+    line = prefix + shlex.quote(command)
+    words = shlex.split(line)
+    expected = ((True, words[5]) if len(words) == 6 and tuple(words[:5]) == mod.SUDO_PREFIX else
+                (False, words[2]) if len(words) == 3 and tuple(words[:2]) == mod.SUDO_PREFIX[3:] else None)
+    assert mod.FleetSSHConnector._inner.__wrapped__(line) == expected
+    assert mod.FleetSSHConnector._inner(prefix + "'unterminated") is None

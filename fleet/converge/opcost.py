@@ -1,0 +1,127 @@
+"""Two per-operation costs of pyinfra's CLI, removed with exact equivalents.
+
+Measured on a no-op converge of the 7-host test fleet (706 operations; docs/performance.md):
+of the operator's CPU, 2.0 s went to `get_operation_order_from_stack` and 0.5 s to
+`all_global_arguments`, both on pyinfra's single gevent thread, so straight onto wall time.
+
+- `get_operation_order_from_stack` names an operation by the line numbers of its call stack.
+  It builds them with `inspect.stack()`, which reads the source lines around every frame
+  (`findsource`, `os.path.exists` per frame) and then calls `getframeinfo` on every frame a
+  second time, only to keep each frame's file name and line number. `operation_order` walks
+  the same frames with `sys._getframe` and reads those two things from the frame itself:
+  the file name `getframeinfo` reports is the code's `co_filename` (it differs only for a
+  module run from bytecode, which is handled the same way below), and its line number is the
+  start line of the instruction being run, which is `f_lineno` (the same location table).
+- `all_global_arguments` calls `typing.get_type_hints` on the same class for every
+  operation and fact; its answer cannot change during a run, so it is computed once.
+
+Why code of our own: pyinfra has no setting for either (the stack is how its CLI orders
+operations across hosts), and fewer, larger operations per component would be a refactor of
+every component. So the two functions are replaced in the modules that call them, and only
+when pyinfra's own functions are the ones these were checked against: `install` compares the
+source of each original with the digest recorded here, and leaves pyinfra alone (its own,
+slower code runs) when they differ, e.g. after an upgrade. tests/unit/test_opcost.py checks
+that both give pyinfra's answers, frame by frame.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import logging
+import sys
+
+logger = logging.getLogger("pyinfra")
+
+# sha256 of inspect.getsource() of the originals these replace (pyinfra 3.10.0).
+CHECKED = {
+    "get_operation_order_from_stack": "f4807f61585570e091fd453c7552d9e2b49329555f07f395a8e8f1d2a398a0b2",
+    "all_global_arguments": "f7afbc472d78c5d2f0bb282994175647651e888543da001968d903cc4a26a5a1",
+}
+
+_BYTECODE = (".pyc", ".pyo")
+
+
+def source_digest(function) -> str:
+    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()
+
+
+def _filename(frame) -> str:
+    name = frame.f_code.co_filename
+    if name.endswith(_BYTECODE):  # what inspect.getframeinfo reports for these
+        return inspect.getsourcefile(frame) or name
+    return name
+
+
+def operation_order(state) -> list:
+    """pyinfra.api.util.get_operation_order_from_stack, without reading any source file."""
+    import pyinfra
+    from pyinfra.api.util import PYINFRA_INSTALL_DIR
+
+    frames = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    frames.reverse()
+
+    i = 0
+    if state.current_deploy_filename:
+        for i, frame in enumerate(frames):
+            if _filename(frame) == state.current_deploy_filename:
+                break
+        else:  # pyinfra's loop ends on its own frame, which it then skips: nothing is kept
+            i = len(frames)
+
+    line_numbers = []
+    if pyinfra.is_cli:
+        line_numbers.append(state.current_op_file_number)
+    for frame in frames[i:]:
+        if _filename(frame).startswith(PYINFRA_INSTALL_DIR):
+            continue
+        line_numbers.append(frame.f_lineno)
+    del frames, frame
+    return line_numbers
+
+
+def install() -> list[str]:
+    """Put the equivalents in place where pyinfra's originals are the checked ones.
+
+    Returns the names replaced. Safe to call more than once."""
+    import pyinfra.api.arguments  # noqa: F401 - the submodules, not the names pyinfra.api exports
+    import pyinfra.api.facts  # noqa: F401
+    import pyinfra.api.operation  # noqa: F401
+    import pyinfra.api.util  # noqa: F401
+
+    util = sys.modules["pyinfra.api.util"]
+    arguments = sys.modules["pyinfra.api.arguments"]
+    operation = sys.modules["pyinfra.api.operation"]
+    facts = sys.modules["pyinfra.api.facts"]
+    replaced = []
+
+    original = util.get_operation_order_from_stack
+    if operation.get_operation_order_from_stack is operation_order:
+        replaced.append("get_operation_order_from_stack")
+    elif source_digest(original) == CHECKED["get_operation_order_from_stack"]:
+        operation.get_operation_order_from_stack = operation_order
+        replaced.append("get_operation_order_from_stack")
+    else:
+        logger.debug("opcost: pyinfra's get_operation_order_from_stack is not the checked one; left as is")
+
+    original = arguments.all_global_arguments
+    if getattr(original, "__wrapped__", None) is not None:
+        replaced.append("all_global_arguments")
+    elif source_digest(original) == CHECKED["all_global_arguments"]:
+        once = functools.cache(original)
+
+        @functools.wraps(original)
+        def all_global_arguments():
+            return list(once())  # a fresh list each call, as the original returns
+
+        arguments.all_global_arguments = all_global_arguments
+        facts.all_global_arguments = all_global_arguments
+        replaced.append("all_global_arguments")
+    else:
+        logger.debug("opcost: pyinfra's all_global_arguments is not the checked one; left as is")
+    return replaced
