@@ -10,6 +10,8 @@ From one run it prints and writes to JSON (medians of --runs where repeated):
   every host (least squares), i.e. what one more host of the fleet adds;
 - the specs' time (tests/specs, every host);
 - the vault's opening time (scrypt at its real cost, then decryption);
+- the CPU seconds the no-op converges and the specs cost the operator and the test hosts
+  (read from the containers' cgroups), which move far less than wall times on shared cores;
 - with --fresh, also fleet-up from no hosts and the first converge.
 Each time is also given as a ratio to the floor. Figures, not assertions: nothing here
 fails because a number is high, only because a run failed or changed something.
@@ -86,6 +88,69 @@ def median_of(runs: int, fn) -> tuple[float, list[float]]:
     return round(statistics.median(values), 3), values
 
 
+# CPU seconds, beside the wall times: on a machine whose cores the operator and every test
+# host share, the wall time of a run moves with whatever else runs (timers on the hosts), while
+# the CPU it costs does not; a change that removes work shows here first.
+_CGROUP_CPU = (  # (path pattern, file's unit in seconds, the key in a cpu.stat file or None)
+    ("/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat", 1e-6, "usage_usec"),  # cgroup v2, systemd
+    ("/sys/fs/cgroup/docker/{id}/cpu.stat", 1e-6, "usage_usec"),  # cgroup v2, cgroupfs driver
+    ("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage", 1e-9, None),  # cgroup v1
+)
+
+
+def operator_cpu() -> float:
+    """CPU seconds of this process's finished children (pyinfra, pytest and their workers)."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def hosts_cpu(names: list[str]) -> float | None:
+    """CPU seconds the test hosts' containers have used so far; None where the cgroup files
+    cannot be read (then no CPU figure for the hosts is given)."""
+    ids = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", *names], capture_output=True, text=True).stdout.split()
+    if len(ids) != len(names):
+        return None
+    total = 0.0
+    for cid in ids:
+        for pattern, unit, key in _CGROUP_CPU:
+            try:
+                text = Path(pattern.format(id=cid)).read_text()
+            except OSError:
+                continue
+            value = (int(text) if key is None else
+                     next((int(line.split()[1]) for line in text.splitlines() if line.startswith(key + " ")), None))
+            if value is not None:
+                total += value * unit
+                break
+        else:
+            return None
+    return total
+
+
+class CpuMeter:
+    """Operator and test-host CPU seconds of each measured run, for medians."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.runs: dict[str, list[tuple[float, float | None]]] = {}
+
+    def wrap(self, label: str, fn):
+        def measured():
+            op0, host0 = operator_cpu(), hosts_cpu(self.names)
+            value = fn()
+            host1 = hosts_cpu(self.names)
+            self.runs.setdefault(label, []).append(
+                (operator_cpu() - op0, None if host0 is None or host1 is None else host1 - host0))
+            return value
+        return measured
+
+    def medians(self, label: str) -> dict:
+        runs = self.runs.get(label, [])
+        hosts = [h for _, h in runs if h is not None]
+        return {"operator": round(statistics.median(o for o, _ in runs), 2) if runs else None,
+                "test_hosts": round(statistics.median(hosts), 2) if runs and len(hosts) == len(runs) else None}
+
+
 def slope(points: list[tuple[int, float]]) -> float:
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
@@ -140,14 +205,16 @@ def main(argv: list[str]) -> int:
 
     entries, _ = prepare(hosts, test_fleet, str(REPO / "inventory.py"), "test")
     names = list(entries)
+    cpu = CpuMeter(names)
     step(f"floor: {len(names)} parallel SSH connections + one command, x{args.runs + 2}")
     figures["floor_seconds"], figures["floor_runs"] = median_of(args.runs + 2, lambda: floor_once(entries))
     step(f"no-op converge, whole site, x{args.runs}")
-    figures["noop_site_seconds"], figures["noop_site_runs"] = median_of(args.runs, lambda: noop([], None, "noop", len(names)))
+    figures["noop_site_seconds"], figures["noop_site_runs"] = median_of(
+        args.runs, cpu.wrap("noop_site", lambda: noop([], None, "noop", len(names))))
     if hasattr(registry, "selected"):  # FLEET_COMPONENTS (absent from older commits: no figure)
         step(f"no-op converge, base only, x{args.runs}")
         figures["noop_base_seconds"], figures["noop_base_runs"] = median_of(
-            args.runs, lambda: noop([], {"FLEET_COMPONENTS": "base"}, "noop-base", len(names)))
+            args.runs, cpu.wrap("noop_base", lambda: noop([], {"FLEET_COMPONENTS": "base"}, "noop-base", len(names))))
     points = []
     for count in sorted({1, min(3, len(names)), len(names)}):
         limit = [arg for name in names[:count] for arg in ("--limit", name)]
@@ -159,10 +226,11 @@ def main(argv: list[str]) -> int:
     step("specs, every host")
     t = time.monotonic()
     workers = ["-n", str(args.spec_workers)] if args.spec_workers else []
-    specs = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "testpaths=", "-q",
-                            *workers, "tests/specs"], cwd=REPO, capture_output=True, text=True,
-                           env=dict(os.environ, FLEET_TARGET="test"))
+    specs = cpu.wrap("specs", lambda: subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "testpaths=", "-q", *workers, "tests/specs"],
+        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, FLEET_TARGET="test")))()
     figures["specs_seconds"] = round(time.monotonic() - t, 1)
+    figures["cpu_seconds"] = {label: cpu.medians(label) for label in ("noop_site", "noop_base", "specs")}
     figures["spec_workers"] = args.spec_workers
     figures["specs_summary"] = (specs.stdout.strip().splitlines() or [""])[-1]
     if args.fresh and not args.keep:
@@ -188,6 +256,13 @@ def main(argv: list[str]) -> int:
         if figures.get(key) is not None:
             r = ratio(figures[key])
             print(f"{label:<44} {figures[key]:>9.3f} {r if r is not None else '':>8}")
+    print(f"\n{'CPU seconds (medians)':<44} {'operator':>9} {'test hosts':>11}")
+    for label, key in (("no-op converge, whole site", "noop_site"), ("no-op converge, base only", "noop_base"),
+                       ("specs, every host", "specs")):
+        used = figures["cpu_seconds"][key]
+        if used["operator"] is not None:
+            hosts_text = f"{used['test_hosts']:.2f}" if used["test_hosts"] is not None else "n/a (no cgroup CPU file)"
+            print(f"{label:<44} {used['operator']:>9.2f} {hosts_text:>11}")
     print("no-op converge by host count: " + ", ".join(f"{c} host(s) {s:.2f}s" for c, s in points))
     print(f"specs: {figures['specs_summary']}")
     print(f"figures written to {args.out}")
