@@ -123,24 +123,29 @@ class _RootShell:
                               f" printf '%s %d\\n' {token} \"$s\"\n".encode())
             out, err = bytearray(), bytearray()
             end = re.compile(re.escape(self.token) + rb" (\d+)\n$")
+            err_end = self.token + b"\n"
             deadline = time.monotonic() + ROOT_SHELL_TIMEOUT
-            while not (found := end.search(out, max(0, len(out) - len(self.token) - 8))):
-                while self.chan.recv_stderr_ready():  # never let stderr fill the window
+            # sshd forwards the two pipes on its own schedule: wait for both tokens, reading
+            # stderr whenever it has data so that it never fills the channel's window
+            while True:
+                while self.chan.recv_stderr_ready():
                     err += self.chan.recv_stderr(65536)
-                try:
-                    chunk = self.chan.recv(65536)
-                except TimeoutError:
-                    chunk = None
-                if chunk == b"" or time.monotonic() > deadline:
+                found = end.search(out, max(0, len(out) - len(self.token) - 8))
+                if found and err.endswith(err_end):
+                    break
+                if time.monotonic() > deadline:
                     self.chan.close()
-                    raise paramiko.SSHException(f"the root shell ended or timed out during: {command[:200]}")
-                out += chunk or b""
-            # the stderr token was sent first, so it is here already
-            while not err.endswith(self.token + b"\n"):
-                if (chunk := self.chan.recv_stderr(65536)) == b"":
+                    raise paramiko.SSHException(f"the root shell timed out during: {command[:200]}")
+                stream = err if found else out
+                try:
+                    chunk = self.chan.recv_stderr(65536) if found else self.chan.recv(65536)
+                except TimeoutError:
+                    continue
+                if chunk == b"":
+                    self.chan.close()
                     raise paramiko.SSHException(f"the root shell ended during: {command[:200]}")
-                err += chunk
-            return int(found.group(1)), bytes(out[:found.start()]), bytes(err[:-len(self.token) - 1])
+                stream += chunk
+            return int(found.group(1)), bytes(out[:found.start()]), bytes(err[:-len(err_end)])
 
 
 _SHELLS: dict[str, _RootShell] = {}
