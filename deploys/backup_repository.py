@@ -16,9 +16,10 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, systemd
 
 from fleet.converge import component as registry
+from fleet.converge.accounts import account
 from fleet.converge.component import Component, Problem
 from fleet.converge.daemons import unit_loaded
 from fleet.converge.keys import public_host_key, secret
@@ -78,7 +79,7 @@ def backup_repository():
     clients = backed_up_hosts(ServiceMap.of_pyinfra(host))
     apt.packages(name="Install restic and rclone", packages=["restic", "rclone"], no_recommends=True)
     # A shell is needed for sshd to run the forced command; the account has no password.
-    server.user(name=f"Create the {user} account", user=user, home=home, shell="/bin/sh", system=True,
+    account(name=f"Create the {user} account", user=user, home=home, shell="/bin/sh", system=True,
                 ensure_home=True)
     files.directory(name=f"Restrict {home}", path=home, user=user, group=user, mode="750")
     files.directory(name=f"Create {home}/.ssh", path=f"{home}/.ssh", user=user, group=user, mode="700")

@@ -15,6 +15,7 @@ from pyinfra.facts.server import Home
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
+from fleet.converge.accounts import account
 from fleet.converge.component import Component, Problem, SecretFile
 from fleet.converge.keys import host_key_name, public_host_key, secret
 from fleet.converge.daemons import keep_running
@@ -295,7 +296,7 @@ def _unattended_upgrades():
 
 def _admin_user():
     user = host.data.ssh_user
-    server.user(
+    account(
         name="Create the admin user",
         user=user,
         shell="/bin/bash",

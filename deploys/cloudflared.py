@@ -16,9 +16,10 @@ from io import StringIO
 import yaml
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import apt, files
 
 from fleet.converge import aptsource
+from fleet.converge.accounts import account
 from fleet.converge.aptsource import vendor_apt_source
 from fleet.converge.component import Component, Problem, SecretFile
 from fleet.converge.keys import secret
@@ -89,7 +90,7 @@ def cloudflared():
         name="Install cloudflared (pinned)",
         packages=[f"cloudflared={host.data.cloudflared_version}"],
     )
-    server.user(
+    account(
         name="Create the cloudflared system user",
         user=user,
         system=True,

@@ -16,9 +16,10 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import apt, files
 
 from fleet.converge import aptsource
+from fleet.converge.accounts import account
 from fleet.converge.aptsource import vendor_apt_source
 from fleet.converge.component import Component, Problem, component
 from fleet.converge.daemons import keep_running
@@ -150,7 +151,7 @@ def docker():
         mode="644",
     )
     keep_running("docker", "docker.service", inputs=[DAEMON_JSON], why="for its new daemon.json", changed=(config,))
-    server.user(
+    account(
         name="Add the admin user to the docker group",
         user=host.data.ssh_user,
         groups=["docker"],

@@ -25,9 +25,10 @@ from pyinfra import host
 from pyinfra.api import FactBase, OperationError, StringCommand, deploy, operation
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Arch, Groups
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, systemd
 
 from deploys.llm import engine_is
+from fleet.converge.accounts import account
 from fleet.converge.component import Component, Problem
 from fleet.converge.daemons import keep_running
 from fleet.converge.ops import verified_download
@@ -174,7 +175,7 @@ def ollama():
     apt.packages(name="Install zstd (Ollama bundles are tar.zst)", packages=["zstd"])
     user, home = data.ollama_user, data.ollama_home
     present_groups = host.get_fact(Groups)
-    server.user(
+    account(
         name="Create the ollama system user",
         user=user,
         system=True,

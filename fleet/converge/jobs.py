@@ -19,8 +19,9 @@ from typing import Iterable
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
 from pyinfra.facts.files import File
-from pyinfra.operations import files, server
+from pyinfra.operations import files
 
+from fleet.converge.accounts import account
 from fleet.converge.component import Problem
 from fleet.converge.daemons import keep_running, unit_loaded
 from fleet.converge.render import render, source
@@ -70,7 +71,7 @@ class TimerJob:
 
     def prepare(self) -> None:
         """Its user, directories and script."""
-        server.user(name=f"Create the {self.user} system user", user=self.user, system=True,
+        account(name=f"Create the {self.user} system user", user=self.user, system=True,
                     shell="/usr/sbin/nologin", home=self.state_dir, create_home=False)
         files.directory(name=f"Create {self.etc}", path=self.etc, user="root", group=self.user, mode="750")
         files.directory(name=f"Create the output directory of {self.label}", path=self.state_dir,
