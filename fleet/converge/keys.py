@@ -72,9 +72,21 @@ def _open(path: str, phrase: str) -> dict[str, str]:
     return Vault(path, phrase).load()
 
 
+_adopted: dict[str, dict[str, str]] = {}
+
+
+def adopt(path: str, content: dict[str, str]) -> None:
+    """Use `content` as the vault at `path`, as another process of the same run opened it (the
+    spec runner hands its opened vault to its xdist workers), instead of deriving the key again."""
+    _adopted[str(Path(path).resolve())] = dict(content)
+
+
 def current() -> dict[str, str]:
     """The current vault's content, decrypted once per process."""
-    return _open(str(vault_path()), passphrase())
+    path = str(vault_path())
+    if path in _adopted:
+        return _adopted[path]
+    return _open(path, passphrase())
 
 
 def secret(key: str) -> str:

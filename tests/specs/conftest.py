@@ -25,9 +25,10 @@ import testinfra
 from testinfra.backend.paramiko import ParamikoBackend
 
 from fleet.converge import component as registry
+from fleet.converge import keys
 from fleet.converge.connector import tune
 from fleet.converge.services import ServiceMap
-from fleet.preflight.inventory import prepare, read_inventory_data, target_from_env
+from fleet.preflight.inventory import FleetConfigError, prepare, read_inventory_data, target_from_env
 from specs.selection import spec_hosts
 from specs.waivers import WAIVERS
 
@@ -51,12 +52,34 @@ class FleetHost:
         return self.data["tailnet_address"]
 
 
+@functools.cache
 def _load():
+    """(host entries, fleet model), validated as a converge validates them. Loaded on first
+    use, not at import: an xdist worker is handed the opened vault first (pytest_configure)."""
     hosts, test_fleet = read_inventory_data(REPO / "inventory.py")
     return prepare(hosts, test_fleet, str(REPO / "inventory.py"))
 
 
-_ENTRIES, _FLEET = _load()
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist, in the controller, once per worker: hand the worker the vault this process has
+    opened, over xdist's own channel to it (a pipe between the two processes: no file, no
+    environment variable, no command line), so that each worker does not derive the vault's
+    key again (scrypt: ~0.4 s of CPU per process by design)."""
+    _load()
+    node.workerinput["fleet_vault"] = {"path": str(keys.vault_path()), "content": keys.current()}
+
+
+def pytest_configure(config):
+    shared = getattr(config, "workerinput", {}).get("fleet_vault")
+    if shared:
+        keys.adopt(shared["path"], shared["content"])
+    try:
+        _load()
+    except FleetConfigError as exc:  # bad inventory, data or vault: its one line, no traceback
+        raise pytest.UsageError(str(exc)) from None
+
+
 _TARGET = target_from_env()
 _CACHE: dict[str, FleetHost] = {}
 # Data the converge under test was given on the command line (pyinfra --data), e.g.
@@ -193,24 +216,24 @@ def _testinfra_host(entry: dict, sudo: bool) -> testinfra.host.Host:
 
 def fleet_entries() -> dict:
     """Every host's inventory entry with its connection settings (ssh user, key, known_hosts)."""
-    return _ENTRIES
+    return _load()[0]
 
 
 def fleet_model():
     """The fleet model the specs expect values from (fleet.preflight.model.Fleet)."""
-    return _FLEET
+    return _load()[1]
 
 
 def fleet_services() -> ServiceMap:
     """Services by name over the fleet (where each binds, how one host reaches another's)."""
-    return _FLEET.services
+    return fleet_model().services
 
 
 def fleet_host(name: str) -> FleetHost:
     if name not in _CACHE:
-        model = _FLEET.hosts[name]
+        model = fleet_model().hosts[name]
         data = {**model.data, **_OVERRIDES}
-        entry = _ENTRIES[name]
+        entry = fleet_entries()[name]
         _CACHE[name] = FleetHost(
             name=name, groups=model.groups, data=data,
             host=_testinfra_host(entry, sudo=True),
@@ -223,7 +246,7 @@ def pytest_generate_tests(metafunc):
     only = [n for n in os.environ.get("FLEET_SPEC_HOSTS", "").split(",") if n] or None
     if "secret_file" in metafunc.fixturenames:
         # one case per (host, secret file), so each fails on its own
-        pairs = [(name, item) for name, h in _FLEET.hosts.items() if not only or name in only
+        pairs = [(name, item) for name, h in fleet_model().hosts.items() if not only or name in only
                  for item in registry.secret_files(name, h.groups, {**h.data, **_OVERRIDES})]
         metafunc.parametrize(("fh", "secret_file"), pairs, indirect=["fh"],
                              ids=[f"{name}-{item.path}" for name, item in pairs])
@@ -232,7 +255,7 @@ def pytest_generate_tests(metafunc):
         # @pytest.mark.fleet_hosts(predicate) overrides the file's default selection, e.g.
         # the hosts where a component does NOT apply; other hosts are not parametrized at all.
         marker = metafunc.definition.get_closest_marker("fleet_hosts")
-        names = spec_hosts(metafunc.definition.fspath, _FLEET.hosts, _OVERRIDES,
+        names = spec_hosts(metafunc.definition.fspath, fleet_model().hosts, _OVERRIDES,
                            marker.args[0] if marker else None, only)
         metafunc.parametrize("fh", names, indirect=True, ids=names)
 
@@ -278,7 +301,7 @@ def pytest_xdist_make_scheduler(config, log):
     test's id, which starts with the host's name (pytest_generate_tests above)."""
     from xdist.scheduler import LoadScopeScheduling
 
-    names = sorted(_FLEET.hosts, key=len, reverse=True)
+    names = sorted(fleet_model().hosts, key=len, reverse=True)
 
     class ByHost(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:

@@ -208,3 +208,21 @@ def test_cli_edit_killed_midway_leaves_the_old_vault(cli_vault, tmp_path):
     assert path.read_bytes() == before
     assert cli(cli_vault, "list").stdout.split() == ["api/token"]
     assert sorted(p.name for p in cli_vault.iterdir() if p.name.startswith(".cli.vault")) == []
+
+
+def test_an_adopted_vault_is_used_only_for_its_own_path(vault, tmp_path, monkeypatch):
+    """The spec runner's workers adopt the vault their controller opened (keys.adopt); a
+    different vault path is still opened, and with the wrong passphrase still refused."""
+    from fleet.converge import keys
+
+    monkeypatch.setattr(keys, "_adopted", {})
+    monkeypatch.setenv("FLEET_VAULT", str(vault.path))
+    monkeypatch.setenv("FLEET_VAULT_PASSPHRASE", "not the passphrase")
+    keys.adopt(str(vault.path), DATA)
+    assert keys.current() == DATA
+
+    other = v.Vault(tmp_path / "other.vault", "correct horse")
+    other.save({"k": "v"}, FAST)
+    monkeypatch.setenv("FLEET_VAULT", str(other.path))
+    with pytest.raises(v.VaultError):
+        keys.current()
