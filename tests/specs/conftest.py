@@ -8,6 +8,7 @@ inventory, data and defaults the deploys use (the fleet model).
 from __future__ import annotations
 
 import atexit
+from collections import OrderedDict
 import functools
 import json
 import os
@@ -293,10 +294,18 @@ def listening(fh: FleetHost, proto: str) -> list[tuple[str, int]]:
 WILDCARDS = ("0.0.0.0", "::", "*", "")
 
 
+# Spec files whose checks of a host run beside that host's other specs, on a worker of their
+# own: they read through their own tool only (restic, over its own SSH channel to the
+# repository host), start no listener and change nothing the host's other specs look at. They
+# are the slowest part of the slowest host (restic derives its key on every call, ~1 s here),
+# so in the host's lane they set the wall time of the whole run.
+OWN_LANE = ("test_backup.py",)
+
+
 def pytest_xdist_make_scheduler(config, log):
     """With pytest-xdist (`-n N`), all of a host's specs go to one worker, so hosts are checked
     in parallel while each host's specs still run one after another, as without xdist (specs
-    that take no host run together). xdist's own `loadgroup` marks do not group under this
+    that take no host run together; OWN_LANE's files take a lane of their own). xdist's own `loadgroup` marks do not group under this
     pytest (9.2: the nodeid it rewrites is read back unchanged), so the host is read from the
     test's id, which starts with the host's name (pytest_generate_tests above)."""
     from xdist.scheduler import LoadScopeScheduling
@@ -306,6 +315,19 @@ def pytest_xdist_make_scheduler(config, log):
     class ByHost(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             param = nodeid.rsplit("[", 1)[1] if nodeid.endswith("]") else ""
-            return next((n for n in names if param == f"{n}]" or param.startswith(f"{n}-")), "fleet")
+            host = next((n for n in names if param == f"{n}]" or param.startswith(f"{n}-")), "fleet")
+            spec_file = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return f"{host} {spec_file}" if host != "fleet" and spec_file in OWN_LANE else host
 
-    return ByHost(config, log)
+    class OwnLanesFirst(OrderedDict):
+        """xdist's queue of scopes (ordered by test count): OWN_LANE's few but slow scopes
+        go to the front, so they start at once instead of after a host's whole lane."""
+
+        def __setitem__(self, scope, tests):
+            super().__setitem__(scope, tests)
+            if " " in scope:
+                self.move_to_end(scope, last=False)
+
+    scheduler = ByHost(config, log)
+    scheduler.workqueue = OwnLanesFirst(scheduler.workqueue)
+    return scheduler
