@@ -8,7 +8,6 @@ inventory, data and defaults the deploys use (the fleet model).
 from __future__ import annotations
 
 import atexit
-from collections import OrderedDict
 import functools
 import json
 import os
@@ -17,6 +16,7 @@ import secrets
 import shlex
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +66,11 @@ def pytest_configure_node(node):
     """xdist, in the controller, once per worker: hand the worker the vault this process has
     opened, over xdist's own channel to it (a pipe between the two processes: no file, no
     environment variable, no command line), so that each worker does not derive the vault's
-    key again (scrypt: ~0.4 s of CPU per process by design)."""
+    key again (scrypt: ~0.4 s of CPU per process by design). Only to a worker on this machine:
+    one started elsewhere (xdist's `--tx ssh=...`) opens the vault itself."""
+    spec = node.gateway.spec
+    if not spec.popen or spec.via or spec.ssh:
+        return
     _load()
     node.workerinput["fleet_vault"] = {"path": str(keys.vault_path()), "content": keys.current()}
 
