@@ -66,21 +66,27 @@ class DaemonState(FactBase):
 
     def command(self, unit: str, inputs: tuple[str, ...] = ()) -> str:
         q = shlex.quote
-        paths = " ".join(q(p) for p in inputs)
-        newest = (f"find {paths} -maxdepth 0 -printf '%C@\\n' 2>/dev/null | sort -n | tail -n 1"
-                  if inputs else "true")
-        # systemd 252 does not flag a drop-in added to a directory it did not know as needing a
-        # daemon-reload: the drop-ins on disk are listed to compare with the loaded ones.
+        stamp = q(stamp_path(unit))
+        # Two processes per unit (systemctl, find); the rest is shell builtins. The stamp's
+        # mtime and the inputs' ctimes come from one find, each line naming its path.
         return (f"systemctl show --timestamp=us+utc -p LoadState -p ActiveState -p SubState -p UnitFileState"
                 f" -p NeedDaemonReload -p ExecMainStartTimestamp -p DropInPaths {q(unit)} 2>/dev/null;"
-                f" echo \"DropInsOnDisk=$(ls -1 /etc/systemd/system/{q(unit)}.d/*.conf 2>/dev/null | tr '\\n' ' ')\";"
-                f" echo \"Stamp=$(find {q(stamp_path(unit))} -maxdepth 0 -printf '%T@' 2>/dev/null)\";"
-                f" echo \"Inputs=$({newest})\"")
+                # systemd 252 does not flag a drop-in added to a directory it did not know as
+                # needing a daemon-reload: the drop-ins on disk are listed to compare with the loaded ones.
+                f" printf 'DropInsOnDisk=';"
+                f" for f in /etc/systemd/system/{q(unit)}.d/*.conf; do [ -e \"$f\" ] && printf '%s ' \"$f\"; done;"
+                f" echo; printf 'StampPath=%s\\n' {stamp};"
+                f" find {stamp} {' '.join(q(p) for p in inputs)} -maxdepth 0 -printf 'Times=%T@ %C@ %p\\n' 2>/dev/null;"
+                f" true")
 
     def process(self, output):
-        values = dict(line.split("=", 1) for line in output if "=" in line)
+        values = dict(line.split("=", 1) for line in output if "=" in line and not line.startswith("Times="))
+        stamp_file = values.get("StampPath")
+        times = [line[len("Times="):].split(" ", 2) for line in output if line.startswith("Times=")]
+        times = [t for t in times if len(t) == 3]
         started = parse_timestamp(values.get("ExecMainStartTimestamp", ""))
-        stamp = _float(values.get("Stamp", ""))
+        stamp = next((_float(mtime) for mtime, _, path in times if path == stamp_file), None)
+        changes = [c for c in (_float(ctime) for _, ctime, path in times if path != stamp_file) if c is not None]
         applied = max([t for t in (started, stamp) if t is not None], default=None)
         unloaded_dropins = set(values.get("DropInsOnDisk", "").split()) - set(values.get("DropInPaths", "").split())
         return {
@@ -91,7 +97,7 @@ class DaemonState(FactBase):
             "enabled": values.get("UnitFileState") in ENABLED_FILE_STATES,
             "needs_daemon_reload": values.get("NeedDaemonReload") == "yes" or bool(unloaded_dropins),
             "applied": applied,
-            "inputs_changed": _float(values.get("Inputs", "")),
+            "inputs_changed": max(changes, default=None),
         }
 
 
@@ -100,10 +106,10 @@ class NewestChange(FactBase):
 
     def command(self, paths: tuple[str, ...]) -> str:
         listed = " ".join(shlex.quote(p) for p in paths)
-        return f"find {listed} -maxdepth 0 -printf '%C@\\n' 2>/dev/null | sort -n | tail -n 1"
+        return f"find {listed} -maxdepth 0 -printf '%C@\\n' 2>/dev/null; true"
 
     def process(self, output):
-        return _float("".join(output).strip())
+        return max((t for t in (_float(line.strip()) for line in output) if t is not None), default=None)
 
 
 def owed(state: dict) -> bool:

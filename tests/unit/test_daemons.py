@@ -4,7 +4,9 @@ after its process started (or after our last reload of it)."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 
 import pytest
 
@@ -19,6 +21,17 @@ def state(lines: list[str]) -> dict:
 UP = ["LoadState=loaded", "ActiveState=active", "NeedDaemonReload=no",
       "ExecMainStartTimestamp=Wed 2026-12-02 13:05:01.500000 UTC"]
 STARTED = parse_timestamp("Wed 2026-12-02 13:05:01.500000 UTC")
+STAMP = "/var/lib/fleet/applied/redis-server.service"
+
+
+def stamp(mtime=None) -> list[str]:
+    """The fact's lines for our reload stamp (mtime), or for none."""
+    return [f"StampPath={STAMP}"] + ([f"Times={mtime} {mtime + 5} {STAMP}"] if mtime is not None else [])
+
+
+def inputs(*ctimes) -> list[str]:
+    """The fact's lines for input files changed at `ctimes` (mtimes older, to tell them apart)."""
+    return [f"Times={c - 100} {c} /etc/fleet/input {i}.conf" for i, c in enumerate(ctimes)]
 
 
 def test_systemd_timestamps_parse_to_epoch_seconds():
@@ -27,29 +40,29 @@ def test_systemd_timestamps_parse_to_epoch_seconds():
 
 
 def test_an_input_changed_after_the_start_is_owed_a_restart():
-    assert owed(state([*UP, "Stamp=", f"Inputs={STARTED + 0.01}"]))
+    assert owed(state([*UP, *stamp(), *inputs(STARTED - 40, STARTED + 0.01)]))
 
 
 def test_inputs_older_than_the_start_owe_nothing():
-    assert not owed(state([*UP, "Stamp=", f"Inputs={STARTED - 30}"]))
+    assert not owed(state([*UP, *stamp(), *inputs(STARTED - 30)]))
 
 
 def test_a_reload_stamp_newer_than_the_change_settles_it():
-    assert not owed(state([*UP, f"Stamp={STARTED + 20}", f"Inputs={STARTED + 10}"]))
-    assert owed(state([*UP, f"Stamp={STARTED + 20}", f"Inputs={STARTED + 25}"]))
+    assert not owed(state([*UP, *stamp(STARTED + 20), *inputs(STARTED + 10)]))
+    assert owed(state([*UP, *stamp(STARTED + 20), *inputs(STARTED + 25)]))
 
 
 @pytest.mark.parametrize("lines", [
     ["LoadState=loaded", "ActiveState=inactive", "NeedDaemonReload=no", "ExecMainStartTimestamp=",
-     "Stamp=", "Inputs=1796216800.0"],  # stopped: starting it reads the current inputs
-    [*UP, "Stamp=", "Inputs="],  # no input exists yet (a dry run before the first converge)
+     *stamp(), *inputs(1796216800.0)],  # stopped: starting it reads the current inputs
+    [*UP, *stamp()],  # no input exists yet (a dry run before the first converge)
 ])
 def test_nothing_is_owed_when_it_cannot_be_known(lines):
     assert not owed(state(lines))
 
 
 def test_unit_load_state_is_read():
-    s = state(["LoadState=not-found", "ActiveState=inactive", "NeedDaemonReload=yes", "Stamp=", "Inputs="])
+    s = state(["LoadState=not-found", "ActiveState=inactive", "NeedDaemonReload=yes", *stamp()])
     assert not s["loaded"] and s["needs_daemon_reload"]
 
 
@@ -62,8 +75,32 @@ def test_a_drop_in_systemd_has_not_loaded_needs_a_daemon_reload():
 
 def test_newest_change_fact():
     assert NewestChange().process(["1796216701.250000000"]) == 1796216701.25
-    assert NewestChange().process([""]) is None
+    assert NewestChange().process(["1796216601.5", "1796216701.250000000", "1796216651"]) == 1796216701.25
+    assert NewestChange().process([""]) is None and NewestChange().process([]) is None
     assert "'/etc/a b'" in NewestChange().command(("/etc/a b",))
+
+
+def test_the_facts_read_the_files_on_this_machine(tmp_path):
+    """The commands themselves, run by sh here (no systemd: its part answers nothing): the
+    newest ctime among the inputs, paths with spaces, a missing input and stamp ignored."""
+    files = [tmp_path / "a b.conf", tmp_path / "c.conf"]
+    for f in files:
+        f.write_text("x")
+    newest = max(os.stat(f).st_ctime for f in files)
+    paths = (*map(str, files), str(tmp_path / "missing"))
+    out = subprocess.run(["sh", "-c", DaemonState().command("fleet-no-such.service", paths)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    got = DaemonState().process(out)
+    assert got["inputs_changed"] == pytest.approx(newest, abs=1e-6)
+    assert got["applied"] is None and not got["needs_daemon_reload"]
+    out = subprocess.run(["sh", "-c", NewestChange().command(paths)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert NewestChange().process(out) == pytest.approx(newest, abs=1e-6)
+
+
+def test_the_stamp_is_told_from_the_inputs():
+    s = state([*UP, *stamp(STARTED + 20), *inputs(STARTED + 25, STARTED + 1)])
+    assert s["applied"] == STARTED + 20 and s["inputs_changed"] == STARTED + 25
 
 
 def test_the_connector_sets_keepalive_timeout_and_nodelay():
