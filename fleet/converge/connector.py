@@ -132,6 +132,89 @@ def batch_script(commands: list[str], token: str, lanes: int = LANES) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- Per-file facts, one process per kind -------------------------------------------------
+# A no-op converge asks ~70 `File` facts (a subshell and a `stat` each) and ~30 checksum facts
+# per host: most of the batch's processes. In the batch, the facts of one kind are answered by
+# one pseudo-command: one existence line per path (shell builtins, the fact's own test), then
+# one `stat`/`sha1sum`/`sha256sum` over the paths that exist. Recognized only when pyinfra's
+# own fact gives back the very command for the path (so a pyinfra upgrade that changes a fact
+# just turns this off), and used only when the group's tool exits 0 with one line per existing
+# path: each such line is what the fact's own command prints first (its fallbacks run only when
+# that fails). Otherwise those facts are simply not prefetched and are asked one by one.
+def _file_kinds():
+    from pyinfra.facts.files import File, Sha1File, Sha256File
+
+    stat = "stat -c 'user=%U group=%G mode=%A atime=%X mtime=%Y ctime=%Z size=%s %N'"
+    return (
+        # (fact, its command's text before the path, the text after which the path ends,
+        #  its existence test, the one command for every existing path)
+        (File, "! (test -e ", " || test -L ", 'test -e "$p" || test -L "$p"', stat),
+        (Sha1File, "test -e ", " && ( sha1sum ", 'test -e "$p"', "sha1sum"),
+        (Sha256File, "test -e ", " && ( sha256sum ", 'test -e "$p"', "sha256sum"),
+    )
+
+
+@functools.lru_cache(maxsize=8192)
+def file_fact(command: str) -> tuple[int, str] | None:
+    """(kind, path) when `command` is exactly pyinfra's File, Sha1File or Sha256File fact
+    command for a path, else None."""
+    for kind, (fact, head, stop, _, _) in enumerate(_file_kinds()):
+        if not command.startswith(head) or stop not in command:
+            continue
+        try:
+            words = shlex.split(command[len(head):].split(stop, 1)[0])
+        except ValueError:
+            continue
+        if len(words) == 1 and fact().command(words[0]).get_raw_value() == command:
+            return kind, words[0]
+    return None
+
+
+def group_file_facts(commands: list[str]) -> tuple[list[str], list[tuple[int, list[int] | int]]]:
+    """(the commands to run: the others, then one per kind of file fact; the plan: for each run
+    command's index, the original command's index, or for a group the list of those it answers)."""
+    kept, by_kind = [], {}
+    for index, command in enumerate(commands):
+        found = file_fact(command)
+        if found is None:
+            kept.append(index)
+        else:
+            by_kind.setdefault(found[0], []).append((index, found[1]))
+    run = [commands[i] for i in kept]
+    plan: list[tuple[int, list[int] | int]] = list(enumerate(kept))
+    kinds = _file_kinds()
+    for kind, members in sorted(by_kind.items()):
+        _, _, _, exists, tool = kinds[kind]
+        paths = " ".join(shlex.quote(path) for _, path in members)
+        run.append(f'set --; for p in {paths}; do if {exists}; then set -- "$@" "$p"; echo y; else echo n; fi; done;'
+                   f' [ $# -eq 0 ] || {tool} "$@" 2>/dev/null')
+        plan.append((len(run) - 1, [i for i, _ in members]))
+    return run, plan
+
+
+def ungroup_file_facts(results: dict[int, tuple[int, list[str], list[str]]],
+                       plan: list[tuple[int, list[int] | int]]) -> dict[int, tuple[int, list[str], list[str]]]:
+    """The batch's results for the run commands, back to the original commands' indexes;
+    a group whose answer is not exactly what is expected answers none of its facts."""
+    out = {}
+    for position, originals in plan:
+        result = results.get(position)
+        if result is None:
+            continue
+        if isinstance(originals, int):
+            out[originals] = result
+            continue
+        status, lines, err = result
+        flags, rest = lines[:len(originals)], lines[len(originals):]
+        if (status != 0 or err or len(flags) != len(originals) or any(f not in ("y", "n") for f in flags)
+                or flags.count("y") != len(rest)):
+            continue
+        answers = iter(rest)
+        for index, flag in zip(originals, flags):
+            out[index] = (0, [next(answers)] if flag == "y" else [], [])
+    return out
+
+
 def _sections(lines: list[str], token: str, with_status: bool) -> dict[int, tuple[int, list[str]]] | None:
     found: dict[int, tuple[int, list[str]]] = {}
     current: int | None = None
@@ -257,14 +340,16 @@ class FleetSSHConnector(SSHConnector):
 
     def _batch(self, wanted: list[tuple[str, str]], as_root: bool) -> None:
         token = "fleet-prefetch-" + secrets.token_hex(8)
-        script = batch_script([inner for _, inner in wanted], token)
+        commands, plan = group_file_facts([inner for _, inner in wanted])
+        script = batch_script(commands, token)
         try:
             ok, output = super().run_shell_command(StringCommand("sh", "-s"), _sudo=as_root, _stdin=script,
                                                    _timeout=BATCH_TIMEOUT)
         except (OSError, SSHException, EOFError, TimeoutError) as exc:
             logger.warning(f"{self.host.print_prefix}fact prefetch failed ({exc}); facts are asked one by one")
             return
-        results = parse_batch(output.stdout_lines, output.stderr_lines, token, len(wanted)) if ok else {}
+        results = parse_batch(output.stdout_lines, output.stderr_lines, token, len(commands)) if ok else {}
+        results = ungroup_file_facts(results, plan)
         if not results:
             logger.warning(f"{self.host.print_prefix}fact prefetch gave no usable answer; "
                            "facts are asked one by one")

@@ -183,3 +183,64 @@ def test_the_fast_unquoting_gives_what_shlex_split_gives(prefix, command):
                 (False, words[2]) if len(words) == 3 and tuple(words[:2]) == mod.SUDO_PREFIX[3:] else None)
     assert mod.FleetSSHConnector._inner.__wrapped__(line) == expected
     assert mod.FleetSSHConnector._inner(prefix + "'unterminated") is None
+
+
+# --- File, Sha1File and Sha256File facts answered per kind, one process each -------------
+def _file_fact_commands(root):
+    from pyinfra.facts.files import File, Sha1File, Sha256File
+
+    (root / "plain").write_text("x")
+    (root / "a b 'q' \\ $x").write_text("y")
+    (root / "line\nbreak").write_text("z")
+    (root / "dir").mkdir()
+    (root / "link").symlink_to(root / "plain")
+    (root / "dangling").symlink_to(root / "nowhere")
+    (root / "ünï").write_text("u")
+    names = ["plain", "a b 'q' \\ $x", "line\nbreak", "link", "dangling", "missing", "ünï", "dir"]
+    paths = [str(root / n) for n in names] + ["", "-n"]
+    files = [File().command(p).get_raw_value() for p in paths]
+    sums = [fact().command(p).get_raw_value() for fact in (Sha1File, Sha256File) for p in paths if not p.endswith("dir")]
+    return files, sums
+
+
+def test_file_facts_grouped_answer_as_each_fact_alone(tmp_path):
+    from fleet.converge.connector import file_fact, group_file_facts, ungroup_file_facts
+
+    files, sums = _file_fact_commands(tmp_path)
+    commands = [COMMANDS[0], *files, COMMANDS[1], *sums, COMMANDS[2]]
+    assert all(file_fact(c) is not None for c in files + sums)
+    run, plan = group_file_facts(commands)
+    assert len(run) == 3 + 3  # the three others, one command per kind
+    results = ungroup_file_facts(run_batch(run), plan)
+    assert sorted(results) == list(range(len(commands)))
+    for index, command in enumerate(commands):
+        assert results[index] == run_live(command), command
+
+
+def test_a_group_that_cannot_answer_exactly_answers_none_of_its_facts(tmp_path):
+    """A directory makes sha1sum fail: none of that kind is prefetched (asked live instead)."""
+    from pyinfra.facts.files import Sha1File
+
+    from fleet.converge.connector import group_file_facts, ungroup_file_facts
+
+    files, _ = _file_fact_commands(tmp_path)
+    sums = [Sha1File().command(str(tmp_path / n)).get_raw_value() for n in ("plain", "dir")]
+    commands = [*files, *sums]
+    run, plan = group_file_facts(commands)
+    results = ungroup_file_facts(run_batch(run), plan)
+    assert sorted(results) == list(range(len(files)))
+    for index in results:
+        assert results[index] == run_live(commands[index])
+
+
+@pytest.mark.parametrize("command", [
+    "! (test -e /a || test -L /b ) || ( stat -c 'x' /a )",  # not the fact's text
+    "test -e /a && ( sha1sum /a 2> /dev/null || shasum /a 2> /dev/null || sha1 /a 2> /dev/null ) || true; rm -rf /",
+    "test -e '/a && ( sha1sum ' && ( sha1sum x",
+    "echo hi",
+])
+def test_only_the_facts_own_commands_are_grouped(command):
+    from fleet.converge.connector import file_fact, group_file_facts
+
+    assert file_fact(command) is None
+    assert group_file_facts([command]) == ([command], [(0, 0)])
