@@ -11,7 +11,8 @@ From one run it prints and writes to JSON (medians of --runs where repeated):
 - the specs' time (tests/specs, every host);
 - the vault's opening time (scrypt at its real cost, then decryption);
 - the CPU seconds the no-op converges and the specs cost the operator and the test hosts
-  (read from the containers' cgroups), which move far less than wall times on shared cores;
+  (read from the containers' cgroups), which move far less than wall times on shared cores,
+  and the number of processes the test hosts started meanwhile (each host's last PID);
 - with --fresh, also fleet-up from no hosts and the first converge.
 Each time is also given as a ratio to the floor. Figures, not assertions: nothing here
 fails because a number is high, only because a run failed or changed something.
@@ -127,28 +128,57 @@ def hosts_cpu(names: list[str]) -> float | None:
     return total
 
 
+def hosts_last_pid(names: list[str]) -> list[int] | None:
+    """Each test host's last process ID (its own PID namespace); None where it cannot be read."""
+    found = []
+    for name in names:
+        done = subprocess.run(["docker", "exec", name, "cat", "/proc/sys/kernel/ns_last_pid"],
+                              capture_output=True, text=True)
+        if done.returncode != 0 or not done.stdout.strip().isdigit():
+            return None
+        found.append(int(done.stdout))
+    return found
+
+
+def processes_started(before: list[int] | None, after: list[int] | None) -> int | None:
+    """Processes the test hosts started between two readings, less the reading's own `cat`
+    on each; None when unknown (a reading failed, or a host's PIDs wrapped around)."""
+    if before is None or after is None:
+        return None
+    counts = [b - a - 1 for a, b in zip(before, after)]
+    return sum(counts) if all(c >= 0 for c in counts) else None
+
+
 class CpuMeter:
-    """Operator and test-host CPU seconds of each measured run, for medians."""
+    """Operator and test-host CPU seconds of each measured run, and the processes the test
+    hosts started (a count: load elsewhere on the machine does not move it, only the hosts' own
+    timers do, a little), for medians."""
 
     def __init__(self, names: list[str]):
         self.names = names
-        self.runs: dict[str, list[tuple[float, float | None]]] = {}
+        self.runs: dict[str, list[tuple[float, float | None, int | None]]] = {}
 
     def wrap(self, label: str, fn):
         def measured():
+            pids0 = hosts_last_pid(self.names)
             op0, host0 = operator_cpu(), hosts_cpu(self.names)
             value = fn()
             host1 = hosts_cpu(self.names)
+            op1 = operator_cpu()
             self.runs.setdefault(label, []).append(
-                (operator_cpu() - op0, None if host0 is None or host1 is None else host1 - host0))
+                (op1 - op0, None if host0 is None or host1 is None else host1 - host0,
+                 processes_started(pids0, hosts_last_pid(self.names))))
             return value
         return measured
 
     def medians(self, label: str) -> dict:
         runs = self.runs.get(label, [])
-        hosts = [h for _, h in runs if h is not None]
-        return {"operator": round(statistics.median(o for o, _ in runs), 2) if runs else None,
-                "test_hosts": round(statistics.median(hosts), 2) if runs and len(hosts) == len(runs) else None}
+
+        def median(column: int, digits: int | None):
+            values = [run[column] for run in runs if run[column] is not None]
+            return round(statistics.median(values), digits) if runs and len(values) == len(runs) else None
+
+        return {"operator": median(0, 2), "test_hosts": median(1, 2), "host_processes": median(2, None)}
 
 
 def slope(points: list[tuple[int, float]]) -> float:
@@ -256,13 +286,14 @@ def main(argv: list[str]) -> int:
         if figures.get(key) is not None:
             r = ratio(figures[key])
             print(f"{label:<44} {figures[key]:>9.3f} {r if r is not None else '':>8}")
-    print(f"\n{'CPU seconds (medians)':<44} {'operator':>9} {'test hosts':>11}")
+    print(f"\n{'CPU seconds and host processes (medians)':<44} {'operator':>9} {'test hosts':>11} {'processes':>10}")
     for label, key in (("no-op converge, whole site", "noop_site"), ("no-op converge, base only", "noop_base"),
                        ("specs, every host", "specs")):
         used = figures["cpu_seconds"][key]
         if used["operator"] is not None:
             hosts_text = f"{used['test_hosts']:.2f}" if used["test_hosts"] is not None else "n/a (no cgroup CPU file)"
-            print(f"{label:<44} {used['operator']:>9.2f} {hosts_text:>11}")
+            procs = used["host_processes"]
+            print(f"{label:<44} {used['operator']:>9.2f} {hosts_text:>11} {procs if procs is not None else 'n/a':>10}")
     print("no-op converge by host count: " + ", ".join(f"{c} host(s) {s:.2f}s" for c, s in points))
     print(f"specs: {figures['specs_summary']}")
     print(f"figures written to {args.out}")

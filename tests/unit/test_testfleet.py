@@ -28,3 +28,11 @@ def test_arm64_image_has_its_own_tag():
     # a different architecture is a different image; the native one keeps its tag
     assert image_tag("arm64") != image_tag()
     assert image_tag("arm64").startswith("fleet-testhost-arm64:")
+
+
+def test_the_benchmark_counts_the_processes_hosts_started():
+    from harness.bench import processes_started
+
+    assert processes_started([100, 2000], [151, 2011]) == 50 + 10  # less each reading's own cat
+    assert processes_started([100, 2000], [151, 12]) is None  # PIDs wrapped on one host
+    assert processes_started(None, [1, 2]) is None and processes_started([1], None) is None
