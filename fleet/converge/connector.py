@@ -132,86 +132,175 @@ def batch_script(commands: list[str], token: str, lanes: int = LANES) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- Per-file facts, one process per kind -------------------------------------------------
-# A no-op converge asks ~70 `File` facts (a subshell and a `stat` each) and ~30 checksum facts
-# per host: most of the batch's processes. In the batch, the facts of one kind are answered by
-# one pseudo-command: one existence line per path (shell builtins, the fact's own test), then
-# one `stat`/`sha1sum`/`sha256sum` over the paths that exist. Recognized only when pyinfra's
-# own fact gives back the very command for the path (so a pyinfra upgrade that changes a fact
-# just turns this off), and used only when the group's tool exits 0 with one line per existing
-# path: each such line is what the fact's own command prints first (its fallbacks run only when
-# that fails). Otherwise those facts are simply not prefetched and are asked one by one.
-def _file_kinds():
-    from pyinfra.facts.files import File, Sha1File, Sha256File
+# --- Facts of one kind, one command for all ----------------------------------------------
+# A no-op converge asks ~70 `File` facts (a subshell and a `stat` each), ~30 checksum facts and
+# ~20 daemon states (systemctl, find) per host: most of the batch's processes. In the batch,
+# the facts of one kind are answered by one pseudo-command, and its output is split back into
+# what each fact's own command prints. A command joins a group only when the fact's own code
+# gives back that very command for the parsed arguments (so a pyinfra upgrade that changes a
+# fact just turns this off), and a group's answer is used only when it has exactly the
+# expected shape (its tool exited 0, one answer per member); otherwise its facts are simply
+# not prefetched and are asked one by one, as any other fact not in the record.
+Result = tuple[int, list[str], list[str]]
 
-    stat = "stat -c 'user=%U group=%G mode=%A atime=%X mtime=%Y ctime=%Z size=%s %N'"
-    return (
-        # (fact, its command's text before the path, the text after which the path ends,
-        #  its existence test, the one command for every existing path)
-        (File, "! (test -e ", " || test -L ", 'test -e "$p" || test -L "$p"', stat),
-        (Sha1File, "test -e ", " && ( sha1sum ", 'test -e "$p"', "sha1sum"),
-        (Sha256File, "test -e ", " && ( sha256sum ", 'test -e "$p"', "sha256sum"),
-    )
+
+class _FileKind:
+    """pyinfra's File (also Directory, Link: the same command), Sha1File and Sha256File: one
+    existence line per path (shell builtins, the fact's own test), then one stat/sha1sum/
+    sha256sum over the paths that exist, whose line for each is what the fact's own command
+    prints first (its fallbacks run only when that fails, and then the group is not used)."""
+
+    def __init__(self, fact: str, head: str, stop: str, exists: str, tool: str):
+        self.fact, self.head, self.stop, self.exists, self.tool = fact, head, stop, exists, tool
+
+    def parse(self, command: str) -> str | None:
+        if not command.startswith(self.head) or self.stop not in command:
+            return None
+        try:
+            words = shlex.split(command[len(self.head):].split(self.stop, 1)[0])
+        except ValueError:
+            return None
+        from pyinfra.facts import files
+
+        fact = getattr(files, self.fact)
+        return words[0] if len(words) == 1 and fact().command(words[0]).get_raw_value() == command else None
+
+    def command(self, paths: list[str]) -> str:
+        quoted = " ".join(shlex.quote(path) for path in paths)
+        return (f'set --; for p in {quoted}; do if {self.exists}; then set -- "$@" "$p"; echo y; else echo n; fi; done;'
+                f' [ $# -eq 0 ] || {self.tool} "$@" 2>/dev/null')
+
+    def split(self, result: Result, paths: list[str]) -> list[Result] | None:
+        status, lines, err = result
+        flags, rest = lines[:len(paths)], lines[len(paths):]
+        if (status != 0 or err or len(flags) != len(paths) or any(f not in ("y", "n") for f in flags)
+                or flags.count("y") != len(rest)):
+            return None
+        answers = iter(rest)
+        return [(0, [next(answers)] if flag == "y" else [], []) for flag in flags]
+
+
+class _DaemonKind:
+    """fleet.converge.daemons.DaemonState: one `systemctl show` for every unit (systemd prints
+    one block per unit, an empty line between), each unit's drop-ins on disk (shell builtins),
+    and one `find` over every unit's stamp and inputs, in order (find prints each path it finds
+    in the order given, so each line goes back to its unit by walking the paths in order)."""
+
+    SHOW = "systemctl show --timestamp=us+utc " + " ".join(f"-p {p}" for p in (
+        "LoadState", "ActiveState", "SubState", "UnitFileState", "NeedDaemonReload", "ExecMainStartTimestamp",
+        "DropInPaths"))
+    FIND = " -maxdepth 0 -printf 'Times=%T@ %C@ %p\\n' 2>/dev/null"
+
+    def parse(self, command: str) -> tuple[str, tuple[str, ...]] | None:
+        from fleet.converge import daemons
+
+        head = f" printf 'StampPath=%s\\n' "
+        if not command.startswith(self.SHOW) or head not in command:
+            return None
+        try:
+            paths = shlex.split(command.split(head, 1)[1].split(";", 1)[1].strip()[len("find"):].split(self.FIND, 1)[0])
+        except (ValueError, IndexError):
+            return None
+        if not paths or not paths[0].startswith(daemons.APPLIED_DIR + "/"):
+            return None
+        unit, inputs = paths[0][len(daemons.APPLIED_DIR) + 1:], tuple(paths[1:])
+        return (unit, inputs) if daemons.DaemonState().command(unit, inputs) == command else None
+
+    def command(self, members: list[tuple[str, tuple[str, ...]]]) -> str:
+        from fleet.converge import daemons
+
+        q = shlex.quote
+        dropins = " ".join(f"printf 'DropInsOnDisk='; for f in /etc/systemd/system/{q(unit)}.d/*.conf;"
+                           f" do [ -e \"$f\" ] && printf '%s ' \"$f\"; done; echo;" for unit, _ in members)
+        paths = " ".join(q(p) for unit, inputs in members for p in (daemons.stamp_path(unit), *inputs))
+        return (f"{self.SHOW} {' '.join(q(unit) for unit, _ in members)} 2>/dev/null; echo --; {dropins}"
+                f" echo --; find {paths}{self.FIND}; true")
+
+    def split(self, result: Result, members: list[tuple[str, tuple[str, ...]]]) -> list[Result] | None:
+        from fleet.converge import daemons
+
+        status, lines, err = result
+        if status != 0 or err or lines.count("--") != 2:
+            return None
+        first = lines.index("--")
+        second = lines.index("--", first + 1)
+        blocks: list[list[str]] = [[]]
+        for line in lines[:first]:
+            if line == "":
+                blocks.append([])
+            else:
+                blocks[-1].append(line)
+        dropins, times = lines[first + 1:second], lines[second + 1:]
+        if len(blocks) != len(members) or len(dropins) != len(members):
+            return None
+        found = iter(times)
+        line = next(found, None)
+        answers = []
+        for (unit, inputs), block, dropin in zip(members, blocks, dropins):
+            stamp = daemons.stamp_path(unit)
+            mine = []
+            for path in (stamp, *inputs):
+                if line is not None and line.startswith("Times=") and line.split(" ", 2)[2:] == [path]:
+                    mine.append(line)
+                    line = next(found, None)
+            answers.append((0, [*block, dropin, f"StampPath={stamp}", *mine], []))
+        return answers if line is None else None
+
+
+KINDS = (
+    _FileKind("File", "! (test -e ", " || test -L ", 'test -e "$p" || test -L "$p"',
+              "stat -c 'user=%U group=%G mode=%A atime=%X mtime=%Y ctime=%Z size=%s %N'"),
+    _FileKind("Sha1File", "test -e ", " && ( sha1sum ", 'test -e "$p"', "sha1sum"),
+    _FileKind("Sha256File", "test -e ", " && ( sha256sum ", 'test -e "$p"', "sha256sum"),
+    _DaemonKind(),
+)
 
 
 @functools.lru_cache(maxsize=8192)
-def file_fact(command: str) -> tuple[int, str] | None:
-    """(kind, path) when `command` is exactly pyinfra's File, Sha1File or Sha256File fact
-    command for a path, else None."""
-    for kind, (fact, head, stop, _, _) in enumerate(_file_kinds()):
-        if not command.startswith(head) or stop not in command:
-            continue
-        try:
-            words = shlex.split(command[len(head):].split(stop, 1)[0])
-        except ValueError:
-            continue
-        if len(words) == 1 and fact().command(words[0]).get_raw_value() == command:
-            return kind, words[0]
+def fact_kind(command: str) -> tuple[int, object] | None:
+    """(index in KINDS, the fact's arguments) when `command` is exactly that kind's fact
+    command, else None."""
+    for index, kind in enumerate(KINDS):
+        found = kind.parse(command)
+        if found is not None:
+            return index, found
     return None
 
 
-def group_file_facts(commands: list[str]) -> tuple[list[str], list[tuple[int, list[int] | int]]]:
-    """(the commands to run: the others, then one per kind of file fact; the plan: for each run
-    command's index, the original command's index, or for a group the list of those it answers)."""
+def group_facts(commands: list[str]) -> tuple[list[str], list[tuple[int, int | tuple[int, list]]]]:
+    """(the commands to run: the others, then one per kind present; the plan: for each run
+    command's index, the original command's index, or for a group (its kind, the members'
+    (original index, arguments)))."""
     kept, by_kind = [], {}
     for index, command in enumerate(commands):
-        found = file_fact(command)
+        found = fact_kind(command)
         if found is None:
             kept.append(index)
         else:
             by_kind.setdefault(found[0], []).append((index, found[1]))
     run = [commands[i] for i in kept]
-    plan: list[tuple[int, list[int] | int]] = list(enumerate(kept))
-    kinds = _file_kinds()
+    plan: list = list(enumerate(kept))
     for kind, members in sorted(by_kind.items()):
-        _, _, _, exists, tool = kinds[kind]
-        paths = " ".join(shlex.quote(path) for _, path in members)
-        run.append(f'set --; for p in {paths}; do if {exists}; then set -- "$@" "$p"; echo y; else echo n; fi; done;'
-                   f' [ $# -eq 0 ] || {tool} "$@" 2>/dev/null')
-        plan.append((len(run) - 1, [i for i, _ in members]))
+        run.append(KINDS[kind].command([arguments for _, arguments in members]))
+        plan.append((len(run) - 1, (kind, members)))
     return run, plan
 
 
-def ungroup_file_facts(results: dict[int, tuple[int, list[str], list[str]]],
-                       plan: list[tuple[int, list[int] | int]]) -> dict[int, tuple[int, list[str], list[str]]]:
+def ungroup_facts(results: dict[int, Result], plan: list) -> dict[int, Result]:
     """The batch's results for the run commands, back to the original commands' indexes;
     a group whose answer is not exactly what is expected answers none of its facts."""
     out = {}
-    for position, originals in plan:
+    for position, entry in plan:
         result = results.get(position)
         if result is None:
             continue
-        if isinstance(originals, int):
-            out[originals] = result
+        if isinstance(entry, int):
+            out[entry] = result
             continue
-        status, lines, err = result
-        flags, rest = lines[:len(originals)], lines[len(originals):]
-        if (status != 0 or err or len(flags) != len(originals) or any(f not in ("y", "n") for f in flags)
-                or flags.count("y") != len(rest)):
-            continue
-        answers = iter(rest)
-        for index, flag in zip(originals, flags):
-            out[index] = (0, [next(answers)] if flag == "y" else [], [])
+        kind, members = entry
+        answers = KINDS[kind].split(result, [arguments for _, arguments in members])
+        if answers is not None and len(answers) == len(members):
+            out.update({index: answer for (index, _), answer in zip(members, answers)})
     return out
 
 
@@ -340,7 +429,7 @@ class FleetSSHConnector(SSHConnector):
 
     def _batch(self, wanted: list[tuple[str, str]], as_root: bool) -> None:
         token = "fleet-prefetch-" + secrets.token_hex(8)
-        commands, plan = group_file_facts([inner for _, inner in wanted])
+        commands, plan = group_facts([inner for _, inner in wanted])
         script = batch_script(commands, token)
         try:
             ok, output = super().run_shell_command(StringCommand("sh", "-s"), _sudo=as_root, _stdin=script,
@@ -349,7 +438,7 @@ class FleetSSHConnector(SSHConnector):
             logger.warning(f"{self.host.print_prefix}fact prefetch failed ({exc}); facts are asked one by one")
             return
         results = parse_batch(output.stdout_lines, output.stderr_lines, token, len(commands)) if ok else {}
-        results = ungroup_file_facts(results, plan)
+        results = ungroup_facts(results, plan)
         if not results:
             logger.warning(f"{self.host.print_prefix}fact prefetch gave no usable answer; "
                            "facts are asked one by one")

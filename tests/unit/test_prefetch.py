@@ -3,6 +3,7 @@ own run of it would give, and nothing taken from output the script did not print
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from fleet.converge.connector import batch_script, parse_batch
@@ -204,14 +205,14 @@ def _file_fact_commands(root):
 
 
 def test_file_facts_grouped_answer_as_each_fact_alone(tmp_path):
-    from fleet.converge.connector import file_fact, group_file_facts, ungroup_file_facts
+    from fleet.converge.connector import fact_kind, group_facts, ungroup_facts
 
     files, sums = _file_fact_commands(tmp_path)
     commands = [COMMANDS[0], *files, COMMANDS[1], *sums, COMMANDS[2]]
-    assert all(file_fact(c) is not None for c in files + sums)
-    run, plan = group_file_facts(commands)
+    assert all(fact_kind(c) is not None for c in files + sums)
+    run, plan = group_facts(commands)
     assert len(run) == 3 + 3  # the three others, one command per kind
-    results = ungroup_file_facts(run_batch(run), plan)
+    results = ungroup_facts(run_batch(run), plan)
     assert sorted(results) == list(range(len(commands)))
     for index, command in enumerate(commands):
         assert results[index] == run_live(command), command
@@ -221,13 +222,13 @@ def test_a_group_that_cannot_answer_exactly_answers_none_of_its_facts(tmp_path):
     """A directory makes sha1sum fail: none of that kind is prefetched (asked live instead)."""
     from pyinfra.facts.files import Sha1File
 
-    from fleet.converge.connector import group_file_facts, ungroup_file_facts
+    from fleet.converge.connector import group_facts, ungroup_facts
 
     files, _ = _file_fact_commands(tmp_path)
     sums = [Sha1File().command(str(tmp_path / n)).get_raw_value() for n in ("plain", "dir")]
     commands = [*files, *sums]
-    run, plan = group_file_facts(commands)
-    results = ungroup_file_facts(run_batch(run), plan)
+    run, plan = group_facts(commands)
+    results = ungroup_facts(run_batch(run), plan)
     assert sorted(results) == list(range(len(files)))
     for index in results:
         assert results[index] == run_live(commands[index])
@@ -240,7 +241,72 @@ def test_a_group_that_cannot_answer_exactly_answers_none_of_its_facts(tmp_path):
     "echo hi",
 ])
 def test_only_the_facts_own_commands_are_grouped(command):
-    from fleet.converge.connector import file_fact, group_file_facts
+    from fleet.converge.connector import fact_kind, group_facts
 
-    assert file_fact(command) is None
-    assert group_file_facts([command]) == ([command], [(0, 0)])
+    assert fact_kind(command) is None
+    assert group_facts([command]) == ([command], [(0, 0)])
+
+
+# systemctl's shape for `show -p ... UNIT...`, for the test: each unit's properties, one block
+# per unit, an empty line between blocks (as systemd prints them; tests/specs/test_net.py
+# compares the grouped answer with each unit's own on the real hosts).
+FAKE_SYSTEMCTL = """#!/bin/sh
+# test double of `systemctl show` (shape only)
+shift
+units=""; props=""
+while [ $# -gt 0 ]; do
+  case "$1" in --timestamp=*) ;; -p) shift; props="$props $1" ;; *) units="$units $1" ;; esac
+  shift
+done
+first=1
+for u in $units; do
+  [ $first = 1 ] || echo
+  first=0
+  for p in $props; do echo "$p=$p-of-$u"; done
+done
+"""
+
+
+def test_daemon_states_grouped_answer_as_each_alone(tmp_path, monkeypatch):
+    from fleet.converge.connector import fact_kind, group_facts, ungroup_facts
+    from fleet.converge.daemons import DaemonState
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL)
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    for name in ("a.conf", "b c.conf", "shared.conf"):
+        (tmp_path / name).write_text(name)
+    f = lambda name: str(tmp_path / name)  # noqa: E731
+    daemons = [DaemonState().command(unit, inputs) for unit, inputs in (
+        ("one.service", (f("a.conf"), f("missing"), f("shared.conf"))),
+        ("two@x.service", ()),
+        ("three.timer", (f("shared.conf"), f("b c.conf"))),
+        ("four.service", (f("missing"),)),
+    )]
+    files, _ = _file_fact_commands(tmp_path)
+    commands = [COMMANDS[0], daemons[0], *files[:3], daemons[1], daemons[2], COMMANDS[1], daemons[3]]
+    assert all(fact_kind(c) is not None for c in daemons)
+    run, plan = group_facts(commands)
+    assert len(run) == 2 + 2  # the two others, one for the file facts, one for the daemons
+    results = ungroup_facts(run_batch(run), plan)
+    assert sorted(results) == list(range(len(commands)))
+    for index, command in enumerate(commands):
+        assert results[index] == run_live(command), command
+    assert any(line.startswith("Times=") for line in results[1][1])
+
+
+def test_a_daemon_group_of_the_wrong_shape_answers_none(tmp_path, monkeypatch):
+    """A systemctl that prints one block too few: none of the daemon states is prefetched."""
+    from fleet.converge.connector import group_facts, ungroup_facts
+    from fleet.converge.daemons import DaemonState
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text("#!/bin/sh\necho LoadState=loaded\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    commands = [DaemonState().command("a.service", ()), DaemonState().command("b.service", ()), COMMANDS[0]]
+    run, plan = group_facts(commands)
+    assert ungroup_facts(run_batch(run), plan).keys() == {2}
