@@ -97,8 +97,10 @@ class BackupStatus(FactBase):
     def command(self, textfile_dir: str) -> str:
         q = shlex.quote
         # "missing" only when restic says there is no repository; any other failure (a wrong
-        # password, an unreachable repository host) is reported, never answered with init
-        return (f"out=$({BIN}/fleet-restic cat config 2>&1 >/dev/null); if [ $? -eq 0 ]; then echo repository=yes;"
+        # password, an unreachable repository host) is reported, never answered with init.
+        # --no-lock: reading the config needs no lock, and a shared one is refused while the
+        # repository host's retention (forget/prune) holds its exclusive lock.
+        return (f"out=$({BIN}/fleet-restic --no-lock cat config 2>&1 >/dev/null); if [ $? -eq 0 ]; then echo repository=yes;"
                 f" elif printf '%s' \"$out\" | grep -q 'Is there a repository at the following location'; then"
                 f" echo repository=missing; else echo \"repository=error: $(printf '%s' \"$out\" | grep -v '^$' | tail -n 1)\"; fi;"
                 f" cmp -s {PATHS} {LAST_PATHS} || echo paths=changed;"
