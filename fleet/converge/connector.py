@@ -36,12 +36,13 @@ import sys
 from pathlib import Path
 
 from paramiko import SSHException
-from pyinfra.api import StringCommand
+from pyinfra.api import FactBase, StringCommand
 from pyinfra.api.exceptions import ConnectError
 from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.connectors.util import CommandOutput, OutputLine, make_unix_command_for_host
+from pyinfra.facts.files import File, Sha1File, Sha256File
 
-from fleet.converge import opcost
+from fleet.converge import daemons, opcost
 
 logger = logging.getLogger("pyinfra")
 
@@ -150,7 +151,7 @@ class _FileKind:
     sha256sum over the paths that exist, whose line for each is what the fact's own command
     prints first (its fallbacks run only when that fails, and then the group is not used)."""
 
-    def __init__(self, fact: str, head: str, stop: str, exists: str, tool: str):
+    def __init__(self, fact: type[FactBase], head: str, stop: str, exists: str, tool: str):
         self.fact, self.head, self.stop, self.exists, self.tool = fact, head, stop, exists, tool
 
     def parse(self, command: str) -> str | None:
@@ -160,10 +161,7 @@ class _FileKind:
             words = shlex.split(command[len(self.head):].split(self.stop, 1)[0])
         except ValueError:
             return None
-        from pyinfra.facts import files
-
-        fact = getattr(files, self.fact)
-        return words[0] if len(words) == 1 and fact().command(words[0]).get_raw_value() == command else None
+        return words[0] if len(words) == 1 and self.fact().command(words[0]).get_raw_value() == command else None
 
     def command(self, paths: list[str]) -> str:
         quoted = " ".join(shlex.quote(path) for path in paths)
@@ -192,8 +190,6 @@ class _DaemonKind:
     FIND = " -maxdepth 0 -printf 'Times=%T@ %C@ %p\\n' 2>/dev/null"
 
     def parse(self, command: str) -> tuple[str, tuple[str, ...]] | None:
-        from fleet.converge import daemons
-
         head = f" printf 'StampPath=%s\\n' "
         if not command.startswith(self.SHOW) or head not in command:
             return None
@@ -207,8 +203,6 @@ class _DaemonKind:
         return (unit, inputs) if daemons.DaemonState().command(unit, inputs) == command else None
 
     def command(self, members: list[tuple[str, tuple[str, ...]]]) -> str:
-        from fleet.converge import daemons
-
         q = shlex.quote
         dropins = " ".join(f"printf 'DropInsOnDisk='; for f in /etc/systemd/system/{q(unit)}.d/*.conf;"
                            f" do [ -e \"$f\" ] && printf '%s ' \"$f\"; done; echo;" for unit, _ in members)
@@ -217,8 +211,6 @@ class _DaemonKind:
                 f" echo --; find {paths}{self.FIND}; true")
 
     def split(self, result: Result, members: list[tuple[str, tuple[str, ...]]]) -> list[Result] | None:
-        from fleet.converge import daemons
-
         status, lines, err = result
         if status != 0 or err or lines.count("--") != 2:
             return None
@@ -248,10 +240,10 @@ class _DaemonKind:
 
 
 KINDS = (
-    _FileKind("File", "! (test -e ", " || test -L ", 'test -e "$p" || test -L "$p"',
+    _FileKind(File, "! (test -e ", " || test -L ", 'test -e "$p" || test -L "$p"',
               "stat -c 'user=%U group=%G mode=%A atime=%X mtime=%Y ctime=%Z size=%s %N'"),
-    _FileKind("Sha1File", "test -e ", " && ( sha1sum ", 'test -e "$p"', "sha1sum"),
-    _FileKind("Sha256File", "test -e ", " && ( sha256sum ", 'test -e "$p"', "sha256sum"),
+    _FileKind(Sha1File, "test -e ", " && ( sha1sum ", 'test -e "$p"', "sha1sum"),
+    _FileKind(Sha256File, "test -e ", " && ( sha256sum ", 'test -e "$p"', "sha256sum"),
     _DaemonKind(),
 )
 
