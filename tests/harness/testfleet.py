@@ -208,15 +208,20 @@ def ensure_image(arch: str = NATIVE_ARCH) -> str:
     return tag
 
 
+# debootstrap alternates these two for every package it fetches: one phase, not ~100
+_ONE_PHASE = {"Retrieving": "Retrieving/Validating", "Validating": "Retrieving/Validating"}
+
+
 def stream_phases(cmd: list[str], what: str) -> None:
     """Run cmd, showing its progress as it goes: one line each time debootstrap's "I: <verb>"
-    phase changes (Retrieving, Validating, Extracting, Unpacking, Configuring ...), with how
-    many packages the last phase went through; fail with its last lines if it fails."""
+    phase changes (Retrieving/Validating, Extracting, Unpacking, Configuring ...), with how
+    many steps the last phase went through; fail with its last lines if it fails."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     phase, count, tail = None, 0, []
     for line in proc.stdout:
         tail = (tail + [line.rstrip()])[-20:]
         verb = line[3:].split(" ", 1)[0] if line.startswith("I: ") else None
+        verb = _ONE_PHASE.get(verb, verb)
         if verb and verb != phase:
             if phase:
                 log(f"{what}: {phase} done ({count} step(s))")

@@ -36,3 +36,18 @@ def test_the_benchmark_counts_the_processes_hosts_started():
     assert processes_started([100, 2000], [151, 2011]) == 50 + 10  # less each reading's own cat
     assert processes_started([100, 2000], [151, 12]) is None  # PIDs wrapped on one host
     assert processes_started(None, [1, 2]) is None and processes_started([1], None) is None
+
+
+def test_image_build_progress_folds_the_per_package_fetch(capsys):
+    """debootstrap's Retrieving/Validating pair, printed for every package, is one phase."""
+    from harness.testfleet import stream_phases
+
+    lines = ["I: Resolving dependencies", "I: Checking component main",
+             *[f"I: {verb} pkg{i}" for i in range(40) for verb in ("Retrieving", "Validating")],
+             "I: Chosen extractor", "I: Extracting a", "I: Extracting b", "W: a warning"]
+    stream_phases(["printf", "%s\\n", *lines], "debootstrap")
+    printed = capsys.readouterr()
+    shown = [line.split("] ", 1)[1] for line in (printed.out + printed.err).splitlines() if "debootstrap:" in line]
+    assert shown == ["debootstrap: Resolving done (1 step(s))", "debootstrap: Checking done (1 step(s))",
+                     "debootstrap: Retrieving/Validating done (80 step(s))", "debootstrap: Chosen done (1 step(s))",
+                     "debootstrap: Extracting done (3 step(s))"]
