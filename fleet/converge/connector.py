@@ -138,10 +138,11 @@ def batch_script(commands: list[str], token: str, lanes: int = LANES) -> str:
 # ~20 daemon states (systemctl, find) per host: most of the batch's processes. In the batch,
 # the facts of one kind are answered by one pseudo-command, and its output is split back into
 # what each fact's own command prints. A command joins a group only when the fact's own code
-# gives back that very command for the parsed arguments (so a pyinfra upgrade that changes a
-# fact just turns this off), and a group's answer is used only when it has exactly the
-# expected shape (its tool exited 0, one answer per member); otherwise its facts are simply
-# not prefetched and are asked one by one, as any other fact not in the record.
+# gives back that very command for the parsed arguments, running the group's tool first (so a
+# pyinfra upgrade that changes a fact, or that tool, just turns this off), and a group's answer
+# is used only when it has exactly the expected shape (its tool exited 0, one answer per
+# member); otherwise its facts are simply not prefetched and are asked one by one, as any
+# other fact not in the record.
 Result = tuple[int, list[str], list[str]]
 
 
@@ -161,7 +162,10 @@ class _FileKind:
             words = shlex.split(command[len(self.head):].split(self.stop, 1)[0])
         except ValueError:
             return None
-        return words[0] if len(words) == 1 and self.fact().command(words[0]).get_raw_value() == command else None
+        if len(words) != 1 or self.fact().command(words[0]).get_raw_value() != command:
+            return None
+        # the fact runs this very tool first (a pyinfra that changed its format stops the grouping)
+        return words[0] if f"{self.tool} {shlex.quote(words[0])} 2> /dev/null" in command else None
 
     def command(self, paths: list[str]) -> str:
         quoted = " ".join(shlex.quote(path) for path in paths)
@@ -184,10 +188,7 @@ class _DaemonKind:
     and one `find` over every unit's stamp and inputs, in order (find prints each path it finds
     in the order given, so each line goes back to its unit by walking the paths in order)."""
 
-    SHOW = "systemctl show --timestamp=us+utc " + " ".join(f"-p {p}" for p in (
-        "LoadState", "ActiveState", "SubState", "UnitFileState", "NeedDaemonReload", "ExecMainStartTimestamp",
-        "DropInPaths"))
-    FIND = " -maxdepth 0 -printf 'Times=%T@ %C@ %p\\n' 2>/dev/null"
+    SHOW, FIND = daemons.DaemonState.SHOW, daemons.DaemonState.TIMES
 
     def parse(self, command: str) -> tuple[str, tuple[str, ...]] | None:
         head = f" printf 'StampPath=%s\\n' "
@@ -204,8 +205,7 @@ class _DaemonKind:
 
     def command(self, members: list[tuple[str, tuple[str, ...]]]) -> str:
         q = shlex.quote
-        dropins = " ".join(f"printf 'DropInsOnDisk='; for f in /etc/systemd/system/{q(unit)}.d/*.conf;"
-                           f" do [ -e \"$f\" ] && printf '%s ' \"$f\"; done; echo;" for unit, _ in members)
+        dropins = " ".join(daemons.DaemonState.dropins_on_disk(unit) for unit, _ in members)
         paths = " ".join(q(p) for unit, inputs in members for p in (daemons.stamp_path(unit), *inputs))
         return (f"{self.SHOW} {' '.join(q(unit) for unit, _ in members)} 2>/dev/null; echo --; {dropins}"
                 f" echo --; find {paths}{self.FIND}; true")

@@ -64,19 +64,27 @@ class DaemonState(FactBase):
         return {"loaded": True, "active": False, "running": False, "enabled": False,
                 "needs_daemon_reload": False, "applied": None, "inputs_changed": None}
 
+    # The command's parts, which the converge's prefetch also puts together for many units at
+    # once (fleet/converge/connector.py): written here only.
+    SHOW = ("systemctl show --timestamp=us+utc -p LoadState -p ActiveState -p SubState -p UnitFileState"
+            " -p NeedDaemonReload -p ExecMainStartTimestamp -p DropInPaths")
+    TIMES = " -maxdepth 0 -printf 'Times=%T@ %C@ %p\\n' 2>/dev/null"
+
+    @staticmethod
+    def dropins_on_disk(unit: str) -> str:
+        # systemd 252 does not flag a drop-in added to a directory it did not know as needing a
+        # daemon-reload: the drop-ins on disk are listed to compare with the loaded ones.
+        return (f"printf 'DropInsOnDisk='; for f in /etc/systemd/system/{shlex.quote(unit)}.d/*.conf;"
+                f" do [ -e \"$f\" ] && printf '%s ' \"$f\"; done; echo;")
+
     def command(self, unit: str, inputs: tuple[str, ...] = ()) -> str:
         q = shlex.quote
         stamp = q(stamp_path(unit))
         # Two processes per unit (systemctl, find); the rest is shell builtins. The stamp's
         # mtime and the inputs' ctimes come from one find, each line naming its path.
-        return (f"systemctl show --timestamp=us+utc -p LoadState -p ActiveState -p SubState -p UnitFileState"
-                f" -p NeedDaemonReload -p ExecMainStartTimestamp -p DropInPaths {q(unit)} 2>/dev/null;"
-                # systemd 252 does not flag a drop-in added to a directory it did not know as
-                # needing a daemon-reload: the drop-ins on disk are listed to compare with the loaded ones.
-                f" printf 'DropInsOnDisk=';"
-                f" for f in /etc/systemd/system/{q(unit)}.d/*.conf; do [ -e \"$f\" ] && printf '%s ' \"$f\"; done;"
-                f" echo; printf 'StampPath=%s\\n' {stamp};"
-                f" find {stamp} {' '.join(q(p) for p in inputs)} -maxdepth 0 -printf 'Times=%T@ %C@ %p\\n' 2>/dev/null;"
+        return (f"{self.SHOW} {q(unit)} 2>/dev/null; {self.dropins_on_disk(unit)}"
+                f" printf 'StampPath=%s\\n' {stamp};"
+                f" find {stamp} {' '.join(q(p) for p in inputs)}{self.TIMES};"
                 f" true")
 
     def process(self, output):

@@ -310,3 +310,16 @@ def test_a_daemon_group_of_the_wrong_shape_answers_none(tmp_path, monkeypatch):
     commands = [DaemonState().command("a.service", ()), DaemonState().command("b.service", ()), COMMANDS[0]]
     run, plan = group_facts(commands)
     assert ungroup_facts(run_batch(run), plan).keys() == {2}
+
+
+def test_a_fact_whose_tool_changed_is_not_grouped(monkeypatch):
+    """Should pyinfra's File fact change its stat format, the group's copy of it would answer
+    in the old one: such a command is not grouped."""
+    from pyinfra.facts.files import File
+
+    from fleet.converge import connector
+
+    command = File().command("/etc/hostname").get_raw_value()
+    assert connector.KINDS[0].parse(command) == "/etc/hostname"
+    monkeypatch.setattr(connector.KINDS[0], "tool", "stat -c 'user=%U size=%s %N'")
+    assert connector.KINDS[0].parse(command) is None
