@@ -1,8 +1,10 @@
-"""Two per-operation costs of pyinfra's CLI, removed with exact equivalents.
+"""Three per-operation costs of pyinfra's CLI, removed with exact equivalents.
 
 Measured on a no-op converge of the 7-host test fleet (718 operations; docs/performance.md):
-of the operator's CPU, 2.0 s went to `get_operation_order_from_stack` and 0.5 s to
-`all_global_arguments`, both on pyinfra's single gevent thread, so straight onto wall time.
+of the operator's CPU, 2.0 s went to `get_operation_order_from_stack`, 0.5 s to
+`all_global_arguments` and, once those were gone, ~1.3 s (profiled) to
+`pop_global_arguments`'s host-data lookups; all on pyinfra's single gevent thread, so
+straight onto wall time.
 
 - `get_operation_order_from_stack` names an operation by the line numbers of its call stack.
   It builds them with `inspect.stack()`, which reads the source lines around every frame
@@ -14,6 +16,15 @@ of the operator's CPU, 2.0 s went to `get_operation_order_from_stack` and 0.5 s 
   start line of the instruction being run, which is `f_lineno` (the same location table).
 - `all_global_arguments` calls `typing.get_type_hints` on the same class for every
   operation and fact; its answer cannot change during a run, so it is computed once.
+- `pop_global_arguments` runs for every operation and every fact (~2,000 times in a no-op
+  of the site) and looks each of the 32 global argument names up in `host.data`. Each
+  lookup walks the host's data layers, and three of them are functions called anew every
+  time: one merges the data of every group the host is in. So one call builds ~100 dicts
+  to find that no layer has the name. `pop_arguments` reads the layers once per call and
+  looks every name up in them, in the same order, with the same shallow copy of the value
+  found: the layers cannot change within the call (nothing but pyinfra's own argument
+  handlers runs in it). A name that `HostData` itself defines (none of pyinfra's global
+  arguments does) is still read through `getattr`, as pyinfra does.
 
 Why code of our own: pyinfra has no setting for either (the stack is how its CLI orders
 operations across hosts), and fewer, larger operations per component would be a refactor of
@@ -21,7 +32,8 @@ every component. So the two functions are replaced in the modules that call them
 when pyinfra's own functions are the ones these were checked against: `install` compares the
 source of each original with the digest recorded here, and leaves pyinfra alone (its own,
 slower code runs) when they differ, e.g. after an upgrade. tests/unit/test_opcost.py checks
-that both give pyinfra's answers, frame by frame.
+that each gives pyinfra's answers: frame by frame, and argument by argument over data
+layers that have, lack, shadow and override every global argument.
 """
 
 from __future__ import annotations
@@ -31,14 +43,20 @@ import hashlib
 import inspect
 import logging
 import sys
+from copy import copy
 
 logger = logging.getLogger("pyinfra")
 
-# sha256 of inspect.getsource() of the originals these replace (pyinfra 3.10.0).
+# sha256 of inspect.getsource() of the originals these replace, and of the HostData whose
+# lookups pop_arguments repeats (pyinfra 3.10.0).
 CHECKED = {
     "get_operation_order_from_stack": "f4807f61585570e091fd453c7552d9e2b49329555f07f395a8e8f1d2a398a0b2",
     "all_global_arguments": "f7afbc472d78c5d2f0bb282994175647651e888543da001968d903cc4a26a5a1",
+    "pop_global_arguments": "a12a311539ff5068152b1c9c4578d77a8a893239a570f912768050a623069faf",
+    "HostData": "27949344fe93e254a4b7a536a4f56271de272f681a6d9885ceb434d275dbd176",
 }
+# pop_arguments stands for pop_global_arguments in the modules that import it by name.
+_CALLERS = ("pyinfra.api.operation", "pyinfra.api.facts", "pyinfra.api.deploy")
 
 _BYTECODE = (".pyc", ".pyo")
 
@@ -85,6 +103,60 @@ def operation_order(state) -> list:
     return line_numbers
 
 
+def pop_arguments(state, host, kwargs: dict):
+    """pyinfra.api.arguments.pop_global_arguments, reading the host's data layers once."""
+    from pyinfra.api.arguments import ArgumentTypeError, all_argument_meta, all_global_arguments, raise_if_bad_type
+    from pyinfra.api.host import extract_callable_datas
+    from pyinfra.context import ctx_config
+
+    config = state.config
+    if ctx_config.isset():
+        config = ctx_config.get()
+        assert config is not None
+
+    meta_kwargs = host.current_deploy_kwargs or {}
+    data = host.data
+    layers = list(extract_callable_datas(data.datas))
+    own = data.__dict__
+
+    arguments = {}
+    found_keys = []
+    for key, type_ in all_global_arguments():
+        argument_meta = all_argument_meta[key]
+        handler = argument_meta.handler
+        default = argument_meta.default(config)
+
+        if key in own or hasattr(type(data), key):  # not a data lookup in pyinfra either
+            host_default = getattr(data, key, _MISSING)
+            if host_default is not _MISSING:
+                default = host_default
+        else:
+            for layer in layers:
+                try:
+                    default = copy(layer[key])
+                    break
+                except KeyError:
+                    pass
+
+        if key in kwargs:
+            found_keys.append(key)
+            value = kwargs.pop(key)
+        else:
+            value = meta_kwargs.get(key, default)
+
+        if handler:
+            value = handler(config, value)
+
+        if value != default:
+            raise_if_bad_type(value, type_, ArgumentTypeError, f"Invalid argument `{key}`:")
+
+        arguments[key] = value
+    return arguments, found_keys
+
+
+_MISSING = object()
+
+
 def install() -> list[str]:
     """Put the equivalents in place where pyinfra's originals are the checked ones.
 
@@ -125,4 +197,19 @@ def install() -> list[str]:
         replaced.append("all_global_arguments")
     else:
         logger.debug("opcost: pyinfra's all_global_arguments is not the checked one; left as is")
+
+    import pyinfra.api.deploy  # noqa: F401
+    import pyinfra.api.host  # noqa: F401
+
+    callers = [sys.modules[name] for name in _CALLERS]
+    if all(module.pop_global_arguments is pop_arguments for module in callers):
+        replaced.append("pop_global_arguments")
+    elif (source_digest(arguments.pop_global_arguments) == CHECKED["pop_global_arguments"]
+          and source_digest(sys.modules["pyinfra.api.host"].HostData) == CHECKED["HostData"]
+          and all(module.pop_global_arguments is arguments.pop_global_arguments for module in callers)):
+        for module in callers:
+            module.pop_global_arguments = pop_arguments
+        replaced.append("pop_global_arguments")
+    else:
+        logger.debug("opcost: pyinfra's pop_global_arguments or HostData is not the checked one; left as is")
     return replaced

@@ -114,7 +114,8 @@ def test_global_arguments_are_pyinfras_and_a_fresh_list_each_time():
 
 def test_install_replaces_the_checked_originals_only(monkeypatch):
     operation = sys.modules["pyinfra.api.operation"]
-    assert sorted(opcost.install()) == ["all_global_arguments", "get_operation_order_from_stack"]
+    assert sorted(opcost.install()) == ["all_global_arguments", "get_operation_order_from_stack",
+                                        "pop_global_arguments"]
     assert operation.get_operation_order_from_stack is opcost.operation_order
     assert opcost.install() == opcost.install()  # a second call changes nothing
 
@@ -132,3 +133,86 @@ def test_the_digests_are_of_the_installed_pyinfra():
         "then record its new digest in opcost.CHECKED")
     original = getattr(arguments.all_global_arguments, "__wrapped__", arguments.all_global_arguments)
     assert opcost.source_digest(original) == opcost.CHECKED["all_global_arguments"]
+    assert opcost.source_digest(POP_ORIGINAL) == opcost.CHECKED["pop_global_arguments"]
+    assert opcost.source_digest(sys.modules["pyinfra.api.host"].HostData) == opcost.CHECKED["HostData"]
+
+
+def test_a_changed_hostdata_leaves_pyinfras_pop_in_place(monkeypatch):
+    callers = [sys.modules[name] for name in opcost._CALLERS]
+    for module in callers:
+        monkeypatch.setattr(module, "pop_global_arguments", POP_ORIGINAL)
+    monkeypatch.setitem(opcost.CHECKED, "HostData", "0" * 64)
+    assert "pop_global_arguments" not in opcost.install()
+    assert all(module.pop_global_arguments is POP_ORIGINAL for module in callers)
+
+
+# --- pop_global_arguments -----------------------------------------------------------------
+POP_ORIGINAL = arguments.pop_global_arguments
+
+
+def _host(layer_data: dict):
+    """A real pyinfra host whose data layers hold what `layer_data` names for each layer."""
+    from pyinfra.api import Config, Inventory, State
+
+    inventory = Inventory(
+        ([("h1", layer_data.get("host", {}))], layer_data.get("all", {})),
+        override_data=layer_data.get("override", {}),
+        web=(["h1"], layer_data.get("group1", {})),
+        db=(["h1"], layer_data.get("group2", {})),
+    )
+    state = State(inventory, Config())
+    host = inventory.get_host("h1")
+    return state, host
+
+
+# Every layer, alone and shadowing the ones after it, for the arguments the fleet's data sets
+# (_sudo, _timeout, _env...) and pyinfra's handled ones (_sudo_password is handled).
+LAYERS = [
+    {},
+    {"override": {"_sudo": True}},
+    {"host": {"_sudo": True, "_timeout": 30}, "group1": {"_sudo": False, "_timeout": 10}},
+    {"group1": {"_env": {"A": "1"}}, "group2": {"_env": {"B": "2"}}},
+    {"all": {"_retries": 2, "_chdir": "/tmp"}, "group2": {"_retries": 3}},
+    {"override": {"_timeout": 5}, "host": {"_timeout": 6}, "group1": {"_timeout": 7}, "all": {"_timeout": 8}},
+    {"host": {"_sudo_password": "pw", "name": "from data"}},
+    {"group2": {"_success_exit_codes": [0, 3]}, "all": {"_success_exit_codes": [0, 4]}},
+]
+CALLS = [
+    {},
+    {"_sudo": False, "path": "/etc/x"},
+    {"_env": {"C": "3"}, "name": "an operation", "_timeout": 1},
+    {"_success_exit_codes": [0, 1], "_retries": 0},
+]
+
+
+@pytest.mark.parametrize("layers", LAYERS)
+@pytest.mark.parametrize("kwargs", CALLS)
+@pytest.mark.parametrize("deploy_kwargs", [None, {"_sudo": True, "_env": {"D": "4"}}])
+def test_pop_arguments_is_pyinfras(layers, kwargs, deploy_kwargs):
+    state, host = _host(layers)
+    host.current_deploy_kwargs = deploy_kwargs
+    theirs_kwargs, ours_kwargs = dict(kwargs), dict(kwargs)
+    theirs = POP_ORIGINAL(state, host, theirs_kwargs)
+    ours = opcost.pop_arguments(state, host, ours_kwargs)
+    assert ours == theirs
+    assert ours_kwargs == theirs_kwargs  # the same arguments popped, the rest left
+    # a value found in data is a (shallow) copy in both: changing it changes no layer
+    codes = ours[0]["_success_exit_codes"]
+    codes.append(99)
+    assert 99 not in opcost.pop_arguments(state, host, {})[0]["_success_exit_codes"]
+
+
+def test_pop_arguments_refuses_a_bad_type_as_pyinfra_does():
+    from pyinfra.api.exceptions import ArgumentTypeError
+
+    state, host = _host({"host": {"_timeout": 5}})
+    for pop in (POP_ORIGINAL, opcost.pop_arguments):
+        with pytest.raises(ArgumentTypeError, match="Invalid argument `_sudo`"):
+            pop(state, host, {"_sudo": "yes please"})
+
+
+def test_pop_arguments_is_installed_where_pyinfra_calls_it():
+    opcost.install()
+    for name in opcost._CALLERS:
+        assert sys.modules[name].pop_global_arguments is opcost.pop_arguments
+    assert arguments.pop_global_arguments is POP_ORIGINAL  # pyinfra's own stays importable
