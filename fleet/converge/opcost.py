@@ -132,6 +132,11 @@ def pop_arguments(state, host, kwargs: dict):
                 default = host_default
         else:
             for layer in layers:
+                if type(layer) is dict:  # `in`, not a KeyError per miss: same answer, a plain dict
+                    if key in layer:
+                        default = copy(layer[key])
+                        break
+                    continue
                 try:
                     default = copy(layer[key])
                     break

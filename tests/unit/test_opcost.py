@@ -165,6 +165,19 @@ def _host(layer_data: dict):
     return state, host
 
 
+class Layer:
+    """A data layer that is not a plain dict (pyinfra only needs __getitem__ and KeyError)."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __bool__(self):
+        return True
+
+    def __getitem__(self, key):
+        return self.values[key]
+
+
 # Every layer, alone and shadowing the ones after it, for the arguments the fleet's data sets
 # (_sudo, _timeout, _env...) and pyinfra's handled ones (_sudo_password is handled).
 LAYERS = [
@@ -176,6 +189,7 @@ LAYERS = [
     {"override": {"_timeout": 5}, "host": {"_timeout": 6}, "group1": {"_timeout": 7}, "all": {"_timeout": 8}},
     {"host": {"_sudo_password": "pw", "name": "from data"}},
     {"group2": {"_success_exit_codes": [0, 3]}, "all": {"_success_exit_codes": [0, 4]}},
+    {"override": Layer({"_timeout": 9, "_success_exit_codes": [0, 5]}), "host": {"_timeout": 6, "_retries": 1}},
 ]
 CALLS = [
     {},
