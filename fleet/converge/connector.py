@@ -35,16 +35,23 @@ import socket
 import sys
 from pathlib import Path
 
+import gevent
+import gevent.event
 from paramiko import SSHException
 from pyinfra.api import FactBase, StringCommand
+from pyinfra.api import facts as pyinfra_facts
 from pyinfra.api.exceptions import ConnectError
 from pyinfra.connectors.ssh import SSHConnector
-from pyinfra.connectors.util import CommandOutput, OutputLine, make_unix_command_for_host
+from pyinfra.connectors.util import CommandOutput, OutputLine, make_unix_command_for_host, write_stdin
 from pyinfra.facts.files import File, Sha1File, Sha256File
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from fleet.converge import daemons, opcost
 
 logger = logging.getLogger("pyinfra")
+# What pyinfra's _get_fact prints when a fact's required command is missing; a pyinfra that
+# changed it sends other commands, which then just are not grouped (_SystemdKind.parse).
+NOCMD = getattr(pyinfra_facts, "_MISSING_COMMAND_MARKER", "##PYINFRA_NOCMD##")
 
 # Every run over this connector also drops two per-operation costs of pyinfra's CLI, with
 # exact equivalents (fleet/converge/opcost.py says which and why).
@@ -72,11 +79,13 @@ def tune(sock: socket.socket) -> None:
 # round trip each, and every operation waits for every host. A no-op converge of the site is
 # ~100 operations per host, so its time is round trips, not work. Here the fact commands a
 # host was asked last run (recorded in the file named by the host's `fleet_prefetch_file`
-# data) run in one batch when the host connects, and the answers serve the facts this run
-# asks — until anything other than a fact runs on any host (a command, an upload), from which
-# point every fact goes to the host again. So a fact is answered from the host's state as it
-# was at connect time only while the converge has changed nothing anywhere; that is what
-# pyinfra's own answer would have been too. Facts not recorded, or run other than as root
+# data) run in one batch started when the host connects; the answers stream back while pyinfra
+# prepares and runs the operations, and serve the facts this run asks (a fact asked before its
+# answer is there waits for that one answer) — until anything other than a fact runs on any
+# host (a command, an upload), from which point every fact goes to the host again. So a fact
+# is answered from the batch only while the converge has changed nothing anywhere, and each
+# answer was read on the host before it was used: what pyinfra's own answer would have been
+# too. Facts not recorded, or run other than as root
 # through sudo or as the SSH user (the two batches), are asked live. Nothing a fact returns
 # is written to disk: the record holds the commands (which never carry secrets), not output.
 # pyinfra offers no hook between a fact and its command, so a command is known to be a
@@ -111,25 +120,28 @@ LANES = 4
 
 def batch_script(commands: list[str], token: str, lanes: int = LANES) -> str:
     """A sh script that runs each command as `sh -c` would (in a subshell with no arguments,
-    stdin from /dev/null), its stdout and stderr each between `<token> <index>` and
-    `<token>-end <index> <exit status>` lines on the batch's own stdout and stderr. A
-    subshell is a fork without an exec, and the markers are printf builtins: the batch adds
-    no process per command beyond what the command itself starts. Commands are dealt round
-    robin to `lanes` lanes that run at once, each into its own files, printed lane by lane
-    at the end (facts only read, so their order does not matter)."""
-    lines = ['d=$(mktemp -d) || exit 1', "trap 'rm -rf \"$d\"' EXIT",
-             'run() { printf "%s %s\\n" "$T" "$1"; printf "%s %s\\n" "$T" "$1" >&2; '
-             'c=$2; ( unset T d; set --; eval "$c" ) </dev/null; rc=$?; '
-             'printf "\\n%s-end %s %s\\n" "$T" "$1" "$rc"; printf "\\n%s-end %s\\n" "$T" "$1" >&2; }',
+    stdin from /dev/null) and prints, on its stdout, one section per command as soon as that
+    command has finished: `<token> <index>`, its stdout, `<token>-err <index>`, its stderr,
+    `<token>-end <index> <exit status>`. Commands are dealt round robin to `lanes` lanes that
+    run at once, each command's output into its own files; a lane names each finished
+    command on a FIFO, and the script's main shell alone prints the sections, in the order
+    they finish, so they never interleave (facts only read, so their order does not matter).
+    A subshell is a fork without an exec and the markers are printf builtins: the batch adds
+    one `cat` per command beyond what the command itself starts."""
+    lines = ['d=$(mktemp -d) || exit 1', "trap 'rm -rf \"$d\"' EXIT", "trap 'exit 1' HUP INT PIPE TERM",
+             'mkfifo "$d/q" || exit 1', 'exec 3<>"$d/q"',
+             'run() { c=$2; { printf "%s %s\\n" "$T" "$1"; ( unset T d; set --; eval "$c" ) </dev/null 2>"$d/$1.e" 3>&-; '
+             'rc=$?; printf "\\n%s-err %s\\n" "$T" "$1"; } >"$d/$1.o"; echo "$1 $rc" >&3; }',
              f"T={token}"]
     used = min(lanes, len(commands)) or 1
     for lane in range(used):
         lines.append("{")
         lines += [f"run {i} {shlex.quote(commands[i])}" for i in range(lane, len(commands), used)]
-        lines.append(f'}} >"$d/{lane}.o" 2>"$d/{lane}.e" &')
+        lines.append("} </dev/null >/dev/null 2>&1 &")
+    lines.append(f'n=0; while [ "$n" -lt {len(commands)} ] && read -r i rc <&3; do'
+                 ' cat "$d/$i.o" "$d/$i.e"; printf "\\n%s-end %s %s\\n" "$T" "$i" "$rc"; n=$((n+1)); done')
+    lines.append("exec 3>&-")
     lines.append("wait")
-    lines.append("cat " + " ".join(f'"$d/{lane}.o"' for lane in range(used)))
-    lines.append("cat " + " ".join(f'"$d/{lane}.e"' for lane in range(used)) + " >&2")
     return "\n".join(lines) + "\n"
 
 
@@ -239,12 +251,60 @@ class _DaemonKind:
         return answers if line is None else None
 
 
+class _SystemdKind:
+    """pyinfra's SystemdStatus and SystemdEnabled for one system unit (what its
+    systemd.service operation asks, twice per unit): one `systemctl show` of both properties
+    for every unit (one block per unit, an empty line between, as for DaemonState), each
+    unit's block cut down to the Id line and the fact's own property line."""
+
+    FACTS = {"SubState": SystemdStatus, "UnitFileState": SystemdEnabled}
+    HEAD = "if command -v systemctl >/dev/null 2>&1; then ( systemctl show --all --property Id --property "
+    TAIL = f" ); else echo '{NOCMD}'; fi"
+
+    @staticmethod
+    def guarded(inner) -> str:
+        """The command pyinfra's _get_fact sends for a fact that requires systemctl."""
+        return StringCommand("if", "command", "-v", "systemctl", ">/dev/null", "2>&1;", "then", "(", inner, ");",
+                             "else", "echo", f"'{NOCMD}';", "fi").get_raw_value()
+
+    def parse(self, command: str) -> tuple[str, str] | None:
+        if not command.startswith(self.HEAD) or not command.endswith(self.TAIL):
+            return None
+        key, _, rest = command[len(self.HEAD):-len(self.TAIL)].partition(" ")
+        fact = self.FACTS.get(key)
+        try:
+            words = shlex.split(rest)
+        except ValueError:
+            return None
+        if (fact is None or len(words) != 1 or any(c in words[0] for c in "*?[")  # a pattern: many units
+                or self.guarded(fact().command(services=words[0])) != command):
+            return None
+        return key, words[0]
+
+    def command(self, members: list[tuple[str, str]]) -> str:
+        units = " ".join(shlex.quote(unit) for unit in dict.fromkeys(unit for _, unit in members))
+        return (f"if command -v systemctl >/dev/null 2>&1; then systemctl show --all --property Id"
+                f" --property SubState --property UnitFileState {units}; else echo '{NOCMD}'; fi")
+
+    def split(self, result: Result, members: list[tuple[str, str]]) -> list[Result] | None:
+        status, lines, err = result
+        units = list(dict.fromkeys(unit for _, unit in members))
+        blocks = [block.split("\n") for block in "\n".join(lines).split("\n\n")]
+        if (status != 0 or err or len(blocks) != len(units)
+                or any([line.split("=", 1)[0] for line in block] != ["Id", "SubState", "UnitFileState"]
+                       for block in blocks)):
+            return None
+        by_unit = dict(zip(units, blocks))
+        return [(0, [by_unit[unit][0], by_unit[unit][1 if key == "SubState" else 2]], []) for key, unit in members]
+
+
 KINDS = (
     _FileKind(File, "! (test -e ", " || test -L ", 'test -e "$p" || test -L "$p"',
               "stat -c 'user=%U group=%G mode=%A atime=%X mtime=%Y ctime=%Z size=%s %N'"),
     _FileKind(Sha1File, "test -e ", " && ( sha1sum ", 'test -e "$p"', "sha1sum"),
     _FileKind(Sha256File, "test -e ", " && ( sha256sum ", 'test -e "$p"', "sha256sum"),
     _DaemonKind(),
+    _SystemdKind(),
 )
 
 
@@ -260,75 +320,114 @@ def fact_kind(command: str) -> tuple[int, object] | None:
 
 
 def group_facts(commands: list[str]) -> tuple[list[str], list[tuple[int, int | tuple[int, list]]]]:
-    """(the commands to run: the others, then one per kind present; the plan: for each run
-    command's index, the original command's index, or for a group (its kind, the members'
-    (original index, arguments)))."""
-    kept, by_kind = [], {}
+    """(the commands to run: the others, and one per kind present, where the kind's first
+    member was (the record lists commands in the order the last run asked them, and the batch
+    answers roughly in that order); the plan: for each run command's index, the original
+    command's index, or for a group (its kind, the members' (original index, arguments)))."""
+    slots: list = []  # an original index, or the kind whose group goes there
+    by_kind: dict[int, list] = {}
     for index, command in enumerate(commands):
         found = fact_kind(command)
         if found is None:
-            kept.append(index)
+            slots.append(index)
+            continue
+        if found[0] not in by_kind:
+            by_kind[found[0]] = []
+            slots.append(("kind", found[0]))
+        by_kind[found[0]].append((index, found[1]))
+    run, plan = [], []
+    for slot in slots:
+        if isinstance(slot, int):
+            run.append(commands[slot])
+            plan.append((len(run) - 1, slot))
         else:
-            by_kind.setdefault(found[0], []).append((index, found[1]))
-    run = [commands[i] for i in kept]
-    plan: list = list(enumerate(kept))
-    for kind, members in sorted(by_kind.items()):
-        run.append(KINDS[kind].command([arguments for _, arguments in members]))
-        plan.append((len(run) - 1, (kind, members)))
+            members = by_kind[slot[1]]
+            run.append(KINDS[slot[1]].command([arguments for _, arguments in members]))
+            plan.append((len(run) - 1, (slot[1], members)))
     return run, plan
 
 
+def ungroup_one(result: Result, entry: int | tuple[int, list]) -> list[tuple[int, Result]]:
+    """One run command's result as (original index, result) pairs: itself, or its group's
+    members; a group whose answer is not exactly what is expected answers none of them."""
+    if isinstance(entry, int):
+        return [(entry, result)]
+    kind, members = entry
+    answers = KINDS[kind].split(result, [arguments for _, arguments in members])
+    if answers is None or len(answers) != len(members):
+        return []
+    return [(index, answer) for (index, _), answer in zip(members, answers)]
+
+
 def ungroup_facts(results: dict[int, Result], plan: list) -> dict[int, Result]:
-    """The batch's results for the run commands, back to the original commands' indexes;
-    a group whose answer is not exactly what is expected answers none of its facts."""
+    """The batch's results for the run commands, back to the original commands' indexes."""
     out = {}
     for position, entry in plan:
-        result = results.get(position)
-        if result is None:
-            continue
-        if isinstance(entry, int):
-            out[entry] = result
-            continue
-        kind, members = entry
-        answers = KINDS[kind].split(result, [arguments for _, arguments in members])
-        if answers is not None and len(answers) == len(members):
-            out.update({index: answer for (index, _), answer in zip(members, answers)})
+        if position in results:
+            out.update(ungroup_one(results[position], entry))
     return out
 
 
-def _sections(lines: list[str], token: str, with_status: bool) -> dict[int, tuple[int, list[str]]] | None:
-    found: dict[int, tuple[int, list[str]]] = {}
-    current: int | None = None
-    body: list[str] = []
-    for line in lines:
+class BrokenBatch(Exception):
+    """The batch printed a line its script does not print: nothing after it is used."""
+
+
+class BatchReader:
+    """batch_script's stream, read line by line as it comes: `feed` returns (index, (exit
+    status, stdout lines, stderr lines)) when a command's section ends, else None, and raises
+    BrokenBatch at a line outside what the script prints (a section is used only whole)."""
+
+    def __init__(self, token: str, count: int):
+        self.token, self.count = token, count
+        self.seen: set[int] = set()
+        self.current: int | None = None
+        self.out: list[str] = []
+        self.err: list[str] | None = None
+
+    @staticmethod
+    def _body(lines: list[str]) -> list[str]:
+        # the next marker's own leading newline: an empty line when the output ended with one
+        # (or was empty), else it ended the output's unterminated last line
+        if lines and lines[-1] == "":
+            lines.pop()
+        return lines
+
+    def feed(self, line: str) -> tuple[int, Result] | None:
+        if self.current is None:
+            words = line.split(" ")
+            if (len(words) == 2 and words[0] == self.token and words[1].isdigit()
+                    and int(words[1]) < self.count and int(words[1]) not in self.seen):
+                self.current, self.out, self.err = int(words[1]), [], None
+                return None
+            raise BrokenBatch(line[:80])
+        if self.err is None:
+            if line == f"{self.token}-err {self.current}":
+                self.err = []
+            else:
+                self.out.append(line)
+            return None
         words = line.split(" ")
-        if current is None:
-            if len(words) == 2 and words[0] == token and words[1].isdigit():
-                current, body = int(words[1]), []
-                continue
-            return None  # output outside a command's section: not what the script prints
-        if words[0] == f"{token}-end" and len(words) == (3 if with_status else 2) and words[1] == str(current):
-            # the marker's own leading newline: an empty line when the output ended with one
-            # (or was empty), else it ended the output's unterminated last line
-            if body and body[-1] == "":
-                body.pop()
-            status = int(words[2]) if with_status and words[2].isdigit() else 0
-            found[current] = (status, body)
-            current = None
-            continue
-        body.append(line)
-    return found if current is None else None
+        if len(words) == 3 and words[0] == f"{self.token}-end" and words[1] == str(self.current) and words[2].isdigit():
+            index, result = self.current, (int(words[2]), self._body(self.out), self._body(self.err))
+            self.seen.add(index)
+            self.current = None
+            return index, result
+        self.err.append(line)
+        return None
 
 
-def parse_batch(stdout: list[str], stderr: list[str], token: str,
-                count: int) -> dict[int, tuple[int, list[str], list[str]]]:
-    """{index: (exit status, stdout lines, stderr lines)} from batch_script's two streams;
-    {} when either is not what the script prints (then nothing of it is used)."""
-    out = _sections(stdout, token, with_status=True)
-    err = _sections(stderr, token, with_status=False)
-    if out is None or err is None or set(out) != set(err):
+def parse_batch(lines: list[str], token: str, count: int) -> dict[int, Result]:
+    """{index: (exit status, stdout lines, stderr lines)} from batch_script's whole output;
+    {} when it is not what the script prints, or is cut short."""
+    reader, found = BatchReader(token, count), {}
+    try:
+        for line in lines:
+            got = reader.feed(line)
+            if got is not None:
+                found[got[0]] = got[1]
+    except BrokenBatch:
         return {}
-    return {i: (out[i][0], out[i][1], err[i][1]) for i in out if i < count}
+    return found if reader.current is None else {}
 
 
 # A recorded command not asked for this many runs in a row is dropped from the record.
@@ -410,6 +509,8 @@ class FleetSSHConnector(SSHConnector):
     def _prefetch(self) -> None:
         self._asked: dict[str, None] = {}
         self._prefetched: dict[str, tuple[int, list, list]] = {}
+        self._waiting: dict[str, gevent.event.Event] = {}
+        self._readers: list[gevent.Greenlet] = []
         self._previous = self._read_record()
         if _state["changed"]:
             return
@@ -420,25 +521,50 @@ class FleetSSHConnector(SSHConnector):
                 self._batch(wanted, as_root)
 
     def _batch(self, wanted: list[tuple[str, str]], as_root: bool) -> None:
+        """Start the batch and return: its answers arrive while pyinfra prepares and runs
+        the operations, each one as soon as its command has finished on the host, and a fact
+        asked before its answer is there waits for that answer alone (run_shell_command). So
+        one slow check (a backup repository's key derivation, ~1 s) holds up only the
+        operation that asks it, not the whole run's start."""
         token = "fleet-prefetch-" + secrets.token_hex(8)
         commands, plan = group_facts([inner for _, inner in wanted])
-        script = batch_script(commands, token)
+        command = make_unix_command_for_host(self.state, self.host, StringCommand("sh", "-s"), _sudo=as_root)
         try:
-            ok, output = super().run_shell_command(StringCommand("sh", "-s"), _sudo=as_root, _stdin=script,
-                                                   _timeout=BATCH_TIMEOUT)
-        except (OSError, SSHException, EOFError, TimeoutError) as exc:
+            stdin, stdout, stderr = self.client.exec_command(command.get_raw_value())
+            write_stdin(batch_script(commands, token), stdin)
+        except (OSError, SSHException, EOFError) as exc:
             logger.warning(f"{self.host.print_prefix}fact prefetch failed ({exc}); facts are asked one by one")
             return
-        results = parse_batch(output.stdout_lines, output.stderr_lines, token, len(commands)) if ok else {}
-        results = ungroup_facts(results, plan)
-        if not results:
-            logger.warning(f"{self.host.print_prefix}fact prefetch gave no usable answer; "
-                           "facts are asked one by one")
-            return
-        for index, result in results.items():
-            if not any("\r" in line for line in result[1] + result[2]):
-                self._prefetched[wanted[index][0]] = result
-        logger.debug(f"{self.host.print_prefix}prefetched {len(results)} fact commands")
+        events = {key: gevent.event.Event() for key, _ in wanted}
+        self._waiting.update(events)
+        self._readers.append(gevent.spawn(self._read_batch, stdout, stderr, BatchReader(token, len(commands)),
+                                          dict(plan), [key for key, _ in wanted], events))
+
+    def _read_batch(self, stdout, stderr, reader: BatchReader, plan: dict, keys: list[str],
+                    events: dict[str, gevent.event.Event]) -> None:
+        drain = gevent.spawn(lambda: list(stderr))  # the script itself prints nothing there
+        answered = 0
+        try:
+            with gevent.Timeout(BATCH_TIMEOUT, TimeoutError(f"no end after {BATCH_TIMEOUT} s")):
+                for raw in stdout:
+                    got = reader.feed((raw.decode() if isinstance(raw, bytes) else raw).rstrip("\n"))
+                    if got is None:
+                        continue
+                    for index, result in ungroup_one(got[1], plan[got[0]]):
+                        if not any("\r" in line for line in result[1] + result[2]):
+                            self._prefetched[keys[index]] = result
+                            answered += 1
+                        events[keys[index]].set()
+            if reader.seen != set(plan):
+                raise BrokenBatch(f"{len(reader.seen)} of {len(plan)} sections")
+        except (BrokenBatch, OSError, SSHException, EOFError, TimeoutError) as exc:
+            logger.warning(f"{self.host.print_prefix}fact prefetch gave no usable answer after {answered} "
+                           f"({type(exc).__name__}: {exc}); the rest are asked one by one")
+        finally:
+            for event in events.values():  # anything unanswered is asked live
+                event.set()
+            drain.kill()
+        logger.debug(f"{self.host.print_prefix}prefetched {answered} fact commands")
 
     def _write_record(self) -> None:
         path = self._record_path()
@@ -462,6 +588,7 @@ class FleetSSHConnector(SSHConnector):
         self._prefetch()
 
     def disconnect(self) -> None:
+        gevent.killall(getattr(self, "_readers", []))
         self._write_record()
         super().disconnect()
 
@@ -471,6 +598,9 @@ class FleetSSHConnector(SSHConnector):
             key = self._cache_key(command, dict(arguments))
             if key is not None and hasattr(self, "_asked"):
                 self._asked[key] = None
+                waiting = self._waiting.get(key)
+                if waiting is not None and not _state["changed"]:
+                    waiting.wait()  # its batch's reader sets it: answered, or the batch ended
                 answer = None if _state["changed"] else self._prefetched.get(key)
                 if answer is not None:
                     status, out, err = answer

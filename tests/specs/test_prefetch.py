@@ -6,8 +6,9 @@ real systemd shows that its blocks for several units are its answers for each un
 from __future__ import annotations
 
 from pyinfra.facts.files import File, Sha256File
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-from fleet.converge.connector import KINDS, fact_kind
+from fleet.converge.connector import KINDS, _SystemdKind, fact_kind
 from fleet.converge.daemons import DaemonState
 
 INPUTS = ("/etc/hostname", "/etc/fleet-no-such-input", "/etc/ssh/sshd_config")
@@ -51,3 +52,20 @@ def test_pf02_file_facts_grouped_are_each_paths_own(fh):
     for fact in (File, Sha256File):
         commands = [fact().command(p).get_raw_value() for p in paths if not (fact is Sha256File and p == "/etc/ssh")]
         assert grouped(fh, commands) == [run(fh, c) for c in commands]
+
+
+def test_pf03_systemd_facts_grouped_are_each_units_own(fh):
+    """pf-03: pyinfra's SystemdStatus and SystemdEnabled for one unit each, answered by one
+    `systemctl show` of both properties for every unit, are each fact's own answer (running
+    and stopped services, a socket, a timer, a unit that does not exist)."""
+    listed = fh.host.check_output("systemctl list-units --type=service --state=running --no-legend --plain")
+    units = [line.split()[0] for line in listed.splitlines() if line.strip()][:6]
+    units += ["ssh.socket", "apt-daily-upgrade.timer", "fleet-no-such.service"]
+    commands = [_SystemdKind.guarded(fact().command(services=unit)) for unit in units
+                for fact in (SystemdStatus, SystemdEnabled)]
+    for _ in range(2):  # a unit may change state between the readings: read once more
+        singles = [run(fh, c) for c in commands]
+        together = grouped(fh, commands)
+        if together == singles:
+            break
+    assert together == singles

@@ -4,6 +4,7 @@ own run of it would give, and nothing taken from output the script did not print
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 from fleet.converge.connector import batch_script, parse_batch
@@ -30,8 +31,8 @@ def run_live(command: str) -> tuple[int, list[str], list[str]]:
 
 def run_batch(commands: list[str], token: str = "tok-123") -> dict:
     done = subprocess.run(["sh", "-s"], input=batch_script(commands, token), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return parse_batch(done.stdout.splitlines(), done.stderr.splitlines(), token, len(commands))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    return parse_batch(done.stdout.splitlines(), token, len(commands))
 
 
 def test_each_answer_is_what_a_live_run_gives():
@@ -42,10 +43,20 @@ def test_each_answer_is_what_a_live_run_gives():
 
 
 def test_a_line_the_script_did_not_print_voids_the_batch():
-    assert parse_batch(["tok 0", "a", "", "tok-end 0 0", "stray"], ["tok 0", "", "tok-end 0"], "tok", 1) == {}
-    assert parse_batch(["tok 0", "a", "", "tok-end 0 0"], ["tok 0", "b", "tok-end 0"], "tok", 1) == {0: (0, ["a"], ["b"])}
-    assert parse_batch(["tok 0", "a", "", "tok-end 0 0"], [], "tok", 1) == {}  # stderr's sections missing
-    assert parse_batch(["tok 0", "a"], ["tok 0", "tok-end 0"], "tok", 1) == {}  # cut short
+    whole = ["tok 0", "a", "", "tok-err 0", "b", "tok-end 0 0"]
+    assert parse_batch(whole, "tok", 1) == {0: (0, ["a"], ["b"])}
+    assert parse_batch([*whole, "stray"], "tok", 1) == {}
+    assert parse_batch(["stray", *whole], "tok", 1) == {}
+    assert parse_batch(whole[:4], "tok", 1) == {}  # cut short
+    assert parse_batch([*whole, *whole], "tok", 1) == {}  # the same index twice
+
+
+def test_sections_arrive_as_their_commands_finish():
+    """A slow command does not hold up the answers of the other lane, nor the earlier ones of its own."""
+    commands = ["sleep 0.5; echo slow", "echo fast", "echo faster", "echo fastest"]
+    done = subprocess.run(["sh", "-s"], input=batch_script(commands, "tok", lanes=2), capture_output=True, text=True)
+    headers = [line for line in done.stdout.splitlines() if line.startswith("tok ")]
+    assert headers == ["tok 1", "tok 3", "tok 0", "tok 2"]  # lanes: [0, 2] and [1, 3]
 
 
 def test_a_command_printing_a_header_lookalike_cannot_forge_an_answer():
@@ -54,8 +65,8 @@ def test_a_command_printing_a_header_lookalike_cannot_forge_an_answer():
     assert results[1] == (0, ["real"], [])
 
 
-def test_indexes_beyond_the_batch_are_ignored():
-    assert parse_batch(["tok 5", "x", "tok-end 5 0"], ["tok 5", "tok-end 5"], "tok", 2) == {}
+def test_indexes_beyond_the_batch_are_refused():
+    assert parse_batch(["tok 5", "x", "tok-err 5", "tok-end 5 0"], "tok", 2) == {}
 
 
 # --- the connector: which answers come from the batch, and when they stop ----------------
@@ -63,6 +74,7 @@ def test_indexes_beyond_the_batch_are_ignored():
 import json  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
+import gevent  # noqa: E402
 import pytest  # noqa: E402
 from pyinfra.api import StringCommand  # noqa: E402
 from pyinfra.connectors.ssh import SSHConnector  # noqa: E402
@@ -70,23 +82,62 @@ from pyinfra.connectors.ssh import SSHConnector  # noqa: E402
 from fleet.converge import connector as mod  # noqa: E402
 
 
+class FakeChannelFile:
+    """What paramiko's exec_command gives for stdout/stderr: lines, as they come."""
+
+    def __init__(self, lines):
+        self.lines = lines
+
+    def __iter__(self):
+        for line in self.lines:
+            gevent.sleep(0)  # a network read: other greenlets run meanwhile
+            yield line + "\n"
+
+
+class FakeClient:
+    """Answers the batch (`sh -s` with the script on stdin) the way the script's stream
+    looks: every command's section, command i printing `prefetched i` with exit status i,
+    in the order `order` gives (default: as dealt)."""
+
+    def __init__(self, order=None, stray_after=None):
+        self.order, self.stray_after, self.batches = order, stray_after, []
+
+    def exec_command(self, command):
+        assert command.endswith("sh -c 'sh -s'"), command
+        client = self
+
+        class Stdin:
+            def write(self, data):
+                client.batches.append(data.decode())
+
+            def close(self):
+                pass
+
+        out = []
+
+        def stream():
+            script = client.batches[-1]
+            token = script.split("\nT=", 1)[1].split("\n", 1)[0]
+            count = script.count("\nrun ")
+            for n, i in enumerate(client.order or range(count)):
+                if client.stray_after == n:
+                    yield "stray"
+                yield from [f"{token} {i}", f"prefetched {i}", "", f"{token}-err {i}", "", f"{token}-end {i} {i}"]
+
+        class Lazy:
+            def __iter__(self):
+                return (line + "\n" for line in stream())
+
+        return Stdin(), Lazy(), FakeChannelFile([])
+
+
 @pytest.fixture
 def conn(monkeypatch, tmp_path):
     """A FleetSSHConnector with no SSH under it: pyinfra's connector answers every command
-    it is given with ('live', command) and counts the calls."""
+    it is given with ('live', command) and counts the calls; the batch goes to a FakeClient."""
     live = []
 
     def fake_run(self, command, print_output=False, print_input=False, **arguments):
-        if "_stdin" in arguments:  # the batch
-            script = arguments["_stdin"]
-            token = script.split("\nT=", 1)[1].split("\n", 1)[0]
-            out, err = [], []
-            for i in range(script.count("\nrun ")):
-                out += [f"{token} {i}", f"prefetched {i}", "", f"{token}-end {i} {i}"]
-                err += [f"{token} {i}", "", f"{token}-end {i}"]
-            from pyinfra.connectors.util import CommandOutput, OutputLine
-            return True, CommandOutput([OutputLine("stdout", line) for line in out]
-                                       + [OutputLine("stderr", line) for line in err])
         live.append(str(command))
         from pyinfra.connectors.util import CommandOutput, OutputLine
         return True, CommandOutput([OutputLine("stdout", "live")])
@@ -96,9 +147,12 @@ def conn(monkeypatch, tmp_path):
     monkeypatch.setattr(mod, "_state", {"changed": False})
     record = tmp_path / "facts" / "h.json"
     c = object.__new__(mod.FleetSSHConnector)
-    c.state = None
+    from pyinfra.api import Config, Inventory, State
+
+    c.state = State(Inventory(([], {})), Config())
     c.host = SimpleNamespace(name="h", print_prefix="[h] ", connector_data={},
                              data={"fleet_prefetch_file": str(record)})
+    c.client = FakeClient()
     c.live, c.record = live, record
     return c
 
@@ -148,6 +202,44 @@ def test_the_record_keeps_what_was_asked_and_forgets_what_was_not_for_three_runs
     ask(conn, monkeypatch, "new")
     conn._write_record()
     assert json.loads(conn.record.read_text())["commands"] == {key(conn, "new"): 0, key(conn, "old"): 1}
+
+
+def test_a_fact_waits_for_its_own_answer_only(conn, monkeypatch):
+    conn.client = FakeClient(order=[1, 0])
+    conn.record.parent.mkdir()
+    conn.record.write_text(json.dumps({"commands": {key(conn, "cat /a"): 0, key(conn, "cat /b"): 0}}))
+    conn._prefetch()
+    assert conn._prefetched == {}  # nothing read yet: connect returned at once
+    assert ask(conn, monkeypatch, "cat /a")[1].stdout_lines == ["prefetched 0"]  # came second
+    assert ask(conn, monkeypatch, "cat /b")[1].stdout_lines == ["prefetched 1"]
+    assert conn.live == []
+
+
+def test_a_stray_line_leaves_the_answers_after_it_to_live_runs(conn, monkeypatch):
+    conn.client = FakeClient(stray_after=1)
+    conn.record.parent.mkdir()
+    conn.record.write_text(json.dumps({"commands": {key(conn, "cat /a"): 0, key(conn, "cat /b"): 0}}))
+    conn._prefetch()
+    assert ask(conn, monkeypatch, "cat /b")[1].stdout_lines == ["live"]
+    assert ask(conn, monkeypatch, "cat /a")[1].stdout_lines == ["prefetched 0"]  # whole before the stray line
+    assert conn.live == ["cat /b"]
+
+
+def test_a_change_while_a_fact_waits_sends_it_live(conn, monkeypatch):
+    conn.record.parent.mkdir()
+    conn.record.write_text(json.dumps({"commands": {key(conn, "cat /a"): 0}}))
+    conn._prefetch()
+    mod._state["changed"] = True  # another host's operation ran a command meanwhile
+    assert ask(conn, monkeypatch, "cat /a")[1].stdout_lines == ["live"]
+
+
+def test_disconnect_stops_a_batch_still_running(conn, monkeypatch):
+    conn.record.parent.mkdir()
+    conn.record.write_text(json.dumps({"commands": {key(conn, "cat /a"): 0}}))
+    conn._prefetch()
+    monkeypatch.setattr(SSHConnector, "disconnect", lambda self: None)
+    conn.disconnect()
+    assert all(reader.dead for reader in conn._readers)
 
 
 def test_an_unreadable_record_means_no_batch(conn):
@@ -247,35 +339,44 @@ def test_only_the_facts_own_commands_are_grouped(command):
     assert group_facts([command]) == ([command], [(0, 0)])
 
 
-# systemctl's shape for `show -p ... UNIT...`, for the test: each unit's properties, one block
-# per unit, an empty line between blocks (as systemd prints them; tests/specs/test_net.py
-# compares the grouped answer with each unit's own on the real hosts).
+# systemctl's shape for `show [--all] -p/--property ... UNIT...`, for the test: each unit's
+# properties in one fixed order whatever the order asked (as systemd prints them), one block
+# per unit, an empty line between blocks (the specs pf-01 and pf-03 compare the grouped
+# answers with each unit's own on the real hosts).
 FAKE_SYSTEMCTL = """#!/bin/sh
 # test double of `systemctl show` (shape only)
 shift
-units=""; props=""
-while [ $# -gt 0 ]; do
-  case "$1" in --timestamp=*) ;; -p) shift; props="$props $1" ;; *) units="$units $1" ;; esac
-  shift
+props=""; skip=0
+for a in "$@"; do
+  case "$a" in -p|--property) skip=1 ;; -*) ;; *) [ $skip = 0 ] || props="$props $a"; skip=0 ;; esac
 done
-first=1
-for u in $units; do
+first=1; skip=0
+for u in "$@"; do
+  case "$u" in -p|--property) skip=1; continue ;; -*) continue ;; esac
+  if [ $skip = 1 ]; then skip=0; continue; fi
   [ $first = 1 ] || echo
   first=0
-  for p in $props; do echo "$p=$p-of-$u"; done
+  for p in Id LoadState ActiveState SubState UnitFileState NeedDaemonReload ExecMainStartTimestamp DropInPath; do
+    case " $props " in *" Id "*) [ $p != Id ] || echo "Id=$u" ;; esac
+    case " $props " in *" $p "*) [ $p = Id ] || echo "$p=$p-of-$u" ;; esac
+  done
 done
 """
+
+
+def fake_systemctl(tmp_path, monkeypatch, script: str = FAKE_SYSTEMCTL) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(script)
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
 
 def test_daemon_states_grouped_answer_as_each_alone(tmp_path, monkeypatch):
     from fleet.converge.connector import fact_kind, group_facts, ungroup_facts
     from fleet.converge.daemons import DaemonState
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL)
-    (bin_dir / "systemctl").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    fake_systemctl(tmp_path, monkeypatch)
     for name in ("a.conf", "b c.conf", "shared.conf"):
         (tmp_path / name).write_text(name)
     f = lambda name: str(tmp_path / name)  # noqa: E731
@@ -302,11 +403,7 @@ def test_a_daemon_group_of_the_wrong_shape_answers_none(tmp_path, monkeypatch):
     from fleet.converge.connector import group_facts, ungroup_facts
     from fleet.converge.daemons import DaemonState
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text("#!/bin/sh\necho LoadState=loaded\n")
-    (bin_dir / "systemctl").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    fake_systemctl(tmp_path, monkeypatch, "#!/bin/sh\necho LoadState=loaded\n")
     commands = [DaemonState().command("a.service", ()), DaemonState().command("b.service", ()), COMMANDS[0]]
     run, plan = group_facts(commands)
     assert ungroup_facts(run_batch(run), plan).keys() == {2}
@@ -323,3 +420,66 @@ def test_a_fact_whose_tool_changed_is_not_grouped(monkeypatch):
     assert connector.KINDS[0].parse(command) == "/etc/hostname"
     monkeypatch.setattr(connector.KINDS[0], "tool", "stat -c 'user=%U size=%s %N'")
     assert connector.KINDS[0].parse(command) is None
+
+
+def systemd_fact_command(fact, **arguments) -> str:
+    """The command pyinfra's _get_fact sends for a systemd fact (it requires systemctl)."""
+    from fleet.converge.connector import _SystemdKind
+
+    return _SystemdKind.guarded(fact().command(**arguments))
+
+
+def test_systemd_facts_grouped_answer_as_each_alone(tmp_path, monkeypatch):
+    """pyinfra's SystemdStatus/SystemdEnabled for one unit each (the two systemd.service
+    asks per unit), among others: one systemctl for all, each answer its own command's."""
+    from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+    from fleet.converge.connector import fact_kind, group_facts, ungroup_facts
+    from fleet.converge.daemons import DaemonState
+
+    fake_systemctl(tmp_path, monkeypatch)
+    units = ["ssh.socket", "systemd-timesyncd.service", "a b@x.service", "ssh.socket"]
+    facts = [systemd_fact_command(fact, services=unit) for unit in units for fact in (SystemdStatus, SystemdEnabled)]
+    assert all(fact_kind(c) is not None for c in facts)
+    commands = [COMMANDS[0], *facts[:3], DaemonState().command("one.service", ()), *facts[3:], COMMANDS[1]]
+    run, plan = group_facts(commands)
+    assert len(run) == 2 + 2  # the two others, one daemon group, one systemd group
+    assert run[1].count("ssh.socket") == 1  # a unit asked twice is shown once
+    results = ungroup_facts(run_batch(run), plan)
+    assert sorted(results) == list(range(len(commands)))
+    for index, command in enumerate(commands):
+        assert results[index] == run_live(command), command
+    assert SystemdEnabled().process(results[2][1]) == {"ssh.socket": False}  # pyinfra reads it
+
+
+def test_systemd_facts_pyinfra_did_not_send_as_one_unit_are_not_grouped():
+    from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+    from fleet.converge.connector import fact_kind
+
+    for command in (
+        systemd_fact_command(SystemdStatus, services=["a.service", "b.service"]),
+        systemd_fact_command(SystemdStatus, user_mode=True, services="a.service"),
+        systemd_fact_command(SystemdEnabled, machine="m", services="a.service"),
+        systemd_fact_command(SystemdStatus),
+        SystemdStatus().command(services="a.service").get_raw_value(),  # not as pyinfra sends it
+        systemd_fact_command(SystemdStatus, services="a.service").replace("SubState", "ActiveState"),
+    ):
+        assert fact_kind(command) is None, command
+
+
+def test_a_systemd_group_of_the_wrong_shape_answers_none(tmp_path, monkeypatch):
+    """systemctl missing, or printing blocks other than Id, SubState, UnitFileState."""
+    from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+    from fleet.converge.connector import group_facts, ungroup_facts
+
+    commands = [systemd_fact_command(SystemdStatus, services="a.service"),
+                systemd_fact_command(SystemdEnabled, services="b.service"), COMMANDS[0]]
+    run, plan = group_facts(commands)
+    fake_systemctl(tmp_path, monkeypatch, "#!/bin/sh\nprintf 'Id=a\\nUnitFileState=x\\nSubState=y\\n'\n")
+    assert ungroup_facts(run_batch(run), plan).keys() == {2}
+    (tmp_path / "bin" / "systemctl").unlink()  # no systemctl: pyinfra's marker, not an answer
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/bin:/usr/bin")
+    if shutil.which("systemctl") is None:
+        assert ungroup_facts(run_batch(run), plan).keys() == {2}
