@@ -47,7 +47,8 @@ def vault_path() -> Path:
     return _selected["path"] or REPO / DEFAULT_VAULT
 
 
-def passphrase(prompt: str = "vault passphrase: ", confirm: bool = False, env_prefix: str = "FLEET_VAULT") -> str:
+def _known_passphrase(env_prefix: str = "FLEET_VAULT") -> str | None:
+    """The passphrase when it is given (a file, the environment, the target's file), else None."""
     file_var, value_var = f"{env_prefix}_PASSPHRASE_FILE", f"{env_prefix}_PASSPHRASE"
     if os.environ.get(file_var):
         path = Path(os.environ[file_var])
@@ -59,17 +60,68 @@ def passphrase(prompt: str = "vault passphrase: ", confirm: bool = False, env_pr
     selected = _selected["passphrase_file"]
     if env_prefix == "FLEET_VAULT" and selected and not os.environ.get("FLEET_VAULT"):
         return selected.read_text().rstrip("\n")
+    return None
+
+
+def passphrase(prompt: str = "vault passphrase: ", confirm: bool = False, env_prefix: str = "FLEET_VAULT") -> str:
+    known = _known_passphrase(env_prefix)
+    if known is not None:
+        return known
     if not sys.stdin.isatty():
-        raise VaultError(f"no vault passphrase: set {file_var} (or {value_var}), or run in a terminal to be prompted")
+        raise VaultError(f"no vault passphrase: set {env_prefix}_PASSPHRASE_FILE (or {env_prefix}_PASSPHRASE), "
+                         "or run in a terminal to be prompted")
     first = getpass.getpass(prompt)
     if confirm and getpass.getpass("again: ") != first:
         raise VaultError("the two passphrases differ; nothing was written")
     return first
 
 
+# The vault opened on another OS thread while the caller goes on (open_early): scrypt releases
+# the GIL, so its ~0.4 s of key derivation runs beside the inventory's validation instead of
+# after it. A real thread even under pyinfra's gevent (its monkey-patched threading would make
+# a greenlet, which runs nothing in parallel): gevent's originals of _thread.
+_early: dict[tuple[str, str], tuple[object, list]] = {}
+
+
+def open_early() -> None:
+    """Start opening the current vault, when its passphrase needs no prompt; current() takes
+    the result (or raises the error) when it is first asked."""
+    from gevent import monkey
+
+    try:
+        phrase = _known_passphrase()
+    except (VaultError, OSError):
+        return  # current() reports it
+    path = str(vault_path())
+    if phrase is None or path in _adopted or (path, phrase) in _early or _open.cache_info().currsize:
+        return
+    done = monkey.get_original("_thread", "allocate_lock")()
+    done.acquire()
+    box: list = []
+
+    def work():
+        try:
+            box.append((True, Vault(path, phrase).load()))
+        except BaseException as exc:  # handed to the caller of current(), as if raised there
+            box.append((False, exc))
+        finally:
+            done.release()
+
+    _early[(path, phrase)] = (done, box)
+    monkey.get_original("_thread", "start_new_thread")(work, ())
+
+
 @lru_cache(maxsize=None)
 def _open(path: str, phrase: str) -> dict[str, str]:
-    return Vault(path, phrase).load()
+    early = _early.pop((path, phrase), None)
+    if early is None:
+        return Vault(path, phrase).load()
+    done, box = early
+    done.acquire()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 _adopted: dict[str, dict[str, str]] = {}

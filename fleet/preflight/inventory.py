@@ -234,6 +234,7 @@ def prepare(hosts: dict, test_fleet: dict, inventory_file: str, target: str | No
     repo = Path(inventory_file).resolve().parent
     target = target or target_from_env()
     select_vault(repo, test_fleet, target)
+    keys.open_early()  # the key derivation runs while the data below is validated
     try:
         registry.selected()  # FLEET_COMPONENTS names real components (apply_target reads it)
     except registry.ComponentError as exc:

@@ -226,3 +226,37 @@ def test_an_adopted_vault_is_used_only_for_its_own_path(vault, tmp_path, monkeyp
     monkeypatch.setenv("FLEET_VAULT", str(other.path))
     with pytest.raises(v.VaultError):
         keys.current()
+
+
+def test_a_vault_opened_early_is_the_same_vault_and_the_same_errors(vault, tmp_path, monkeypatch):
+    """keys.open_early derives the key on another OS thread while the inventory is validated;
+    current() then gives what opening it there would give: the content, or the same error."""
+    import threading
+
+    from fleet.converge import keys
+
+    monkeypatch.setattr(keys, "_early", {})
+    keys._open.cache_clear()
+    monkeypatch.delenv("FLEET_VAULT_PASSPHRASE_FILE", raising=False)
+    monkeypatch.setenv("FLEET_VAULT", str(vault.path))
+    monkeypatch.setenv("FLEET_VAULT_PASSPHRASE", "correct horse")
+    threads = []
+    load = v.Vault.load
+    monkeypatch.setattr(v.Vault, "load", lambda self: threads.append(threading.get_ident()) or load(self))
+    keys.open_early()
+    assert len(keys._early) == 1
+    assert keys.current() == DATA and keys._early == {}
+    assert threads and threads[0] != threading.get_ident()  # derived on the other thread
+    keys.open_early()  # opened already: nothing more is started
+    assert keys._early == {} and len(threads) == 1
+
+    keys._open.cache_clear()
+    monkeypatch.setenv("FLEET_VAULT_PASSPHRASE", "not the passphrase")
+    keys.open_early()
+    with pytest.raises(v.VaultError):
+        keys.current()
+    keys._open.cache_clear()
+
+    monkeypatch.delenv("FLEET_VAULT_PASSPHRASE")  # a prompt would be needed: nothing starts early
+    keys.open_early()
+    assert keys._early == {}
