@@ -258,14 +258,17 @@ class _SystemdKind:
     unit's block cut down to the Id line and the fact's own property line."""
 
     FACTS = {"SubState": SystemdStatus, "UnitFileState": SystemdEnabled}
-    HEAD = "if command -v systemctl >/dev/null 2>&1; then ( systemctl show --all --property Id --property "
-    TAIL = f" ); else echo '{NOCMD}'; fi"
+    SHOW = "systemctl show --all --property Id --property"
 
     @staticmethod
     def guarded(inner) -> str:
         """The command pyinfra's _get_fact sends for a fact that requires systemctl."""
         return StringCommand("if", "command", "-v", "systemctl", ">/dev/null", "2>&1;", "then", "(", inner, ");",
                              "else", "echo", f"'{NOCMD}';", "fi").get_raw_value()
+
+    def __init__(self):
+        before, self.TAIL = self.guarded("\0").split("\0")
+        self.HEAD = f"{before}{self.SHOW} "
 
     def parse(self, command: str) -> tuple[str, str] | None:
         if not command.startswith(self.HEAD) or not command.endswith(self.TAIL):
@@ -283,8 +286,7 @@ class _SystemdKind:
 
     def command(self, members: list[tuple[str, str]]) -> str:
         units = " ".join(shlex.quote(unit) for unit in dict.fromkeys(unit for _, unit in members))
-        return (f"if command -v systemctl >/dev/null 2>&1; then systemctl show --all --property Id"
-                f" --property SubState --property UnitFileState {units}; else echo '{NOCMD}'; fi")
+        return self.guarded(f"{self.SHOW} SubState --property UnitFileState {units}")
 
     def split(self, result: Result, members: list[tuple[str, str]]) -> list[Result] | None:
         status, lines, err = result
@@ -359,15 +361,6 @@ def ungroup_one(result: Result, entry: int | tuple[int, list]) -> list[tuple[int
     return [(index, answer) for (index, _), answer in zip(members, answers)]
 
 
-def ungroup_facts(results: dict[int, Result], plan: list) -> dict[int, Result]:
-    """The batch's results for the run commands, back to the original commands' indexes."""
-    out = {}
-    for position, entry in plan:
-        if position in results:
-            out.update(ungroup_one(results[position], entry))
-    return out
-
-
 class BrokenBatch(Exception):
     """The batch printed a line its script does not print: nothing after it is used."""
 
@@ -414,20 +407,6 @@ class BatchReader:
             return index, result
         self.err.append(line)
         return None
-
-
-def parse_batch(lines: list[str], token: str, count: int) -> dict[int, Result]:
-    """{index: (exit status, stdout lines, stderr lines)} from batch_script's whole output;
-    {} when it is not what the script prints, or is cut short."""
-    reader, found = BatchReader(token, count), {}
-    try:
-        for line in lines:
-            got = reader.feed(line)
-            if got is not None:
-                found[got[0]] = got[1]
-    except BrokenBatch:
-        return {}
-    return found if reader.current is None else {}
 
 
 # A recorded command not asked for this many runs in a row is dropped from the record.

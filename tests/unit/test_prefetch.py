@@ -7,7 +7,32 @@ import os
 import shutil
 import subprocess
 
-from fleet.converge.connector import batch_script, parse_batch
+from fleet.converge.connector import BatchReader, BrokenBatch, batch_script, ungroup_one
+
+
+def parse_batch(lines: list[str], token: str, count: int) -> dict:
+    """{index: (exit status, stdout lines, stderr lines)} from a whole batch output, read as
+    the connector reads it (BatchReader); {} when any line is not what the script prints, or
+    the output is cut short."""
+    reader, found = BatchReader(token, count), {}
+    try:
+        for line in lines:
+            got = reader.feed(line)
+            if got is not None:
+                found[got[0]] = got[1]
+    except BrokenBatch:
+        return {}
+    return found if reader.current is None else {}
+
+
+def ungroup_facts(results: dict, plan: list) -> dict:
+    """The results of the run commands, back to the original commands' indexes, as the
+    connector files them (ungroup_one)."""
+    out = {}
+    for position, entry in plan:
+        if position in results:
+            out.update(ungroup_one(results[position], entry))
+    return out
 
 COMMANDS = [
     "echo one; echo two",
@@ -297,7 +322,7 @@ def _file_fact_commands(root):
 
 
 def test_file_facts_grouped_answer_as_each_fact_alone(tmp_path):
-    from fleet.converge.connector import fact_kind, group_facts, ungroup_facts
+    from fleet.converge.connector import fact_kind, group_facts
 
     files, sums = _file_fact_commands(tmp_path)
     commands = [COMMANDS[0], *files, COMMANDS[1], *sums, COMMANDS[2]]
@@ -314,7 +339,7 @@ def test_a_group_that_cannot_answer_exactly_answers_none_of_its_facts(tmp_path):
     """A directory makes sha1sum fail: none of that kind is prefetched (asked live instead)."""
     from pyinfra.facts.files import Sha1File
 
-    from fleet.converge.connector import group_facts, ungroup_facts
+    from fleet.converge.connector import group_facts
 
     files, _ = _file_fact_commands(tmp_path)
     sums = [Sha1File().command(str(tmp_path / n)).get_raw_value() for n in ("plain", "dir")]
@@ -373,7 +398,7 @@ def fake_systemctl(tmp_path, monkeypatch, script: str = FAKE_SYSTEMCTL) -> None:
 
 
 def test_daemon_states_grouped_answer_as_each_alone(tmp_path, monkeypatch):
-    from fleet.converge.connector import fact_kind, group_facts, ungroup_facts
+    from fleet.converge.connector import fact_kind, group_facts
     from fleet.converge.daemons import DaemonState
 
     fake_systemctl(tmp_path, monkeypatch)
@@ -400,7 +425,7 @@ def test_daemon_states_grouped_answer_as_each_alone(tmp_path, monkeypatch):
 
 def test_a_daemon_group_of_the_wrong_shape_answers_none(tmp_path, monkeypatch):
     """A systemctl that prints one block too few: none of the daemon states is prefetched."""
-    from fleet.converge.connector import group_facts, ungroup_facts
+    from fleet.converge.connector import group_facts
     from fleet.converge.daemons import DaemonState
 
     fake_systemctl(tmp_path, monkeypatch, "#!/bin/sh\necho LoadState=loaded\n")
@@ -434,7 +459,7 @@ def test_systemd_facts_grouped_answer_as_each_alone(tmp_path, monkeypatch):
     asks per unit), among others: one systemctl for all, each answer its own command's."""
     from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-    from fleet.converge.connector import fact_kind, group_facts, ungroup_facts
+    from fleet.converge.connector import fact_kind, group_facts
     from fleet.converge.daemons import DaemonState
 
     fake_systemctl(tmp_path, monkeypatch)
@@ -472,7 +497,7 @@ def test_a_systemd_group_of_the_wrong_shape_answers_none(tmp_path, monkeypatch):
     """systemctl missing, or printing blocks other than Id, SubState, UnitFileState."""
     from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-    from fleet.converge.connector import group_facts, ungroup_facts
+    from fleet.converge.connector import group_facts
 
     commands = [systemd_fact_command(SystemdStatus, services="a.service"),
                 systemd_fact_command(SystemdEnabled, services="b.service"), COMMANDS[0]]
