@@ -529,10 +529,13 @@ class FleetSSHConnector(SSHConnector):
                     got = reader.feed((raw.decode() if isinstance(raw, bytes) else raw).rstrip("\n"))
                     if got is None:
                         continue
-                    for index, result in ungroup_one(got[1], plan[got[0]]):
+                    entry = plan[got[0]]
+                    for index, result in ungroup_one(got[1], entry):
                         if not any("\r" in line for line in result[1] + result[2]):
                             self._prefetched[keys[index]] = result
                             answered += 1
+                    # answered, or (a group of the wrong shape) to be asked live: either way now
+                    for index in ([entry] if isinstance(entry, int) else [i for i, _ in entry[1]]):
                         events[keys[index]].set()
             if reader.seen != set(plan):
                 raise BrokenBatch(f"{len(reader.seen)} of {len(plan)} sections")

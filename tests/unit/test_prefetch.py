@@ -240,6 +240,34 @@ def test_a_fact_waits_for_its_own_answer_only(conn, monkeypatch):
     assert conn.live == []
 
 
+def test_a_group_of_the_wrong_shape_is_asked_live_without_waiting_for_the_rest(conn, monkeypatch):
+    """The fake answers the File group with `prefetched 0`, not stat's shape: its facts are
+    released to live runs as soon as that section is read, not when the batch ends."""
+    from pyinfra.facts.files import File
+
+    files = [File().command(p).get_raw_value() for p in ("/a", "/b")]
+    conn.record.parent.mkdir()
+    conn.record.write_text(json.dumps({"commands": {key(conn, c): 0 for c in (*files, "cat /c")}}))
+    seen_before_last = {}
+    stream = FakeClient.exec_command
+
+    def exec_command(self, command):
+        stdin, lines, stderr = stream(self, command)
+
+        def watched():
+            for line in lines:
+                if line.endswith("-end 1 1\n"):  # the last section is about to be read
+                    seen_before_last.update({k: e.is_set() for k, e in conn._waiting.items()})
+                yield line
+        return stdin, watched(), stderr
+
+    monkeypatch.setattr(FakeClient, "exec_command", exec_command)
+    conn._prefetch()
+    assert ask(conn, monkeypatch, files[0])[1].stdout_lines == ["live"]
+    assert seen_before_last == {key(conn, files[0]): True, key(conn, files[1]): True, key(conn, "cat /c"): False}
+    assert ask(conn, monkeypatch, "cat /c")[1].stdout_lines == ["prefetched 1"]
+
+
 def test_a_stray_line_leaves_the_answers_after_it_to_live_runs(conn, monkeypatch):
     conn.client = FakeClient(stray_after=1)
     conn.record.parent.mkdir()
