@@ -33,6 +33,7 @@ from fleet.converge import keys
 from fleet.converge.vault import VaultError
 from fleet.preflight import validate as validation
 from fleet.preflight.model import DataFileError, Fleet, load_fleet
+from fleet.preflight.paths import state_dir, test_ssh_key  # noqa: F401 (used and re-exported)
 
 TARGETS = ("fleet", "test")
 # pyinfra's SSH connector with the fleet's TCP settings (fleet.converge.connector).
@@ -42,14 +43,6 @@ CONNECT = ("tailnet", "lan")
 
 class FleetConfigError(PyinfraError):
     """Raised before any host is touched; pyinfra prints it without a traceback."""
-
-
-def state_dir(repo: Path, target: str = "test") -> Path:
-    return repo / ".state" / ("testfleet" if target == "test" else target)
-
-
-def test_ssh_key(repo: Path) -> Path:
-    return state_dir(repo) / "id_ed25519"
 
 
 def read_inventory_data(inventory_file: str | Path) -> tuple[dict, dict]:

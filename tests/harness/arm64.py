@@ -5,7 +5,7 @@
 The test hosts are amd64 containers; this one runs as arm64 under qemu-user emulation
 (Debian's qemu-user-static through binfmt_misc, TESTING.md's path), the rest of the fleet
 stays native. Stages, each timed and shown as it runs:
-  1. binfmt + the arm64 base image (debootstrap --arch=arm64), then fleet-up, which starts the
+  1. binfmt + the arm64 base image (mmdebstrap --arch=arm64), then fleet-up, which starts the
      host afresh as arm64 (FLEET_TEST_ARM64=<host>)
   2. the converge of the whole fleet (the arm64 host gets TEST_FLEET["arm64_data"]: what an
      emulated host cannot do, listed in the waivers table below), then a second converge of

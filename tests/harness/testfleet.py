@@ -3,8 +3,8 @@
     python tests/harness/testfleet.py up | down | status | converge [pyinfra args...]
 
 `up` makes sure a Docker engine answers (installing docker.io and starting dockerd when
-none does), builds the Debian bookworm base image with debootstrap (cached by a hash of its
-recipe), creates the two test networks (tailnet 100.100.0.0/16, LAN 100.101.0.0/16, both
+none does), builds the Debian bookworm base image with mmdebstrap (harness/image.py, cached by a
+hash of its recipe), creates the two test networks (tailnet 100.100.0.0/16, LAN 100.101.0.0/16, both
 inside 100.64.0.0/10, never RFC 1918), starts one container per host with its hostname and
 both addresses, and "flashes" it the way Raspberry Pi Imager's first boot does: fresh SSH
 host keys, the inventory's ssh_user with the test public key and passwordless sudo.
@@ -13,46 +13,26 @@ Everything after that goes over SSH, like on real hosts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from fleet.preflight.inventory import read_inventory_data, state_dir, test_ssh_key
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `harness` importable
 
-REPO = Path(__file__).resolve().parents[2]
-STATE = state_dir(REPO)
+from fleet.preflight.inventory import read_inventory_data, test_ssh_key  # noqa: E402
+from harness.image import (  # noqa: E402, F401 (the engine and image helpers, used here and through this module)
+    NATIVE_ARCH, REPO, STATE, docker, engine_answers, ensure_binfmt, ensure_engine, ensure_image, image_tag, log,
+    run,
+)
+
 LABEL = "fleet.testhost=1"
 NETWORK_PREFIX = "fleet-"
-
-# Everything that determines the base image; its hash is the image tag.
-IMAGE_RECIPE = {
-    "suite": "bookworm",
-    "variant": "minbase",
-    "mirror": "http://deb.debian.org/debian",
-    # What a freshly flashed Raspberry Pi OS Lite / cloud image already has.
-    "include": [
-        "systemd", "systemd-sysv", "dbus", "python3", "ca-certificates", "curl", "gnupg",
-        "iproute2", "procps", "openssh-server", "sudo",
-    ],
-    # Host keys are made per container at "flash" time, not shared through the image.
-    # Debian's kernel-wide sysctl defaults (pid_max, protected links) are dropped: in a
-    # container they would be written to the CI machine's kernel. Network sysctls are per
-    # network namespace and stay real.
-    "post": [
-        "rm -f etc/ssh/ssh_host_*",
-        "rm -f usr/lib/sysctl.d/50-pid-max.conf usr/lib/sysctl.d/99-protect-links.conf",
-        "rm -f etc/machine-id var/lib/dbus/machine-id && touch etc/machine-id",
-    ],
-}
 
 # --privileged fails on our CI machines (one capability is withheld); these flags boot
 # systemd. systempaths=unconfined makes /proc/sys writable so the base deploy's sysctls are
@@ -64,21 +44,6 @@ RUN_FLAGS = [
     "--tmpfs", "/run", "--tmpfs", "/run/lock",
     "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--cgroupns=host",
 ]
-
-
-_T0 = time.monotonic()
-
-
-def log(msg: str) -> None:
-    print(f"[testfleet {time.monotonic() - _T0:6.1f}s] {msg}", flush=True)
-
-
-def run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=check, text=True, capture_output=True, **kw)
-
-
-def docker(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    return run(["docker", *args], check=check, **kw)
 
 
 # --- the inventory, as the test target sees it ---------------------------------------------
@@ -95,142 +60,10 @@ def networks(test_fleet: dict) -> dict[str, str]:
     }
 
 
-# --- engine -------------------------------------------------------------------------------
-
-def apt_install(*packages: str) -> None:
-    log(f"installing {' '.join(packages)} from Debian")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
-
-
-def engine_answers() -> bool:
-    return shutil.which("docker") is not None and docker("info", check=False).returncode == 0
-
-
-def ensure_engine(timeout: float = 90) -> None:
-    if engine_answers():
-        return
-    if not shutil.which("dockerd"):
-        apt_install("docker.io")
-    STATE.mkdir(parents=True, exist_ok=True)
-    if Path("/run/systemd/system").exists():
-        subprocess.run(["systemctl", "start", "docker"], check=False)
-    else:
-        log(f"starting dockerd (log: {STATE / 'dockerd.log'})")
-        with open(STATE / "dockerd.log", "ab") as out:
-            subprocess.Popen(["dockerd"], stdout=out, stderr=out, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if engine_answers():
-            return
-        time.sleep(1)
-    raise SystemExit(f"the Docker engine did not answer within {timeout:.0f}s; see {STATE / 'dockerd.log'}")
-
-
-# --- base image ---------------------------------------------------------------------------
-
-NATIVE_ARCH = "amd64"
-# Hosts started as arm64 (the Pis' real architecture) under qemu-user emulation, e.g.
-# FLEET_TEST_ARM64=pi5-gamma (make test-arm64). The inventory reads the same variable to give
-# those hosts TEST_FLEET["arm64_data"]: what an emulated host cannot do (docs/test-fleet.md).
-QEMU = "/usr/bin/qemu-aarch64-static"
-
-
 def host_arch(name: str) -> str:
     from fleet.preflight.inventory import emulated_hosts
 
     return "arm64" if name in emulated_hosts(load_inventory()[0]) else NATIVE_ARCH
-
-
-def image_tag(arch: str = NATIVE_ARCH) -> str:
-    recipe = IMAGE_RECIPE if arch == NATIVE_ARCH else dict(IMAGE_RECIPE, arch=arch, qemu=QEMU)
-    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    return f"fleet-testhost:{digest}" if arch == NATIVE_ARCH else f"fleet-testhost-{arch}:{digest}"
-
-
-def ensure_binfmt() -> None:
-    """Register qemu-user for arm64 binaries on this machine (TESTING.md's path): Debian's
-    qemu-user-static and binfmt-support, binfmt_misc mounted, the qemu-aarch64 entry enabled
-    and allowed to run setuid programs (below). The interpreter is also copied into each arm64
-    rootfs, for registrations without the F flag (TESTING.md saw one)."""
-    if not Path(QEMU).exists() or not shutil.which("update-binfmts"):
-        apt_install("qemu-user-static", "binfmt-support")
-    misc = Path("/proc/sys/fs/binfmt_misc")
-    if not (misc / "register").exists():
-        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(misc)], check=True)
-    subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], check=False, capture_output=True)
-    entry = misc / "qemu-aarch64"
-    flags = next((line.split(":", 1)[1].strip() for line in entry.read_text().splitlines()
-                  if line.startswith("flags:")), "") if entry.exists() else ""
-    if entry.exists() and "C" not in flags:
-        # Debian registers it without credentials ("C"): the kernel then runs a setuid program
-        # with the caller's credentials, and `sudo` in an arm64 host says "effective uid is
-        # not 0". Re-register the same entry (same magic, mask, interpreter) with O+C.
-        fields = dict(line.split(" ", 1) for line in entry.read_text().splitlines() if " " in line)
-        escape = lambda hexes: "".join(f"\\x{hexes[i:i + 2]}" for i in range(0, len(hexes), 2))
-        entry.write_text("-1")
-        (misc / "register").write_text(f":qemu-aarch64:M:{fields['offset']}:{escape(fields['magic'])}:"
-                                       f"{escape(fields['mask'])}:{fields['interpreter']}:{flags}OC")
-    if not entry.exists() or "enabled" not in entry.read_text():
-        raise SystemExit("qemu-aarch64 is not registered in binfmt_misc: arm64 test hosts cannot run here. "
-                         "Fix: apt-get install qemu-user-static binfmt-support, then update-binfmts --enable qemu-aarch64")
-
-
-def ensure_image(arch: str = NATIVE_ARCH) -> str:
-    tag = image_tag(arch)
-    if arch != NATIVE_ARCH:
-        ensure_binfmt()
-    if docker("image", "inspect", tag, check=False).returncode == 0:
-        return tag
-    if not shutil.which("debootstrap"):
-        apt_install("debootstrap")
-    log(f"building {tag} with debootstrap ({'about a minute' if arch == NATIVE_ARCH else f'{arch} under qemu-user: a few minutes'})")
-    with tempfile.TemporaryDirectory(prefix="fleet-rootfs-") as rootfs:
-        r = IMAGE_RECIPE
-        stream_phases(["debootstrap", f"--arch={arch}", f"--variant={r['variant']}",
-                       f"--include={','.join(r['include'])}", r["suite"], rootfs, r["mirror"]], "debootstrap")
-        for step in r["post"]:
-            subprocess.run(["sh", "-c", step], cwd=rootfs, check=True)
-        if arch != NATIVE_ARCH:
-            # without the F flag, binfmt_misc looks the interpreter up inside the container
-            link = Path(rootfs, "usr/libexec/qemu-binfmt/aarch64-binfmt-P")
-            link.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(QEMU, Path(rootfs) / QEMU.lstrip("/"))
-            link.unlink(missing_ok=True)
-            link.symlink_to(QEMU)
-        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]', "-", tag],
-                       stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL)
-        if tar.wait() != 0:
-            raise SystemExit("tar of the debootstrap rootfs failed")
-    return tag
-
-
-# debootstrap alternates these two for every package it fetches: one phase, not ~100
-_ONE_PHASE = {"Retrieving": "Retrieving/Validating", "Validating": "Retrieving/Validating"}
-
-
-def stream_phases(cmd: list[str], what: str) -> None:
-    """Run cmd, showing its progress as it goes: one line each time debootstrap's "I: <verb>"
-    phase changes (Retrieving/Validating, Extracting, Unpacking, Configuring ...), with how
-    many steps the last phase went through; fail with its last lines if it fails."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    phase, count, tail = None, 0, []
-    for line in proc.stdout:
-        tail = (tail + [line.rstrip()])[-20:]
-        verb = line[3:].split(" ", 1)[0] if line.startswith("I: ") else None
-        verb = _ONE_PHASE.get(verb, verb)
-        if verb and verb != phase:
-            if phase:
-                log(f"{what}: {phase} done ({count} step(s))")
-            phase, count = verb, 0
-        count += 1
-    if phase:
-        log(f"{what}: {phase} done ({count} step(s))")
-    if proc.wait() != 0:
-        raise SystemExit(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(tail))
 
 
 # --- hosts --------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Counting pyinfra's per-host results, which the idempotence check and the benchmark use."""
 
+import pytest
+
 from harness.testfleet import count_changes, image_tag
 
 SAMPLE = """--> Starting operation: Base | Install base packages
@@ -38,16 +40,17 @@ def test_the_benchmark_counts_the_processes_hosts_started():
     assert processes_started(None, [1, 2]) is None and processes_started([1], None) is None
 
 
-def test_image_build_progress_folds_the_per_package_fetch(capsys):
-    """debootstrap's Retrieving/Validating pair, printed for every package, is one phase."""
-    from harness.testfleet import stream_phases
+def test_image_build_shows_each_step_and_fails_with_the_tail(capsys):
+    """mmdebstrap's "I: " lines are shown as they come; its other output only when it fails."""
+    from harness.image import stream_info
 
-    lines = ["I: Resolving dependencies", "I: Checking component main",
-             *[f"I: {verb} pkg{i}" for i in range(40) for verb in ("Retrieving", "Validating")],
-             "I: Chosen extractor", "I: Extracting a", "I: Extracting b", "W: a warning"]
-    stream_phases(["printf", "%s\\n", *lines], "debootstrap")
+    lines = ["I: running apt-get update...", "Get:1 http://deb.debian.org bookworm InRelease",
+             "I: downloading packages with apt...", "W: a warning", "I: success in 28.6 seconds"]
+    stream_info(["printf", "%s\\n", *lines], "mmdebstrap")
     printed = capsys.readouterr()
-    shown = [line.split("] ", 1)[1] for line in (printed.out + printed.err).splitlines() if "debootstrap:" in line]
-    assert shown == ["debootstrap: Resolving done (1 step(s))", "debootstrap: Checking done (1 step(s))",
-                     "debootstrap: Retrieving/Validating done (80 step(s))", "debootstrap: Chosen done (1 step(s))",
-                     "debootstrap: Extracting done (3 step(s))"]
+    shown = [line.split("] ", 1)[1] for line in printed.out.splitlines() if "mmdebstrap:" in line]
+    assert shown == ["mmdebstrap: running apt-get update...", "mmdebstrap: downloading packages with apt...",
+                     "mmdebstrap: success in 28.6 seconds"]
+    with pytest.raises(SystemExit) as failed:
+        stream_info(["sh", "-c", "echo 'I: extracting archives...'; echo 'E: no space left'; exit 1"], "mmdebstrap")
+    assert "mmdebstrap failed (exit 1)" in str(failed.value) and "E: no space left" in str(failed.value)

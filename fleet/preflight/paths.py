@@ -1,0 +1,14 @@
+"""Where the fleet's local state lives. Standard library only, so the test harness can find
+it before the virtualenv exists (`make demo` builds the base image while `make setup` runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def state_dir(repo: Path, target: str = "test") -> Path:
+    return repo / ".state" / ("testfleet" if target == "test" else target)
+
+
+def test_ssh_key(repo: Path) -> Path:
+    return state_dir(repo) / "id_ed25519"
