@@ -24,10 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 # run as a script by either python: `harness` and (before the virtualenv exists) `fleet` importable
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
-# time.monotonic() is CLOCK_MONOTONIC, one clock for the whole machine: the process that
-# carries on in the virtualenv keeps counting from the first one's start.
-T0_ENV = "FLEET_DEMO_T0"
-T0 = float(os.environ.get(T0_ENV, time.monotonic()))
+from harness import image  # noqa: E402 (standard library only)
+
+T0 = image.T0  # the process that carries on in the virtualenv counts from the same start
 
 
 def stage(number: int, what: str) -> None:
@@ -37,8 +36,6 @@ def stage(number: int, what: str) -> None:
 def prepare(venv: Path) -> int:
     """Stage 1's first half, on the system's python3: the virtualenv beside the engine and
     the base image. Returns make setup's exit status."""
-    from harness import image
-
     stage(1, "virtualenv (make setup) beside the Docker engine and base image; package mirror, 7 test hosts")
     image.ensure_engine()  # may install docker.io: before make setup's apt-get download starts
     image.ensure_build_tools()
@@ -68,11 +65,11 @@ def prepare(venv: Path) -> int:
 def main(argv: list[str]) -> int:
     venv = Path(argv[0]) if argv else REPO / ".venv"
     python = (venv if venv.is_absolute() else REPO / venv) / "bin" / "python"
-    if T0_ENV not in os.environ:
+    if image.T0_ENV not in os.environ:
         status = prepare(venv)
         if status:
             return status
-        os.environ[T0_ENV] = repr(T0)
+        os.environ[image.T0_ENV] = repr(T0)
         os.execv(python, [str(python), __file__, *argv])
 
     from harness import testfleet

@@ -50,11 +50,14 @@ IMAGE_RECIPE = {
     ],
 }
 
-_T0 = time.monotonic()
+# What log() counts from. time.monotonic() is CLOCK_MONOTONIC, one clock for the machine:
+# make demo sets T0_ENV so that the lines of its later processes count from its own start.
+T0_ENV = "FLEET_HARNESS_T0"
+T0 = float(os.environ.get(T0_ENV, time.monotonic()))
 
 
 def log(msg: str) -> None:
-    print(f"[testfleet {time.monotonic() - _T0:6.1f}s] {msg}", flush=True)
+    print(f"[testfleet {time.monotonic() - T0:6.1f}s] {msg}", flush=True)
 
 
 def run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -70,9 +73,10 @@ def docker(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
 def apt_install(*packages: str) -> None:
     log(f"installing {' '.join(packages)} from Debian")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
+        done = run(cmd, check=False, env=env)  # apt's and its hooks' chatter only if it fails
+        if done.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
 
 def engine_answers() -> bool:
