@@ -56,6 +56,7 @@ DEFAULTS = {
 }
 
 CE_PACKAGES = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin"]
+DISTRIBUTION_PACKAGES = ["docker.io", "apparmor", "xz-utils"]
 CHECKER = "/usr/local/lib/fleet/check-daemon-json"
 DAEMON_JSON = "/etc/docker/daemon.json"
 
@@ -124,7 +125,12 @@ def _engine():
             packages=[f"docker-ce={version}", f"docker-ce-cli={version}", *CE_PACKAGES[2:]],
         )
     if host.data.docker_source == "distribution":
-        return apt.packages(name="Install Debian's docker.io", packages=["docker.io"])
+        # Without docker.io's Recommends, like every other package here: they bring git, Perl,
+        # binutils, criu and needrestart (with its own apt hook) onto every Docker host, and
+        # nothing the fleet runs uses them. Of the rest, the two the engine itself can call:
+        # apparmor (apparmor_parser loads the docker-default profile where the kernel has
+        # AppArmor) and xz-utils (`docker load` of an .xz archive runs xz).
+        return apt.packages(name="Install Debian's docker.io", packages=DISTRIBUTION_PACKAGES, no_recommends=True)
     raise ValueError(f"docker_source must be 'docker-ce' or 'distribution', not {host.data.docker_source!r}")
 
 
