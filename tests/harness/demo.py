@@ -15,6 +15,7 @@ carry the time since the start.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -43,17 +44,18 @@ def prepare(venv: Path) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     image.log(f"make setup: creating {venv} in the background (log: {log})")
     with open(log, "wb") as out:
+        # its own process group, so that a failed image build or Ctrl-C stops pip too, not make alone
         setup = subprocess.Popen(["make", "-C", str(REPO), "setup", f"VENV={venv}"], stdout=out,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             image.ensure_image()
+            if setup.poll() is None:
+                image.log("base image ready; waiting for make setup")
+            status = setup.wait()
         except BaseException:
-            setup.terminate()
+            os.killpg(setup.pid, signal.SIGTERM)
             setup.wait()
             raise
-        if setup.poll() is None:
-            image.log("base image ready; waiting for make setup")
-        status = setup.wait()
     if status:
         print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
         print(f"demo: make setup failed (exit {status}); its log is {log}", file=sys.stderr)
