@@ -3,12 +3,13 @@
     python tests/harness/testfleet.py up | down | status | converge [pyinfra args...]
 
 `up` makes sure a Docker engine answers (installing docker.io and starting dockerd when
-none does), builds the Debian bookworm base image with mmdebstrap (harness/image.py, cached by a
-hash of its recipe), creates the two test networks (tailnet 100.100.0.0/16, LAN 100.101.0.0/16, both
-inside 100.64.0.0/10, never RFC 1918), starts one container per host with its hostname and
-both addresses, and "flashes" it the way Raspberry Pi Imager's first boot does: fresh SSH
-host keys, the inventory's ssh_user with the test public key and passwordless sudo.
-Everything after that goes over SSH, like on real hosts.
+none does), builds the Debian bookworm base image with mmdebstrap (harness/image.py, cached
+by a hash of its recipe), creates the two test networks (tailnet 100.100.0.0/16, LAN
+100.101.0.0/16, both inside 100.64.0.0/10, never RFC 1918), builds and serves the vendor
+mirror, starts one container per host with its hostname and both addresses, and
+"flashes" it the way Raspberry Pi Imager's first boot does: fresh SSH host keys, the
+inventory's ssh_user with the test public key and passwordless sudo. Everything after that
+goes over SSH, like on real hosts.
 """
 
 from __future__ import annotations
