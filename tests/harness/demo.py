@@ -67,7 +67,8 @@ def prepare(venv: Path) -> int:
 def main(argv: list[str]) -> int:
     venv = Path(argv[0]) if argv else REPO / ".venv"
     python = (venv if venv.is_absolute() else REPO / venv) / "bin" / "python"
-    if image.T0_ENV not in os.environ:
+    # the system's python3 prepares the virtualenv; its own python carries on (the exec below)
+    if Path(sys.prefix).resolve() != python.parent.parent.resolve():
         status = prepare(venv)
         if status:
             return status
