@@ -302,15 +302,25 @@ def count_changes(output: str) -> dict[str, dict[str, int]]:
     return counts
 
 
-def presented_keys(addresses: list[str]) -> dict[str, str]:
+def presented_keys(addresses: list[str], attempts: int = 3) -> dict[str, str]:
     """address -> the ed25519 host key it presents over SSH ('type base64'); one ssh-keyscan
-    for all of them (it scans in parallel), unreachable addresses left out."""
-    scan = run(["ssh-keyscan", "-T", "5", "-t", "ed25519", *addresses], check=False)
-    found = {}
-    for line in scan.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and not line.startswith("#") and parts[0] in addresses:
-            found[parts[0]] = " ".join(parts[1:3])
+    for all of them (it scans in parallel), unreachable addresses left out. An address that
+    gave no key is scanned again (up to `attempts` scans, 2 s apart): a host whose sshd is
+    slow to answer right after fleet-up would otherwise be taken for one already on its
+    vault key, and its first contact refused."""
+    found: dict[str, str] = {}
+    missing = list(addresses)
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(2)
+        scan = run(["ssh-keyscan", "-T", "5", "-t", "ed25519", *missing], check=False)
+        for line in scan.stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and not line.startswith("#") and parts[0] in missing:
+                found[parts[0]] = " ".join(parts[1:3])
+        missing = [a for a in missing if a not in found]
+        if not missing:
+            break
     return found
 
 

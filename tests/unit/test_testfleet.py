@@ -54,3 +54,28 @@ def test_image_build_shows_each_step_and_fails_with_the_tail(capsys):
     with pytest.raises(SystemExit) as failed:
         stream_info(["sh", "-c", "echo 'I: extracting archives...'; echo 'E: no space left'; exit 1"], "mmdebstrap")
     assert "mmdebstrap failed (exit 1)" in str(failed.value) and "E: no space left" in str(failed.value)
+
+
+def test_a_host_slow_to_present_its_key_is_scanned_again(monkeypatch):
+    # right after fleet-up an sshd may not answer the first scan: taking its silence for
+    # "already on its vault key" would refuse the host's first contact
+    from types import SimpleNamespace
+
+    import harness.testfleet as tf
+
+    answers = {"100.100.1.1": [True, True], "100.100.1.2": [False, True], "100.100.1.3": [False] * 3}
+    scanned = []
+
+    def fake_run(cmd, check=True, **kw):
+        asked = cmd[cmd.index("ed25519") + 1:]
+        scanned.append(asked)
+        out = "".join(f"# {a}:22 SSH-2.0-OpenSSH_9.2\n{a} ssh-ed25519 KEY{a[-1]}\n"
+                      for a in asked if answers[a].pop(0))
+        return SimpleNamespace(stdout=out, returncode=0)
+
+    monkeypatch.setattr(tf, "run", fake_run)
+    monkeypatch.setattr(tf.time, "sleep", lambda s: None)
+    found = tf.presented_keys(list(answers))
+    assert found == {"100.100.1.1": "ssh-ed25519 KEY1", "100.100.1.2": "ssh-ed25519 KEY2"}
+    # only the silent ones are asked again, and a host that never answers is given up on
+    assert scanned == [list(answers), ["100.100.1.2", "100.100.1.3"], ["100.100.1.3"]]
