@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -165,7 +166,7 @@ def ensure_image(arch: str = NATIVE_ARCH) -> str:
     ensure_build_tools(arch)
     log(f"building {tag} with {r['tool']} ({'about half a minute' if arch == NATIVE_ARCH else f'{arch} under qemu-user: a few minutes'})")
     with tempfile.TemporaryDirectory(prefix="fleet-rootfs-") as rootfs:
-        stream_info([r["tool"], "--mode=root", f"--arch={arch}", f"--variant={r['variant']}",
+        stream_info([r["tool"], "--verbose", "--mode=root", f"--arch={arch}", f"--variant={r['variant']}",
                      *(f"--hook-dir=/usr/share/mmdebstrap/hooks/{hook}" for hook in r["hooks"]),
                      f"--include={','.join(r['include'])}", r["suite"], rootfs, r["mirror"]], r["tool"])
         for step in r["post"]:
@@ -186,15 +187,34 @@ def ensure_image(arch: str = NATIVE_ARCH) -> str:
     return tag
 
 
-def stream_info(cmd: list[str], what: str) -> None:
+DPKG_STEP = re.compile(r"^(Unpacking|Setting up) ([^ :]+)")
+APT_TOTAL = re.compile(r"\b(\d+) newly installed\b")
+
+
+def stream_info(cmd: list[str], what: str, every: float = 5.0) -> None:
     """Run cmd, showing its progress as it goes: each of its "I: " lines (mmdebstrap prints
-    one per step: apt update, download, extract, install, ...) with the elapsed time; fail
-    with its last lines if it fails."""
+    one per step: apt update, download, extract, install, ...) with the elapsed time, and
+    within a step, every `every` seconds, how many packages dpkg has unpacked and set up so
+    far (its --verbose lines; "of N" once apt has said how many), so that the install steps
+    (20 s here, minutes under qemu) are not silent; fail with its last lines if it fails."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail: list[str] = []
+    done = {"Unpacking": 0, "Setting up": 0}
+    total = ""
+    shown = time.monotonic()
     for line in proc.stdout:
         tail = (tail + [line.rstrip()])[-20:]
         if line.startswith("I: "):
             log(f"{what}: {line[3:].strip()}")
+            done = dict.fromkeys(done, 0)
+            total = ""
+            shown = time.monotonic()
+        elif count := APT_TOTAL.search(line):
+            total = f" of {count[1]}"
+        elif step := DPKG_STEP.match(line):
+            done[step[1]] += 1
+            if time.monotonic() - shown >= every:
+                log(f"{what}:   {done['Unpacking']}{total} packages unpacked, {done['Setting up']} set up (now {step[2]})")
+                shown = time.monotonic()
     if proc.wait() != 0:
         raise SystemExit(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(tail))

@@ -56,6 +56,29 @@ def test_image_build_shows_each_step_and_fails_with_the_tail(capsys):
     assert "mmdebstrap failed (exit 1)" in str(failed.value) and "E: no space left" in str(failed.value)
 
 
+def test_image_build_counts_dpkg_steps_within_a_step(capsys):
+    """Within an install step, dpkg's --verbose lines are counted and shown (here at each
+    line: every=0), out of apt's total once it gives one; the counts start again at the
+    next step."""
+    from harness.image import stream_info
+
+    lines = ["I: installing remaining packages inside the chroot...",
+             "0 upgraded, 113 newly installed, 0 to remove and 0 not upgraded.",
+             "Unpacking libc6:amd64 (2.36-9) ...", "Unpacking systemd (252.39-1) ...",
+             "Setting up libc6:amd64 (2.36-9) ...", "Preparing to unpack .../sudo.deb ...",
+             "I: cleaning package lists and apt cache...", "Setting up sudo (1.9.13) ..."]
+    stream_info(["printf", "%s\\n", *lines], "mmdebstrap", every=0)
+    shown = [line.split("] ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert shown == [
+        "mmdebstrap: installing remaining packages inside the chroot...",
+        "mmdebstrap:   1 of 113 packages unpacked, 0 set up (now libc6)",
+        "mmdebstrap:   2 of 113 packages unpacked, 0 set up (now systemd)",
+        "mmdebstrap:   2 of 113 packages unpacked, 1 set up (now libc6)",
+        "mmdebstrap: cleaning package lists and apt cache...",
+        "mmdebstrap:   0 packages unpacked, 1 set up (now sudo)",
+    ]
+
+
 def test_a_host_slow_to_present_its_key_is_scanned_again(monkeypatch):
     # right after fleet-up an sshd may not answer the first scan: taking its silence for
     # "already on its vault key" would refuse the host's first contact
