@@ -1,4 +1,4 @@
-"""Three per-operation costs of pyinfra's CLI, removed with exact equivalents.
+"""Four per-operation costs of pyinfra's CLI, removed with exact equivalents.
 
 Measured on a no-op converge of the 7-host test fleet (718 operations; docs/performance.md):
 of the operator's CPU, 2.0 s went to `get_operation_order_from_stack`, 0.5 s to
@@ -26,14 +26,15 @@ straight onto wall time.
   handlers runs in it). A name that `HostData` itself defines (none of pyinfra's global
   arguments does) is still read through `getattr`, as pyinfra does.
 
-Why code of our own: pyinfra has no setting for either (the stack is how its CLI orders
+Why code of our own: pyinfra has no setting for any of these (the stack is how its CLI orders
 operations across hosts), and fewer, larger operations per component would be a refactor of
-every component. So the two functions are replaced in the modules that call them, and only
-when pyinfra's own functions are the ones these were checked against: `install` compares the
-source of each original with the digest recorded here, and leaves pyinfra alone (its own,
-slower code runs) when they differ, e.g. after an upgrade. tests/unit/test_opcost.py checks
-that each gives pyinfra's answers: frame by frame, and argument by argument over data
-layers that have, lack, shadow and override every global argument.
+every component. So the functions are replaced in the modules that call them (and, for the
+split, the `shlex` name of the one module that splits), and only when pyinfra's own
+functions are the ones these were checked against: `install` compares the source of each
+original with the digest recorded here, and leaves pyinfra alone (its own, slower code runs)
+when they differ, e.g. after an upgrade. tests/unit/test_opcost.py checks that each gives
+pyinfra's answers: frame by frame, argument by argument over data layers that have, lack,
+shadow and override every global argument, and command by command for the split.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import functools
 import hashlib
 import inspect
 import logging
+import shlex
 import sys
 from copy import copy
 
@@ -54,6 +56,7 @@ CHECKED = {
     "all_global_arguments": "f7afbc472d78c5d2f0bb282994175647651e888543da001968d903cc4a26a5a1",
     "pop_global_arguments": "a12a311539ff5068152b1c9c4578d77a8a893239a570f912768050a623069faf",
     "HostData": "27949344fe93e254a4b7a536a4f56271de272f681a6d9885ceb434d275dbd176",
+    "make_formatted_string_command": "6d699a2480b77b40d8a79a50b7934dc3a0b158d87ba71dbd5b2e3f199358544a",
 }
 # pop_arguments stands for pop_global_arguments in the modules that import it by name.
 _CALLERS = ("pyinfra.api.operation", "pyinfra.api.facts", "pyinfra.api.deploy")
@@ -162,6 +165,22 @@ def pop_arguments(state, host, kwargs: dict):
 _MISSING = object()
 
 
+class _SplitOnce:
+    """The shlex module as pyinfra.api.command uses it, with `split` remembered per string."""
+
+    def __init__(self, module):
+        self._module = module
+        self._tokens = functools.lru_cache(maxsize=4096)(lambda string: tuple(module.split(string)))
+
+    def split(self, string, comments=False, posix=True):
+        if type(string) is not str or comments or not posix:  # pyinfra asks neither: not kept
+            return self._module.split(string, comments, posix)
+        return list(self._tokens(string))
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
 def install() -> list[str]:
     """Put the equivalents in place where pyinfra's originals are the checked ones.
 
@@ -217,4 +236,16 @@ def install() -> list[str]:
         replaced.append("pop_global_arguments")
     else:
         logger.debug("opcost: pyinfra's pop_global_arguments or HostData is not the checked one; left as is")
+
+    import pyinfra.api.command  # noqa: F401
+
+    command = sys.modules["pyinfra.api.command"]
+    if isinstance(command.shlex, _SplitOnce):
+        replaced.append("make_formatted_string_command")
+    elif (command.shlex is shlex and source_digest(command.make_formatted_string_command)
+          == CHECKED["make_formatted_string_command"]):
+        command.shlex = _SplitOnce(shlex)
+        replaced.append("make_formatted_string_command")
+    else:
+        logger.debug("opcost: pyinfra's make_formatted_string_command is not the checked one; left as is")
     return replaced

@@ -115,7 +115,7 @@ def test_global_arguments_are_pyinfras_and_a_fresh_list_each_time():
 def test_install_replaces_the_checked_originals_only(monkeypatch):
     operation = sys.modules["pyinfra.api.operation"]
     assert sorted(opcost.install()) == ["all_global_arguments", "get_operation_order_from_stack",
-                                        "pop_global_arguments"]
+                                        "make_formatted_string_command", "pop_global_arguments"]
     assert operation.get_operation_order_from_stack is opcost.operation_order
     assert opcost.install() == opcost.install()  # a second call changes nothing
 
@@ -135,6 +135,8 @@ def test_the_digests_are_of_the_installed_pyinfra():
     assert opcost.source_digest(original) == opcost.CHECKED["all_global_arguments"]
     assert opcost.source_digest(POP_ORIGINAL) == opcost.CHECKED["pop_global_arguments"]
     assert opcost.source_digest(sys.modules["pyinfra.api.host"].HostData) == opcost.CHECKED["HostData"]
+    assert (opcost.source_digest(command_module.make_formatted_string_command)
+            == opcost.CHECKED["make_formatted_string_command"])
 
 
 def test_a_changed_hostdata_leaves_pyinfras_pop_in_place(monkeypatch):
@@ -230,3 +232,55 @@ def test_pop_arguments_is_installed_where_pyinfra_calls_it():
     for name in opcost._CALLERS:
         assert sys.modules[name].pop_global_arguments is opcost.pop_arguments
     assert arguments.pop_global_arguments is POP_ORIGINAL  # pyinfra's own stays importable
+
+
+# --- make_formatted_string_command's split ------------------------------------------------
+command_module = sys.modules["pyinfra.api.command"]
+# pyinfra's own format strings (the File fact's, a checksum fact's, an operation's) and
+# strings with quotes, escapes, comments and empty tokens, split the way a shell would
+FORMATS = [
+    "! (test -e {0} || test -L {0} ) || ( stat -c 'user=%U group=%G mode=%A' {0} 2> /dev/null )",
+    "test -e {0} && ( sha256sum {0} 2> /dev/null || shasum -a 256 {0} 2> /dev/null ) || true",
+    'sh -c "echo {0} \\"quoted\\" $HOME" # not a comment to shlex.split',
+    "printf '%s\\n' '' {name} \"\" x\\ y",
+    "curl -sSLf {0} -o {1}",
+]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_commands_built_after_the_split_is_kept_are_pyinfras(fmt, monkeypatch):
+    import shlex
+
+    from pyinfra.api.command import QuoteString
+
+    args = (QuoteString("/etc/a file"), "plain")
+    kwargs = {"name": QuoteString("it's")}
+    monkeypatch.setattr(command_module, "shlex", shlex)
+    theirs = [command_module.make_formatted_string_command(fmt, *args, **kwargs).get_raw_value()
+              for _ in range(2)]
+    assert "make_formatted_string_command" in opcost.install()
+    assert isinstance(command_module.shlex, opcost._SplitOnce)
+    ours = [command_module.make_formatted_string_command(fmt, *args, **kwargs).get_raw_value()
+            for _ in range(2)]  # the second from the kept split
+    assert ours == theirs
+
+
+def test_the_kept_split_is_a_fresh_list_and_other_calls_are_shlexs():
+    import shlex
+
+    once = opcost._SplitOnce(shlex)
+    first = once.split("a 'b c' d")
+    first.append("changed")
+    assert once.split("a 'b c' d") == ["a", "b c", "d"]
+    assert once.split("a # b", comments=True) == shlex.split("a # b", comments=True) == ["a"]
+    assert once.split("a 'b c'", posix=False) == ["a", "'b c'"]
+    assert once.quote("it's") == shlex.quote("it's")
+
+
+def test_a_changed_formatter_leaves_pyinfras_split_in_place(monkeypatch):
+    import shlex
+
+    monkeypatch.setattr(command_module, "shlex", shlex)
+    monkeypatch.setitem(opcost.CHECKED, "make_formatted_string_command", "0" * 64)
+    assert "make_formatted_string_command" not in opcost.install()
+    assert command_module.shlex is shlex
