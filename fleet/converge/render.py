@@ -15,10 +15,43 @@ from pathlib import Path
 
 import jinja2
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATES = REPO / "templates"
+# Compiled templates, kept between runs (.state/ is not in git).
+BYTECODE_DIR = REPO / ".state" / "jinja-bytecode"
+
+
+class _BytecodeCache(jinja2.FileSystemBytecodeCache):
+    """Jinja's own cache of compiled templates on disk. Every converge compiled every template
+    it renders again (docs/performance.md, sixth round); now a run loads the compiled code,
+    and a template whose source changed is compiled again (Jinja checks each entry against
+    the SHA-1 of the source and the Python version). What is kept is a template's code, never
+    a rendered file. A cache that cannot be read or written (a read-only checkout, a file in
+    the way, a damaged entry) is not used: the template is compiled as before."""
+
+    def __init__(self, directory: Path):
+        super().__init__(str(directory))
+        self.writable = True
+
+    def load_bytecode(self, bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except Exception:  # unreadable or damaged (a hand edit): compiled as if not kept
+            bucket.reset()
+
+    def dump_bytecode(self, bucket) -> None:
+        if not self.writable:
+            return
+        try:
+            Path(self.directory).mkdir(mode=0o700, parents=True, exist_ok=True)
+            super().dump_bytecode(bucket)
+        except OSError:
+            self.writable = False
+
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+    bytecode_cache=_BytecodeCache(BYTECODE_DIR),
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
     trim_blocks=True,

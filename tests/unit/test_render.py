@@ -40,3 +40,39 @@ def test_missing_template_variable_is_an_error():
 
     with pytest.raises(jinja2.UndefinedError):
         render("etc/sudoers.d/fleet-admin.j2", "base")
+
+
+def _env_with_cache(tmp_path, directory):
+    import jinja2
+
+    from fleet.converge import render as module
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(tmp_path / "t")),
+                              bytecode_cache=module._BytecodeCache(directory))
+
+
+def test_compiled_templates_are_kept_and_a_changed_source_is_compiled_again(tmp_path):
+    (tmp_path / "t").mkdir()
+    page = tmp_path / "t" / "page.j2"
+    page.write_text("one {{ x }}\n")
+    cache = tmp_path / "cache"
+    assert _env_with_cache(tmp_path, cache).get_template("page.j2").render(x=1) == "one 1"
+    kept = list(cache.iterdir())
+    assert len(kept) == 1 and oct(cache.stat().st_mode & 0o777) == "0o700"
+    assert b"{{" not in kept[0].read_bytes()  # compiled code, not the source or a rendering
+    assert _env_with_cache(tmp_path, cache).get_template("page.j2").render(x=2) == "one 2"
+    page.write_text("two {{ x }}\n")  # a new process, a changed template: not the kept code
+    assert _env_with_cache(tmp_path, cache).get_template("page.j2").render(x=3) == "two 3"
+    for entry in cache.iterdir():  # damaged by hand: compiled again
+        entry.write_bytes(entry.read_bytes()[:12])
+    assert _env_with_cache(tmp_path, cache).get_template("page.j2").render(x=4) == "two 4"
+
+
+def test_a_cache_that_cannot_be_written_is_not_kept(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "page.j2").write_text("{{ x }}\n")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    env = _env_with_cache(tmp_path, blocked / "cache")
+    assert env.get_template("page.j2").render(x="ok") == "ok"
+    assert env.bytecode_cache.writable is False
