@@ -78,6 +78,122 @@ def ensure_key() -> Path:
     return key
 
 
+# --- what an earlier engine left ----------------------------------------------------------
+# A Docker engine that was killed (or whose data directory was removed) leaves its containers
+# running and its bridges in place: the kernel still routes the test subnets to the old
+# bridge, so a new fleet's addresses reach the old hosts, which know neither this clone's SSH
+# key nor its first-boot host keys (the first converge then fails: "Authentication failed",
+# "Connection reset by peer"), and the old hosts keep using the shared cores. Before the
+# networks are made, such leftovers are found from the kernel's own state and removed: a route
+# to a test subnet on a bridge that is not the running engine's network for it, and the
+# containers (by their cgroup's container id) that the running engine does not know and whose
+# network namespace holds an address in a test subnet. Nothing else is touched.
+_CONTAINER_ID = re.compile(r"docker[-/]([0-9a-f]{64})")
+
+
+def container_of(cgroup_text: str) -> str | None:
+    """The Docker container id in a /proc/<pid>/cgroup text (cgroup v1 or v2, either
+    driver), or None for a process outside containers."""
+    found = _CONTAINER_ID.search(cgroup_text)
+    return found.group(1) if found else None
+
+
+def local_addresses(fib_trie_text: str) -> set[str]:
+    """The IPv4 addresses a network namespace holds, from its /proc/<pid>/net/fib_trie."""
+    found, last = set(), None
+    for line in fib_trie_text.splitlines():
+        text = line.strip()
+        if text.startswith("|-- "):
+            last = text[4:]
+        elif last and text == "/32 host LOCAL":
+            found.add(last)
+    return found
+
+
+def route_devices(subnet: str) -> list[str]:
+    """The devices the kernel has a route to exactly `subnet` on."""
+    out = subprocess.run(["ip", "-o", "route", "show", "exact", subnet], capture_output=True, text=True).stdout
+    return [line.split(" dev ", 1)[1].split()[0] for line in out.splitlines() if " dev " in line]
+
+
+def orphaned_hosts(known: set[str], subnets: list[str], proc: Path = Path("/proc")) -> dict[str, list[int]]:
+    """{container id: its pids} for containers the running engine does not know whose network
+    namespace holds an address in one of `subnets` (`proc`: where /proc is)."""
+    import ipaddress
+
+    nets = [ipaddress.ip_network(s) for s in subnets]
+    # never this process's own container or network namespace (an operator that itself runs
+    # in a container holds the bridges' gateway addresses)
+    own_id = container_of((proc / "self" / "cgroup").read_text())
+    own_net = os.stat(proc / "self" / "ns" / "net").st_ino
+    by_id: dict[str, list[int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cid = container_of((entry / "cgroup").read_text())
+        except OSError:
+            continue
+        if cid and cid not in known and cid != own_id:
+            by_id.setdefault(cid, []).append(int(entry.name))
+    orphans = {}
+    for cid, pids in by_id.items():
+        first = proc / str(min(pids))
+        try:
+            if os.stat(first / "ns" / "net").st_ino == own_net:
+                continue
+            held = local_addresses((first / "net" / "fib_trie").read_text())
+        except OSError:
+            continue
+        if any(ipaddress.ip_address(a) in net for a in held for net in nets):
+            orphans[cid] = sorted(pids)
+    return orphans
+
+
+def _shim_of(proc: Path) -> str | None:
+    """The container id a containerd shim process runs (its `-id` argument), else None."""
+    try:
+        args = (proc / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if not args or not args[0].endswith(b"containerd-shim-runc-v2") or b"-id" not in args:
+        return None
+    at = args.index(b"-id") + 1
+    return args[at].decode() if at < len(args) else None
+
+
+def clear_leftovers(test_fleet: dict) -> None:
+    """Remove an earlier engine's test hosts and bridges that still hold the test subnets."""
+    nets = networks(test_fleet)
+    ours = set()
+    for name in nets:
+        got = docker("network", "inspect", "-f", "{{.Id}}", name, check=False)
+        if got.returncode == 0:
+            ours.add("br-" + got.stdout.strip()[:12])  # Docker's name for a user network's bridge
+    stale = sorted({dev for subnet in nets.values() for dev in route_devices(subnet)} - ours)
+    if not stale:
+        return
+    known = set(docker("ps", "-aq", "--no-trunc").stdout.split())
+    orphans = orphaned_hosts(known, list(nets.values()))
+    log(f"an earlier Docker engine's test fleet still holds {', '.join(nets.values())} (bridges {', '.join(stale)}, "
+        f"{len(orphans)} container(s) this engine does not know): stopping them and removing the bridges")
+    # each container's processes, then the containerd shim that ran it (named by its id)
+    shims = [int(proc.name) for proc in Path("/proc").iterdir() if proc.name.isdigit()
+             and _shim_of(proc) in orphans]
+    for pid in [p for pids in orphans.values() for p in pids] + shims:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    for dev in stale:
+        if Path(f"/sys/class/net/{dev}/bridge").exists():
+            subprocess.run(["ip", "link", "delete", dev], check=True)
+    left = sorted({dev for subnet in nets.values() for dev in route_devices(subnet)} - ours)
+    if left:
+        raise SystemExit(f"testfleet: {', '.join(left)} still route a test subnet ({', '.join(nets.values())}); "
+                         "remove them (ip link delete <device>) and run fleet-up again")
+
+
 def ensure_networks(test_fleet: dict) -> None:
     for name, subnet in networks(test_fleet).items():
         if docker("network", "inspect", name, check=False).returncode == 0:
@@ -182,6 +298,7 @@ def up() -> None:
     hosts, test_fleet = load_inventory()
     key = ensure_key()
     pubkey = key.with_suffix(".pub").read_text().strip()
+    clear_leftovers(test_fleet)
     ensure_networks(test_fleet)
     # The mirror is built (~7 s, mostly waiting on Docker for the stand-in images) while the
     # hosts start and boot (mostly waiting on systemd); nothing on a host asks for it before

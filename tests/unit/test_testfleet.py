@@ -102,3 +102,67 @@ def test_a_host_slow_to_present_its_key_is_scanned_again(monkeypatch):
     assert found == {"100.100.1.1": "ssh-ed25519 KEY1", "100.100.1.2": "ssh-ed25519 KEY2"}
     # only the silent ones are asked again, and a host that never answers is given up on
     assert scanned == [list(answers), ["100.100.1.2", "100.100.1.3"], ["100.100.1.3"]]
+
+
+# --- an earlier engine's leftovers -------------------------------------------------------------
+OLD, MINE, OTHER = "a" * 64, "b" * 64, "c" * 64
+FIB = """Main:
+  +-- 0.0.0.0/0 3 0 5
+     +-- 100.100.0.0/16 2 0 2
+        |-- 100.100.0.0
+           /16 link UNICAST
+        |-- {address}
+           /32 host LOCAL
+Local:
+  +-- 0.0.0.0/0 3 0 5
+"""
+
+
+def _proc(tmp_path, entries: dict):
+    """A stand-in /proc: {pid or "self": (cgroup text, address or None)}."""
+    for pid, (cgroup, address) in entries.items():
+        d = tmp_path / str(pid)
+        (d / "ns").mkdir(parents=True)
+        (d / "net").mkdir()
+        (d / "cgroup").write_text(cgroup)
+        (d / "ns" / "net").write_text(str(pid))  # a namespace of its own (its own inode)
+        (d / "net" / "fib_trie").write_text(FIB.format(address=address or "192.0.2.9"))
+    return tmp_path
+
+
+def test_the_container_of_a_process_is_read_from_either_cgroup_layout():
+    from harness.testfleet import container_of
+
+    assert container_of(f"12:pids:/docker/{OLD}/init.scope\n0::/docker/{OLD}/init.scope\n") == OLD
+    assert container_of(f"0::/system.slice/docker-{OLD}.scope\n") == OLD
+    assert container_of("0::/user.slice/session-1.scope\n") is None
+
+
+def test_local_addresses_are_read_from_fib_trie():
+    from harness.testfleet import local_addresses
+
+    assert local_addresses(FIB.format(address="100.100.0.3")) == {"100.100.0.3"}
+
+
+def test_only_unknown_containers_holding_a_test_address_are_leftovers(tmp_path):
+    from harness.testfleet import orphaned_hosts
+
+    proc = _proc(tmp_path, {
+        "self": ("0::/user.slice\n", None),
+        10: (f"0::/docker/{OLD}/init.scope\n", "100.100.0.1"),  # an old test host: both its pids
+        11: (f"0::/docker/{OLD}/init.scope\n", "100.100.0.1"),
+        20: (f"0::/docker/{MINE}/init.scope\n", "100.100.0.2"),  # the running engine's own host
+        30: (f"0::/docker/{OTHER}/init.scope\n", "172.17.0.2"),  # someone else's container
+        40: ("0::/user.slice\n", "100.100.255.254"),  # not in a container
+    })
+    assert orphaned_hosts({MINE}, ["100.100.0.0/16", "100.101.0.0/16"], proc) == {OLD: [10, 11]}
+
+
+def test_the_operators_own_container_is_never_a_leftover(tmp_path):
+    from harness.testfleet import orphaned_hosts
+
+    proc = _proc(tmp_path, {
+        "self": (f"0::/docker/{OLD}/init.scope\n", "100.100.255.254"),
+        10: (f"0::/docker/{OLD}/init.scope\n", "100.100.255.254"),
+    })
+    assert orphaned_hosts(set(), ["100.100.0.0/16"], proc) == {}
