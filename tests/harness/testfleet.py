@@ -185,8 +185,8 @@ def clear_leftovers(test_fleet: dict) -> None:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
-    for dev in stale:
-        if Path(f"/sys/class/net/{dev}/bridge").exists():
+    for dev in stale:  # only a bridge named as Docker names a network's bridge
+        if re.fullmatch(r"br-[0-9a-f]{12}", dev) and Path(f"/sys/class/net/{dev}/bridge").exists():
             subprocess.run(["ip", "link", "delete", dev], check=True)
     left = sorted({dev for subnet in nets.values() for dev in route_devices(subnet)} - ours)
     if left:
