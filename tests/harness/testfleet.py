@@ -170,7 +170,10 @@ def clear_leftovers(test_fleet: dict) -> None:
         got = docker("network", "inspect", "-f", "{{.Id}}", name, check=False)
         if got.returncode == 0:
             ours.add("br-" + got.stdout.strip()[:12])  # Docker's name for a user network's bridge
-    stale = sorted({dev for subnet in nets.values() for dev in route_devices(subnet)} - ours)
+    def routed_elsewhere() -> list[str]:
+        return sorted({dev for subnet in nets.values() for dev in route_devices(subnet)} - ours)
+
+    stale = routed_elsewhere()
     if not stale:
         return
     known = set(docker("ps", "-aq", "--no-trunc").stdout.split())
@@ -188,7 +191,7 @@ def clear_leftovers(test_fleet: dict) -> None:
     for dev in stale:  # only a bridge named as Docker names a network's bridge
         if re.fullmatch(r"br-[0-9a-f]{12}", dev) and Path(f"/sys/class/net/{dev}/bridge").exists():
             subprocess.run(["ip", "link", "delete", dev], check=True)
-    left = sorted({dev for subnet in nets.values() for dev in route_devices(subnet)} - ours)
+    left = routed_elsewhere()
     if left:
         raise SystemExit(f"testfleet: {', '.join(left)} still route a test subnet ({', '.join(nets.values())}); "
                          "remove them (ip link delete <device>) and run fleet-up again")
