@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -162,8 +164,39 @@ def _shim_of(proc: Path) -> str | None:
     return args[at].decode() if at < len(args) else None
 
 
+_DOCKER_BRIDGE = re.compile(r"\bbr-[0-9a-f]{12}\b")
+
+
+def _interface_exists(name: str) -> bool:
+    return Path(f"/sys/class/net/{name}").exists()
+
+
+def dead_bridge_rules(saved: str, exists=_interface_exists) -> list[str]:
+    """The rules (`-A ...` lines of iptables-save) that name a Docker bridge the kernel no
+    longer has. Docker's rule for a network's bridge `-s <subnet> ! -o <bridge> -j MASQUERADE`
+    outlives a killed engine, and once that bridge is gone it matches all the subnet's traffic,
+    the new bridge's included: the test hosts then see each other's connections coming from
+    the gateway (so a firewall spec finds undeclared flows open, and PostgreSQL refuses a
+    client by its address)."""
+    return [line for line in saved.splitlines() if line.startswith("-A ")
+            and any(not exists(name) for name in _DOCKER_BRIDGE.findall(line))]
+
+
+def clear_dead_bridge_rules() -> None:
+    if not shutil.which("iptables-save"):
+        return
+    for table in ("nat", "filter"):
+        saved = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True)
+        dead = dead_bridge_rules(saved.stdout) if saved.returncode == 0 else []
+        if dead:
+            log(f"removing {len(dead)} {table} rule(s) of Docker bridges that no longer exist")
+        for rule in dead:
+            subprocess.run(["iptables", "-t", table, "-D", *shlex.split(rule[3:])], check=True)
+
+
 def clear_leftovers(test_fleet: dict) -> None:
-    """Remove an earlier engine's test hosts and bridges that still hold the test subnets."""
+    """Remove an earlier engine's test hosts and bridges that still hold the test subnets, and
+    the rules of bridges that are gone."""
     nets = networks(test_fleet)
     ours = set()
     for name in nets:
@@ -175,6 +208,7 @@ def clear_leftovers(test_fleet: dict) -> None:
 
     stale = routed_elsewhere()
     if not stale:
+        clear_dead_bridge_rules()
         return
     known = set(docker("ps", "-aq", "--no-trunc").stdout.split())
     orphans = orphaned_hosts(known, list(nets.values()))
@@ -191,6 +225,7 @@ def clear_leftovers(test_fleet: dict) -> None:
     for dev in stale:  # only a bridge named as Docker names a network's bridge
         if re.fullmatch(r"br-[0-9a-f]{12}", dev) and Path(f"/sys/class/net/{dev}/bridge").exists():
             subprocess.run(["ip", "link", "delete", dev], check=True)
+    clear_dead_bridge_rules()
     left = routed_elsewhere()
     if left:
         raise SystemExit(f"testfleet: {', '.join(left)} still route a test subnet ({', '.join(nets.values())}); "

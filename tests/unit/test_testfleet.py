@@ -166,3 +166,22 @@ def test_the_operators_own_container_is_never_a_leftover(tmp_path):
         10: (f"0::/docker/{OLD}/init.scope\n", "100.100.255.254"),
     })
     assert orphaned_hosts(set(), ["100.100.0.0/16"], proc) == {}
+
+
+def test_only_rules_of_docker_bridges_that_are_gone_are_dead():
+    from harness.testfleet import dead_bridge_rules
+
+    saved = """*nat
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -s 100.100.0.0/16 ! -o br-8d93b2bd760c -j MASQUERADE
+-A POSTROUTING -s 100.100.0.0/16 ! -o br-0620a9c609dc -j MASQUERADE
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+-A DOCKER -i br-8d93b2bd760c -j RETURN
+-A FORWARD -o br-lan0 -j ACCEPT
+COMMIT
+"""
+    live = {"br-0620a9c609dc", "docker0"}
+    assert dead_bridge_rules(saved, exists=lambda name: name in live) == [
+        "-A POSTROUTING -s 100.100.0.0/16 ! -o br-8d93b2bd760c -j MASQUERADE",
+        "-A DOCKER -i br-8d93b2bd760c -j RETURN",
+    ]
