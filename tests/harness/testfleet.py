@@ -89,7 +89,8 @@ def ensure_key() -> Path:
 # networks are made, such leftovers are found from the kernel's own state and removed: a route
 # to a test subnet on a bridge that is not the running engine's network for it, and the
 # containers (by their cgroup's container id) that the running engine does not know and whose
-# network namespace holds an address in a test subnet. Nothing else is touched.
+# network namespace holds an address in a test subnet, and the iptables rules that name a Docker
+# bridge the kernel no longer has. Nothing else is touched.
 _CONTAINER_ID = re.compile(r"docker[-/]([0-9a-f]{64})")
 
 
@@ -203,6 +204,7 @@ def clear_leftovers(test_fleet: dict) -> None:
         got = docker("network", "inspect", "-f", "{{.Id}}", name, check=False)
         if got.returncode == 0:
             ours.add("br-" + got.stdout.strip()[:12])  # Docker's name for a user network's bridge
+
     def routed_elsewhere() -> list[str]:
         return sorted({dev for subnet in nets.values() for dev in route_devices(subnet)} - ours)
 
@@ -223,7 +225,7 @@ def clear_leftovers(test_fleet: dict) -> None:
         except ProcessLookupError:
             pass
     for dev in stale:  # only a bridge named as Docker names a network's bridge
-        if re.fullmatch(r"br-[0-9a-f]{12}", dev) and Path(f"/sys/class/net/{dev}/bridge").exists():
+        if _DOCKER_BRIDGE.fullmatch(dev) and Path(f"/sys/class/net/{dev}/bridge").exists():
             subprocess.run(["ip", "link", "delete", dev], check=True)
     clear_dead_bridge_rules()
     left = routed_elsewhere()
