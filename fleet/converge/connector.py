@@ -25,7 +25,9 @@ pyinfra connector `fleet` in pyproject.toml, and the inventory names every host
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import json
 import logging
 import os
@@ -61,6 +63,14 @@ opcost.install()
 # thread object for each greenlet), the process id and multiprocessing's process name, which
 # pyinfra's formatter never prints: without them, 2,700 lines take ~35 ms less.
 logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+# At exit, the interpreter's last garbage collections walk every object the run made: 0.12-
+# 0.22 s after pyinfra's last line of a no-op converge, 0.02-0.03 s when those objects are
+# frozen first (gc.freeze leaves them out of every later collection; measured in alternating
+# runs, docs/performance.md). The process is ending and its memory goes back whole. The other
+# exit handlers (logging's flush) and reference counting still run; only objects caught in
+# reference cycles are no longer finalized, and nothing of ours leaves a file or connection to
+# such a finalizer (files are closed where they are written; the OS closes the sockets).
+atexit.register(gc.freeze)
 
 IDLE = 15
 INTERVAL = 5

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 from fleet.converge.connector import BatchReader, BrokenBatch, batch_script, ungroup_one
 
@@ -536,3 +538,19 @@ def test_a_systemd_group_of_the_wrong_shape_answers_none(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/bin:/usr/bin")
     if shutil.which("systemctl") is None:
         assert ungroup_facts(run_batch(run), plan).keys() == {2}
+
+
+def test_a_run_over_the_connector_ends_with_its_objects_frozen():
+    """A process that loaded the connector freezes its objects when it exits, before the
+    interpreter's last collections (which would walk all of them): a handler registered
+    before the import runs after the connector's, and sees them frozen, and the process
+    still exits with its own status."""
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+             "import fleet.converge.connector\n"
+             "print('before exit', gc.get_freeze_count())\n"
+             "sys.exit(3)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.stdout.split("\n")[:2] == ["before exit 0", "frozen True"], proc.stdout + proc.stderr
+    assert proc.returncode == 3
