@@ -1,4 +1,4 @@
-"""Four per-operation costs of pyinfra's CLI, removed with exact equivalents.
+"""Six repeated costs of pyinfra's CLI, removed with exact equivalents.
 
 Measured on a no-op converge of the 7-host test fleet (718 operations; docs/performance.md):
 of the operator's CPU, 2.0 s went to `get_operation_order_from_stack`, 0.5 s to
@@ -32,6 +32,18 @@ straight onto wall time.
   of its string, so `command.shlex` becomes `_SplitOnce`, which hands out a fresh list of
   the tokens split the first time (the last 4,096 strings are kept: 9 µs a call); all else
   it is asked for is the shlex module's own. ~25 ms of a no-op (sampled).
+- `DebPackages.process` parses `dpkg -l` with a regular expression per line every time the
+  fact is asked: by every `apt.packages` operation, ~75 times in a no-op of the site, over the
+  same few outputs (0.3 ms a parse for the test hosts' 209 packages; a Raspberry Pi OS image
+  has several hundred more). The parse is a pure function of the fact's regex and the output
+  lines, so each distinct output is parsed once and every caller gets its own copy of the
+  answer (a fresh dict of fresh sets, as a parse gives).
+- pyinfra's CLI, loading `group_data/`, asks `_get_imported_names` (which parses the file with
+  `ast` to leave its imports out of the data) once per name the file defines: 68 parses of
+  11 files, all.py 31 times, ~43 ms before the first host is contacted. Its answer depends
+  on the file alone, so it is kept per file (path, inode, size and modification time) and
+  handed out as a fresh set. Only in a process that runs pyinfra's CLI: this module never
+  imports `pyinfra_cli` itself, whose import patches the whole process for gevent.
 
 Why code of our own: pyinfra has no setting for any of these (the stack is how its CLI orders
 operations across hosts), and fewer, larger operations per component would be a refactor of
@@ -50,6 +62,7 @@ import functools
 import hashlib
 import inspect
 import logging
+import os
 import shlex
 import sys
 from copy import copy
@@ -64,6 +77,9 @@ CHECKED = {
     "pop_global_arguments": "a12a311539ff5068152b1c9c4578d77a8a893239a570f912768050a623069faf",
     "HostData": "27949344fe93e254a4b7a536a4f56271de272f681a6d9885ceb434d275dbd176",
     "make_formatted_string_command": "6d699a2480b77b40d8a79a50b7934dc3a0b158d87ba71dbd5b2e3f199358544a",
+    "DebPackages.process": "1bcc3b9247383499248181a7984d86f9f73ae257ff430d0d50d73261f2efe484",
+    "parse_packages": "5c976c0ec53cf9aadf3be2470a822b5582bea24cd1be515203398aed38ddba1c",
+    "_get_imported_names": "7a85a10a60fabb9431c6e36baf41fef1b564336e20859988f971a4d5db6983f5",
 }
 # pop_arguments stands for pop_global_arguments in the modules that import it by name.
 _CALLERS = ("pyinfra.api.operation", "pyinfra.api.facts", "pyinfra.api.deploy")
@@ -188,6 +204,49 @@ class _SplitOnce:
         return getattr(self._module, name)
 
 
+# distinct `dpkg -l` outputs kept at once: one or two per host in a run (before and after an
+# install); when full, the kept ones are dropped and parsed again as asked
+PARSED_KEEP = 64
+
+
+def packages_once(original):
+    """DebPackages.process, parsing each distinct output once; each caller gets a copy."""
+    kept: dict[tuple, dict] = {}
+
+    @functools.wraps(original)
+    def process(self, output):
+        key = (self.regex, tuple(output))
+        found = kept.get(key)
+        if found is None:
+            found = original(self, output)
+            if len(kept) >= PARSED_KEEP:
+                kept.clear()
+            kept[key] = found
+        return {name: set(versions) for name, versions in found.items()}
+
+    process.fleet_opcost = True
+    return process
+
+
+def names_once(original):
+    """pyinfra_cli.inventory._get_imported_names, parsing each version of a file once."""
+    kept: dict[tuple, frozenset] = {}
+
+    @functools.wraps(original)
+    def imported_names(filename):
+        try:
+            stat = os.stat(filename)
+        except OSError:
+            return original(filename)  # its own error, as pyinfra would raise it
+        key = (filename, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key not in kept:
+            kept[key] = frozenset(original(filename))
+        return set(kept[key])
+
+    imported_names.fleet_opcost = True
+    return imported_names
+
+
 def install() -> list[str]:
     """Put the equivalents in place where pyinfra's originals are the checked ones.
 
@@ -255,4 +314,28 @@ def install() -> list[str]:
         replaced.append("make_formatted_string_command")
     else:
         logger.debug("opcost: pyinfra's make_formatted_string_command is not the checked one; left as is")
+
+    from pyinfra.facts import deb
+    from pyinfra.facts.util import packaging
+
+    if getattr(deb.DebPackages.process, "fleet_opcost", False):
+        replaced.append("DebPackages.process")
+    elif (source_digest(deb.DebPackages.process) == CHECKED["DebPackages.process"]
+          and source_digest(packaging.parse_packages) == CHECKED["parse_packages"]
+          and deb.parse_packages is packaging.parse_packages):
+        deb.DebPackages.process = packages_once(deb.DebPackages.process)
+        replaced.append("DebPackages.process")
+    else:
+        logger.debug("opcost: pyinfra's DebPackages.process or parse_packages is not the checked one; left as is")
+
+    inventory = sys.modules.get("pyinfra_cli.inventory")  # loaded by pyinfra's CLI only
+    if inventory is None:
+        pass
+    elif getattr(inventory._get_imported_names, "fleet_opcost", False):
+        replaced.append("_get_imported_names")
+    elif source_digest(inventory._get_imported_names) == CHECKED["_get_imported_names"]:
+        inventory._get_imported_names = names_once(inventory._get_imported_names)
+        replaced.append("_get_imported_names")
+    else:
+        logger.debug("opcost: pyinfra's _get_imported_names is not the checked one; left as is")
     return replaced

@@ -3,7 +3,12 @@ pyinfra's originals are not the ones they were checked against."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import json
+import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pyinfra
@@ -14,6 +19,10 @@ from fleet.converge import opcost
 util = sys.modules["pyinfra.api.util"]
 arguments = sys.modules["pyinfra.api.arguments"]
 ORIGINAL = util.get_operation_order_from_stack
+from pyinfra.facts import deb  # noqa: E402
+from pyinfra.facts.util import packaging  # noqa: E402
+
+DEB_ORIGINAL = getattr(deb.DebPackages.process, "__wrapped__", deb.DebPackages.process)
 
 # A deploy file as pyinfra's CLI runs one: calls spread over several lines, nested calls,
 # a helper module in between and a frame that lives in pyinfra's install directory.
@@ -114,8 +123,9 @@ def test_global_arguments_are_pyinfras_and_a_fresh_list_each_time():
 
 def test_install_replaces_the_checked_originals_only(monkeypatch):
     operation = sys.modules["pyinfra.api.operation"]
-    assert sorted(opcost.install()) == ["all_global_arguments", "get_operation_order_from_stack",
+    assert sorted(opcost.install()) == ["DebPackages.process", "all_global_arguments", "get_operation_order_from_stack",
                                         "make_formatted_string_command", "pop_global_arguments"]
+    assert "pyinfra_cli" not in sys.modules  # nor imported by install: its import patches for gevent
     assert operation.get_operation_order_from_stack is opcost.operation_order
     assert opcost.install() == opcost.install()  # a second call changes nothing
 
@@ -137,6 +147,15 @@ def test_the_digests_are_of_the_installed_pyinfra():
     assert opcost.source_digest(sys.modules["pyinfra.api.host"].HostData) == opcost.CHECKED["HostData"]
     assert (opcost.source_digest(command_module.make_formatted_string_command)
             == opcost.CHECKED["make_formatted_string_command"])
+    assert opcost.source_digest(DEB_ORIGINAL) == opcost.CHECKED["DebPackages.process"]
+    assert opcost.source_digest(packaging.parse_packages) == opcost.CHECKED["parse_packages"]
+    # pyinfra_cli is not imported here (it patches the process for gevent): read from its file
+    origin = Path(importlib.util.find_spec("pyinfra_cli").submodule_search_locations[0]) / "inventory.py"
+    source = origin.read_text()
+    found = next(node for node in ast.parse(source).body
+                 if isinstance(node, ast.FunctionDef) and node.name == "_get_imported_names")
+    digest = opcost.hashlib.sha256((ast.get_source_segment(source, found, padded=True) + "\n").encode()).hexdigest()
+    assert digest == opcost.CHECKED["_get_imported_names"]
 
 
 def test_a_changed_hostdata_leaves_pyinfras_pop_in_place(monkeypatch):
@@ -284,3 +303,118 @@ def test_a_changed_formatter_leaves_pyinfras_split_in_place(monkeypatch):
     monkeypatch.setitem(opcost.CHECKED, "make_formatted_string_command", "0" * 64)
     assert "make_formatted_string_command" not in opcost.install()
     assert command_module.shlex is shlex
+
+
+# `dpkg -l` as Debian prints it: held and installed packages, an architecture suffix, a
+# package removed but not purged (rc: not installed), and the header lines
+DPKG_L = """\
+Desired=Unknown/Install/Remove/Purge/Hold
+| Status=Not/Inst/Conf-files/Unpacked/halF-conf/Half-inst/trig-aWait/Trig-pend
+|/ Err?=(none)/Reinst-required (Status,Err: uppercase=bad)
+||/ Name           Version          Architecture Description
++++-==============-================-============-=================================
+ii  adduser        3.134            all          add and remove users and groups
+hi  docker.io      20.10.24+dfsg1-1 arm64        Linux container runtime
+ii  libc6:arm64    2.36-9+deb12u9   arm64        GNU C Library: Shared libraries
+rc  nginx-common   1.22.1-9         all          small, powerful, scalable web/proxy server
+ii  restic         0.14.0-1+b5      arm64        backup program with multiple revisions
+""".splitlines()
+
+
+def test_packages_parsed_once_are_pyinfras_and_each_callers_own():
+    opcost.install()
+    fact = deb.DebPackages()
+    theirs = DEB_ORIGINAL(fact, DPKG_L)
+    assert theirs == {"adduser": {"3.134"}, "docker.io": {"20.10.24+dfsg1-1"}, "libc6": {"2.36-9+deb12u9"},
+                      "restic": {"0.14.0-1+b5"}}
+    first = fact.process(DPKG_L)
+    assert first == theirs
+    first["adduser"].add("changed")
+    first.pop("restic")
+    assert fact.process(list(DPKG_L)) == theirs  # the kept parse, untouched by the first caller
+    assert fact.process(DPKG_L[:-1]) == {k: v for k, v in theirs.items() if k != "restic"}
+
+
+def test_the_kept_parses_are_bounded(monkeypatch):
+    calls = []
+
+    def original(self, output):
+        calls.append(tuple(output))
+        return {line: {"1"} for line in output}
+
+    process = opcost.packages_once(original)
+    fact = SimpleNamespace(regex="r")
+    monkeypatch.setattr(opcost, "PARSED_KEEP", 3)
+    for n in range(5):
+        assert process(fact, [f"p{n}"]) == {f"p{n}": {"1"}}
+    assert process(fact, ["p4"]) == {"p4": {"1"}} and len(calls) == 5  # kept
+    assert process(fact, ["p0"]) == {"p0": {"1"}} and len(calls) == 6  # dropped when full, parsed again
+    assert process(SimpleNamespace(regex="other"), ["p0"]) and len(calls) == 7  # per regex too
+
+
+def test_a_changed_package_parser_leaves_pyinfras_in_place(monkeypatch):
+    monkeypatch.setattr(deb.DebPackages, "process", DEB_ORIGINAL)
+    monkeypatch.setitem(opcost.CHECKED, "parse_packages", "0" * 64)
+    assert "DebPackages.process" not in opcost.install()
+    assert deb.DebPackages.process is DEB_ORIGINAL
+
+
+def test_imported_names_are_kept_per_version_of_the_file(tmp_path):
+    calls = []
+
+    def original(filename):
+        calls.append(filename)
+        return {line.split()[-1] for line in open(filename) if line.startswith("import ")}
+
+    names = opcost.names_once(original)
+    data = tmp_path / "all.py"
+    data.write_text("import os\nvalue = 1\n")
+    first = names(str(data))
+    assert first == {"os"} and calls == [str(data)]
+    first.add("changed")
+    assert names(str(data)) == {"os"} and len(calls) == 1  # kept, and a fresh set
+    data.write_text("import os\nimport re\nvalue = 2\n")  # edited: another size
+    assert names(str(data)) == {"os", "re"} and len(calls) == 2
+    with pytest.raises(FileNotFoundError):
+        names(str(tmp_path / "gone.py"))
+
+
+# Loads group data as pyinfra's CLI does (pyinfra_cli imported, a State in context), before
+# and after install, and prints what was replaced and whether the data came out the same.
+PROBE = """\
+import ast
+import json
+import pyinfra_cli.inventory as inventory
+from pyinfra.api import State
+from pyinfra.context import ctx_state
+from fleet.converge import opcost
+ctx_state.set(State())
+parse, parsed = ast.parse, []
+ast.parse = lambda *a, **k: parsed.append(1) or parse(*a, **k)
+before = inventory._get_group_data(GROUP_DATA)
+parsed_before = len(parsed)
+replaced = opcost.install()  # (which parses pyinfra's sources for their digests)
+parsed.clear()
+after = [inventory._get_group_data(GROUP_DATA) for _ in range(2)]
+print(json.dumps([sorted(replaced), repr(before) == repr(after[0]) == repr(after[1]), repr(after[0]),
+                  parsed_before, len(parsed)]))
+"""
+
+
+def test_group_data_loaded_by_pyinfras_cli_is_the_same(tmp_path):
+    """In a process that runs pyinfra's CLI (pyinfra_cli imported), install replaces
+    _get_imported_names, and pyinfra loads the same group data with it as without."""
+    group_data = tmp_path / "group_data"
+    group_data.mkdir()
+    (group_data / "all.py").write_text("import os\nfrom os import path as p, sep\n"
+                                       "a = 1\nb = [os.sep]\n_private = 3\nsep2 = sep\n")
+    (group_data / "web.py").write_text("__all__ = ['x']\nx = 1\ny = 2\n")
+    probe = PROBE.replace("GROUP_DATA", repr(str(group_data)))
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
+    replaced, same, shown, parsed_before, parsed_after = json.loads(proc.stdout)
+    assert "_get_imported_names" in replaced and same, shown
+    # all.py once per name it defines before (web.py sets __all__: never parsed); then once
+    assert parsed_before > 1 and parsed_after == 1
+    assert "'a': 1" in shown and "'sep2'" in shown and "'os'" not in shown and "'p'" not in shown
