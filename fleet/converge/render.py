@@ -15,10 +15,12 @@ from pathlib import Path
 
 import jinja2
 
+from fleet.converge.paths import state_root
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates"
-# Compiled templates, kept between runs (.state/ is not in git).
-BYTECODE_DIR = REPO / ".state" / "jinja-bytecode"
+# Compiled templates, kept between runs.
+BYTECODE_DIR = state_root(REPO) / "jinja-bytecode"
 
 
 class _BytecodeCache(jinja2.FileSystemBytecodeCache):

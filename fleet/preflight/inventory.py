@@ -33,7 +33,7 @@ from fleet.converge import keys
 from fleet.converge.vault import VaultError
 from fleet.preflight import validate as validation
 from fleet.preflight.model import DataFileError, Fleet, load_fleet
-from fleet.preflight.paths import state_dir, test_ssh_key  # noqa: F401 (used and re-exported)
+from fleet.converge.paths import state_dir, test_ssh_key  # noqa: F401 (used and re-exported)
 
 TARGETS = ("fleet", "test")
 # pyinfra's SSH connector with the fleet's TCP settings (fleet.converge.connector).

@@ -32,10 +32,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `harness` importable
 
 from harness import testfleet  # noqa: E402
+from fleet.converge.paths import state_root  # noqa: E402
 from fleet.preflight.inventory import ARM64_ENV  # noqa: E402
 
 REPO = testfleet.REPO
-REPORT = REPO / ".state" / "arm64-report.txt"
+REPORT = state_root(REPO) / "arm64-report.txt"
 T0 = time.monotonic()
 STAGES = 4
 
@@ -115,7 +116,7 @@ def main(argv: list[str]) -> int:
     stage(4, f"the rebuild test (tests/integration/test_rebuild.py) with {args.host} on arm64", times)
     rebuild = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "testpaths=", "-q",
                               "-x", "tests/integration/test_rebuild.py"], cwd=REPO, text=True, timeout=3600)
-    report = REPO / ".state" / "rebuild-report.txt"
+    report = state_root(REPO) / "rebuild-report.txt"
     lines.append("rebuild report:")
     lines += [f"  {line}" for line in (report.read_text().splitlines() if report.exists() else ["(none written)"])]
     stamps = sorted(times.items()) + [(STAGES + 1, time.monotonic())]

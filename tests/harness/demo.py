@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 # run as a script by either python: `harness` and (before the virtualenv exists) `fleet` importable
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
+from fleet.converge.paths import state_root  # noqa: E402 (standard library only)
 from harness import image  # noqa: E402 (standard library only)
 
 T0 = image.T0  # the process that carries on in the virtualenv counts from the same start
@@ -87,7 +88,7 @@ def main(argv: list[str]) -> int:
         print("the converge failed: see the log above", file=sys.stderr)
         return result["returncode"] or 1
     stage(3, "the specs on every host (tests/specs)")
-    junit = REPO / ".state" / "junit-demo.xml"
+    junit = state_root(REPO) / "junit-demo.xml"
     specs = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "testpaths=",
                             "-q", "-n", "4", f"--junitxml={junit}", "tests/specs"], cwd=REPO)
     stage(4, "spec results per host (make fleet-down removes the hosts)")

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fleet.preflight.paths import state_dir
+from fleet.converge.paths import state_dir
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = state_dir(REPO)

@@ -17,8 +17,8 @@ from integration.conftest import REPO, docker_exec, run_specs, settle
 HOST = "pi5-alpha"
 APP = "web"
 URL = "http://127.0.0.1:3000/health"  # web's bind address (the port map: loopback)
-RELEASES = json.loads((REPO / ".state" / "testfleet" / "mirror" / "apps" / "releases.json").read_text())
-BUILT = json.loads((REPO / ".state" / "testfleet" / "mirror" / "built-data.json").read_text())["apps_releases"]
+RELEASES = json.loads((testfleet.STATE / "mirror" / "apps" / "releases.json").read_text())
+BUILT = json.loads((testfleet.STATE / "mirror" / "built-data.json").read_text())["apps_releases"]
 
 # Requests from inside the host, one after another, until a stop file appears: bounded to
 # 1500 requests and 150 s. Prints one "code version" line per request.

@@ -16,13 +16,14 @@ import sys
 import pytest
 
 from deploys.postgres import paths
+from fleet.converge.paths import state_root
 from harness import testfleet
 from integration.conftest import docker_exec, main_pid, settle
 
 HOST = "pi5-gamma"
 REPO_HOST = "droplet-failover"
 UNIT = paths(15)["unit"]
-REPORT = testfleet.REPO / ".state" / "backup-report.txt"
+REPORT = state_root(testfleet.REPO) / "backup-report.txt"
 
 
 def report(line: str) -> None:

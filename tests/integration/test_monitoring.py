@@ -18,6 +18,7 @@ from deploys import deadman
 from deploys.healthcheck import STATUS, TIMER
 from deploys.prometheus import RULES
 from fleet.converge.keys import secret
+from fleet.converge.paths import state_root
 from fleet.preflight.inventory import read_inventory_data, select_vault
 from fleet.preflight.model import build_fleet, load_group_data
 from harness import testfleet
@@ -27,7 +28,7 @@ MONITOR = "pi400-delta"
 PROBER = "pi0-epsilon"
 VICTIM, SERVICE, UNIT = "pi5-gamma", "redis", "redis-server.service"
 DROPLET = "droplet-failover"
-REPORT = testfleet.REPO / ".state" / "monitoring-report.txt"
+REPORT = state_root(testfleet.REPO) / "monitoring-report.txt"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -18,10 +18,11 @@ import sys
 import pytest
 
 from fleet.checklist import ITEMS, PHASES
+from fleet.converge.paths import state_root
 from harness import testfleet
 from integration.conftest import REPO, docker_exec, edge_env, edge_fake, settle, wait_until
 
-REPORT = REPO / ".state" / "phases-report.txt"
+REPORT = state_root(REPO) / "phases-report.txt"
 MANUAL = {i["id"] for i in ITEMS if i["verify"][0][0] == "manual"}
 LINE = re.compile(r"^(p\d-\d\d)  (done|failing|manual|n/a)\s+(.*)$")
 # The phase runner's own lines (pyinfra's and pytest's output, also printed, are left out).
@@ -57,7 +58,7 @@ def test_every_phase_on_the_converged_fleet(cloudflare):
         wrong = {i: s for i, s in statuses.items() if s != ("manual" if i in MANUAL else "done")}
         assert not wrong and rc == 0, (wrong, out[-4000:])
         assert re.search(rf"^phase {number} \(\w+\): \d+ done, 0 failing", out, re.M), out[-1000:]
-        report = json.loads((testfleet.REPO / ".state" / "testfleet" / "phases" / f"phase{number}.json").read_text())
+        report = json.loads((testfleet.STATE / "phases" / f"phase{number}.json").read_text())
         assert report["counts"]["failing"] == 0 and not report["blocked_by"]
     # the phase 1 converge made the DNS records; nothing was deleted
     assert not [w for w in cloudflare.writes if w[0] == "DELETE"]

@@ -17,12 +17,13 @@ import sys
 import pytest
 
 from fakes.tailscale_api import FakeTailscale
+from fleet.converge.paths import state_root
 from fleet.preflight.inventory import emulated_hosts
 from harness import testfleet
 from integration.conftest import REPO, docker_exec, edge_env, edge_fake, settle
 
 HOST = "pi5-gamma"
-REPORT = REPO / ".state" / "rebuild-report.txt"
+REPORT = state_root(REPO) / "rebuild-report.txt"
 ROWS = 1234
 
 

@@ -6,8 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def state_root(repo: Path) -> Path:
+    """Everything the checkout keeps between runs (not in git)."""
+    return repo / ".state"
+
+
 def state_dir(repo: Path, target: str = "test") -> Path:
-    return repo / ".state" / ("testfleet" if target == "test" else target)
+    return state_root(repo) / ("testfleet" if target == "test" else target)
 
 
 def test_ssh_key(repo: Path) -> Path:
