@@ -214,8 +214,12 @@ def clear_leftovers(test_fleet: dict) -> None:
         return
     known = set(docker("ps", "-aq", "--no-trunc").stdout.split())
     orphans = orphaned_hosts(known, list(nets.values()))
-    log(f"an earlier Docker engine's test fleet still holds {', '.join(nets.values())} (bridges {', '.join(stale)}, "
-        f"{len(orphans)} container(s) this engine does not know): stopping them and removing the bridges")
+    found = (f"an earlier Docker engine's test fleet still holds {', '.join(nets.values())} (bridges {', '.join(stale)}, "
+             f"{len(orphans)} container(s) this engine does not know)")
+    if os.geteuid() != 0:  # stopping other users' processes and deleting links: root's, as starting dockerd is
+        raise SystemExit(f"testfleet: {found}; removing them needs root: run this fleet-up once as root, "
+                         "or stop those containers and run `ip link delete <bridge>` for each")
+    log(f"{found}: stopping them and removing the bridges")
     # each container's processes, then the containerd shim that ran it (named by its id)
     shims = [int(proc.name) for proc in Path("/proc").iterdir() if proc.name.isdigit()
              and _shim_of(proc) in orphans]

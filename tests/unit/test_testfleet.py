@@ -1,5 +1,7 @@
 """Counting pyinfra's per-host results, which the idempotence check and the benchmark use."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from harness.testfleet import count_changes, image_tag
@@ -185,3 +187,24 @@ COMMIT
         "-A POSTROUTING -s 100.100.0.0/16 ! -o br-8d93b2bd760c -j MASQUERADE",
         "-A DOCKER -i br-8d93b2bd760c -j RETURN",
     ]
+
+
+def test_leftovers_found_without_root_stop_fleet_up_with_one_line(monkeypatch):
+    """Stopping an earlier engine's containers and deleting its bridges needs root: without
+    it, fleet-up says what it found and what to do, and kills or deletes nothing."""
+    import harness.testfleet as tf
+
+    touched = []
+    monkeypatch.setattr(tf, "networks", lambda test_fleet: {"tailnet": "100.100.0.0/16"})
+    monkeypatch.setattr(tf, "docker", lambda *args, check=True: SimpleNamespace(returncode=1, stdout=""))
+    monkeypatch.setattr(tf, "route_devices", lambda subnet: ["br-8d93b2bd760c"])
+    monkeypatch.setattr(tf, "orphaned_hosts", lambda known, subnets: {OLD: [10]})
+    monkeypatch.setattr(tf.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(tf.os, "kill", lambda *a: touched.append(a))
+    monkeypatch.setattr(tf.subprocess, "run", lambda *a, **k: touched.append(a))
+    with pytest.raises(SystemExit) as exc:
+        tf.clear_leftovers({})
+    message = str(exc.value)
+    assert "\n" not in message and "br-8d93b2bd760c" in message and "1 container(s)" in message
+    assert "needs root" in message and "ip link delete" in message
+    assert touched == []
