@@ -10,8 +10,8 @@ STATE := .state
 FLEET_TARGET ?= fleet
 export FLEET_TARGET
 PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
-# Spec workers (pytest-xdist): each takes whole hosts (tests/specs/conftest.py); 4 was the
-# fastest on the 2-core CI machine (docs/performance.md). SPEC_WORKERS=0 runs them in-process.
+# Spec workers (pytest-xdist), fleet/commands/phase.py's SPEC_WORKERS (why 4 is there).
+# SPEC_WORKERS=0 runs them in-process.
 SPEC_WORKERS ?= 4
 
 .PHONY: help setup lock check plan converge verify llm-check backup restore backups rollback rebuild fleet-up fleet-down demo test unit faults bench docs phase1 phase2 phase3 phase4 vault-init vault-edit edge-plan edge-apply apikey tailnet-plan tailnet-apply test-arm64

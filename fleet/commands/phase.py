@@ -36,6 +36,10 @@ from fleet.preflight.inventory import FleetConfigError, prepare, read_inventory_
 
 REPO = Path(__file__).resolve().parents[2]
 EDGE = "edge"
+# Spec workers (pytest-xdist), each taking whole hosts (tests/specs/conftest.py): 4 was the
+# fastest on the 2-core CI machine (docs/performance.md); 0 runs the specs in one process.
+# The Makefile's SPEC_WORKERS default is this number (tests/unit/test_checklist.py checks).
+SPEC_WORKERS = 4
 
 
 class PhaseError(Exception):
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("phase", type=int, help="1-4")
     parser.add_argument("--limit", help="hosts and/or groups, comma-separated (default: every host)")
     parser.add_argument("--check-only", action="store_true", help="verify without converging")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("SPEC_WORKERS") or 4),
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("SPEC_WORKERS") or SPEC_WORKERS),
                         help="spec workers (pytest-xdist); 0 runs them in-process")
     parser.add_argument("--repo", default=str(REPO), help=argparse.SUPPRESS)
     args = cli.parse(parser, argv)

@@ -38,6 +38,7 @@ import paramiko  # noqa: E402
 
 from fleet.converge import component as registry  # noqa: E402
 from fleet.converge import keys  # noqa: E402
+from fleet.commands.phase import SPEC_WORKERS  # noqa: E402
 from fleet.converge.vault import Vault, params_of  # noqa: E402
 from fleet.preflight.inventory import prepare, select_vault  # noqa: E402
 from harness import testfleet  # noqa: E402
@@ -193,7 +194,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=3, help="repeats of each timed run (median)")
     parser.add_argument("--fresh", action="store_true", help="also time fleet-up from no hosts and the first converge")
     parser.add_argument("--keep", action="store_true", help="with --fresh: leave the test fleet up")
-    parser.add_argument("--spec-workers", type=int, default=4, help="pytest-xdist workers for the specs (0: none)")
+    parser.add_argument("--spec-workers", type=int, default=SPEC_WORKERS, help="pytest-xdist workers for the specs (0: none)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be 1 or more")

@@ -88,9 +88,11 @@ def main(argv: list[str]) -> int:
         print("the converge failed: see the log above", file=sys.stderr)
         return result["returncode"] or 1
     stage(3, "the specs on every host (tests/specs)")
+    from fleet.commands.phase import SPEC_WORKERS  # in the virtualenv by now
+
     junit = state_root(REPO) / "junit-demo.xml"
     specs = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "testpaths=",
-                            "-q", "-n", "4", f"--junitxml={junit}", "tests/specs"], cwd=REPO)
+                            "-q", "-n", str(SPEC_WORKERS), f"--junitxml={junit}", "tests/specs"], cwd=REPO)
     stage(4, "spec results per host (make fleet-down removes the hosts)")
     subprocess.run([sys.executable, "tests/report.py", "--per-host", str(junit)], cwd=REPO, check=False)
     print(f"\ndemo: {'passed' if specs.returncode == 0 else 'specs failed'} in {time.monotonic() - T0:.0f}s",

@@ -140,3 +140,9 @@ def test_runbook_commands_are_real_make_targets(fleet):
     for op in ("Converge one host", "Add a host", "Rotate a secret", "Restore a database", "Rebuild a host",
                "Roll back an app"):
         assert f"## {op}" in docs.render_runbook(fleet)
+
+
+def test_the_makefiles_spec_workers_are_the_phase_commands():
+    """`make verify` and the phase command run the specs with the same default workers."""
+    default = re.search(r"^SPEC_WORKERS \?= (\d+)$", (REPO / "Makefile").read_text(), re.M)
+    assert default and int(default.group(1)) == phase.SPEC_WORKERS
