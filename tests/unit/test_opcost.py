@@ -4,7 +4,9 @@ pyinfra's originals are not the ones they were checked against."""
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
+import inspect
 import json
 import subprocess
 import sys
@@ -23,6 +25,8 @@ from pyinfra.facts import deb  # noqa: E402
 from pyinfra.facts.util import packaging  # noqa: E402
 
 DEB_ORIGINAL = getattr(deb.DebPackages.process, "__wrapped__", deb.DebPackages.process)
+operation_module = sys.modules["pyinfra.api.operation"]
+facts_module = sys.modules["pyinfra.api.facts"]
 
 # A deploy file as pyinfra's CLI runs one: calls spread over several lines, nested calls,
 # a helper module in between and a frame that lives in pyinfra's install directory.
@@ -124,7 +128,8 @@ def test_global_arguments_are_pyinfras_and_a_fresh_list_each_time():
 def test_install_replaces_the_checked_originals_only(monkeypatch):
     operation = sys.modules["pyinfra.api.operation"]
     assert sorted(opcost.install()) == ["DebPackages.process", "all_global_arguments", "get_operation_order_from_stack",
-                                        "make_formatted_string_command", "pop_global_arguments"]
+                                        "getcallargs", "make_formatted_string_command", "pop_global_arguments",
+                                        "signature"]
     assert "pyinfra_cli" not in sys.modules  # nor imported by install: its import patches for gevent
     assert operation.get_operation_order_from_stack is opcost.operation_order
     assert opcost.install() == opcost.install()  # a second call changes nothing
@@ -148,6 +153,10 @@ def test_the_digests_are_of_the_installed_pyinfra():
     assert (opcost.source_digest(command_module.make_formatted_string_command)
             == opcost.CHECKED["make_formatted_string_command"])
     assert opcost.source_digest(DEB_ORIGINAL) == opcost.CHECKED["DebPackages.process"]
+    assert opcost.source_digest(operation_module._wrap_operation) == opcost.CHECKED["_wrap_operation"]
+    assert opcost.source_digest(facts_module._handle_fact_kwargs) == opcost.CHECKED["_handle_fact_kwargs"]
+    assert opcost.source_digest(inspect.getcallargs) == opcost.CHECKED["getcallargs"], (
+        "this Python's inspect.getcallargs differs from the one checked: compare, then re-record")
     assert opcost.source_digest(packaging.parse_packages) == opcost.CHECKED["parse_packages"]
     # pyinfra_cli is not imported here (it patches the process for gevent): read from its file
     origin = Path(importlib.util.find_spec("pyinfra_cli").submodule_search_locations[0]) / "inventory.py"
@@ -418,3 +427,93 @@ def test_group_data_loaded_by_pyinfras_cli_is_the_same(tmp_path):
     # all.py once per name it defines before (web.py sets __all__: never parsed); then once
     assert parsed_before > 1 and parsed_after == 1
     assert "'a': 1" in shown and "'sep2'" in shown and "'os'" not in shown and "'p'" not in shown
+
+
+def _plain(a, b=2, *rest, c, d=4, **more):
+    return a
+
+
+class _Fact:
+    def command(self, path, mode=None, *, follow=True):
+        return path
+
+
+CALLS = [
+    (_plain, (1,), {"c": 3}),
+    (_plain, (1, 5, 6, 7), {"c": 3, "x": 9}),
+    (_plain, (), {"a": 1, "c": 3, "d": 0}),
+    (_plain, (1,), {}),  # c missing: TypeError
+    (_plain, (1,), {"a": 2, "c": 3}),  # a twice: TypeError
+    (_Fact().command, ("/etc",), {}),
+    (_Fact().command, ("/etc", "644"), {"follow": False}),
+    (_Fact().command, (), {"path": "/etc"}),
+    (_Fact().command, ("/etc", "644", "extra"), {}),  # too many: TypeError
+    (_Fact().command, ("/etc",), {"owner": "root"}),  # unexpected: TypeError
+    (_Fact.command, (_Fact(), "/etc"), {}),
+]
+
+
+def _outcome(function, args, kwargs):
+    try:
+        return "ok", function(*args, **kwargs)
+    except TypeError as exc:
+        return "TypeError", str(exc)
+
+
+@pytest.mark.parametrize("func, args, kwargs", CALLS)
+def test_kept_callargs_are_getcallargs(func, args, kwargs):
+    kept = opcost.callargs_kept(inspect.getcallargs)
+    theirs = _outcome(inspect.getcallargs, (func, *args), kwargs)
+    assert _outcome(kept, (func, *args), kwargs) == theirs
+    assert _outcome(kept, (func, *args), kwargs) == theirs  # from the kept spec
+
+
+def test_a_method_of_each_new_instance_shares_one_spec(monkeypatch):
+    asked = []
+    original = inspect.getfullargspec
+    monkeypatch.setitem(inspect.getcallargs.__globals__, "getfullargspec",
+                        lambda func: asked.append(func) or original(func))
+    kept = opcost.callargs_kept(inspect.getcallargs)
+    first, second = _Fact(), _Fact()
+    assert kept(first.command, "/a") == {"self": first, "path": "/a", "mode": None, "follow": True}
+    assert kept(second.command, "/b") == {"self": second, "path": "/b", "mode": None, "follow": True}
+    assert len(asked) == 1
+
+
+def test_kept_signatures_are_inspects_and_made_once():
+    kept = opcost.signature_kept(inspect.signature)
+    assert kept(_plain) is kept(_plain)
+    assert kept(_plain) == inspect.signature(_plain)
+    assert kept(_plain).bind(1, c=3).arguments == inspect.signature(_plain).bind(1, c=3).arguments
+    with pytest.raises(TypeError, match="missing a required argument: 'c'"):
+        kept(_plain).bind(1)
+    assert kept(_plain, follow_wrapped=False) == inspect.signature(_plain, follow_wrapped=False)
+
+    class Unhashable:
+        __hash__ = None
+
+        def __call__(self, x):
+            return x
+
+    assert str(kept(Unhashable())) == "(x)"
+
+
+def test_a_changed_operation_wrapper_leaves_pyinfras_signature_in_place(monkeypatch):
+    monkeypatch.setattr(operation_module, "signature", inspect.signature)
+    monkeypatch.setitem(opcost.CHECKED, "_wrap_operation", "0" * 64)
+    assert "signature" not in opcost.install()
+    assert operation_module.signature is inspect.signature
+
+
+def test_a_wrapped_getcallargs_is_left_in_place(monkeypatch):
+    """Someone else's wrapper around getcallargs shows the original's source (getsource
+    unwraps), but its code is not the one checked: it is not reused."""
+    @functools.wraps(inspect.getcallargs)
+    def wrapper(*args, **kwargs):
+        return inspect.getcallargs.__wrapped__(*args, **kwargs)
+
+    wrapper.__wrapped__ = inspect.getcallargs
+    monkeypatch.setattr(inspect, "getcallargs", wrapper)
+    monkeypatch.setattr(facts_module, "getcallargs", wrapper)
+    assert "getcallargs" not in opcost.install()
+    assert facts_module.getcallargs is wrapper
