@@ -255,6 +255,24 @@ def test_pop_arguments_refuses_a_bad_type_as_pyinfra_does():
             pop(state, host, {"_sudo": "yes please"})
 
 
+def test_a_type_check_an_immutable_value_passed_is_not_repeated(monkeypatch):
+    from pyinfra.api.exceptions import ArgumentTypeError
+
+    checks = []
+    original = arguments.raise_if_bad_type
+    monkeypatch.setattr(arguments, "raise_if_bad_type", lambda value, *a: checks.append(value) or original(value, *a))
+    monkeypatch.setattr(opcost, "_passed", set())
+    state, host = _host({"host": {"_timeout": 5}})
+    for _ in range(3):
+        opcost.pop_arguments(state, host, {"name": "an operation", "_success_exit_codes": [0, 1]})
+    assert checks.count("an operation") == 1  # a str: checked once
+    assert checks.count([0, 1]) == 3  # a list can change: checked every time
+    for _ in range(2):  # a check that fails is not kept: it fails every time
+        with pytest.raises(ArgumentTypeError, match="Invalid argument `_sudo`"):
+            opcost.pop_arguments(state, host, {"_sudo": "yes please"})
+    assert checks.count("yes please") == 2
+
+
 def test_pop_arguments_is_installed_where_pyinfra_calls_it():
     opcost.install()
     for name in opcost._CALLERS:
