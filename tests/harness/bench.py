@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 import paramiko  # noqa: E402
 
+from fleet.commands.phase import SPEC_WORKERS  # noqa: E402
 from fleet.converge import component as registry  # noqa: E402
 from fleet.converge import keys  # noqa: E402
-from fleet.commands.phase import SPEC_WORKERS  # noqa: E402
 from fleet.converge.vault import Vault, params_of  # noqa: E402
 from fleet.preflight.inventory import prepare, select_vault  # noqa: E402
 from harness import testfleet  # noqa: E402
