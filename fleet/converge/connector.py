@@ -55,8 +55,8 @@ logger = logging.getLogger("pyinfra")
 # changed it sends other commands, which then just are not grouped (_SystemdKind.parse).
 NOCMD = getattr(pyinfra_facts, "_MISSING_COMMAND_MARKER", "##PYINFRA_NOCMD##")
 
-# Every run over this connector also drops four per-operation costs of pyinfra's CLI, with
-# exact equivalents (fleet/converge/opcost.py says which and why).
+# Every run over this connector also drops repeated costs of pyinfra's CLI, with exact
+# equivalents (fleet/converge/opcost.py says which and why).
 opcost.install()
 # pyinfra logs ~2,700 lines in a no-op of the site ("No changes", "Skipped" per host and
 # operation). Each LogRecord also looks up the current thread (under gevent, a new dummy

@@ -195,9 +195,9 @@ def pop_arguments(state, host, kwargs: dict):
         if handler:
             value = handler(config, value)
 
-        if value != default and not _passed_before(value, type_):
-            raise_if_bad_type(value, type_, ArgumentTypeError, f"Invalid argument `{key}`:")
-            _remember_passed(value, type_)
+        if value != default:
+            _check_type_once(value, type_, lambda: raise_if_bad_type(value, type_, ArgumentTypeError,
+                                                                      f"Invalid argument `{key}`:"))
 
         arguments[key] = value
     return arguments, found_keys
@@ -207,28 +207,23 @@ def pop_arguments(state, host, kwargs: dict):
 # checks in a run are of each operation's `name` (a str), ~1,900 of them at ~22 µs each
 # (typeguard's check_type). A check that fails raises, as pyinfra's does, and is not kept.
 _IMMUTABLE = (str, bool, int, float, type(None))
-PASSED_KEEP = 8192
+TYPE_CHECKS_KEEP = 8192
 _passed: set = set()
 
 
-def _passed_before(value, type_) -> bool:
-    if type(value) not in _IMMUTABLE:
-        return False
+def _check_type_once(value, type_, check) -> None:
+    """`check()` (it raises on a bad type), unless this immutable value passed it for this type."""
+    mark = (type(value), value, type_) if type(value) in _IMMUTABLE else None
     try:
-        return (type(value), value, type_) in _passed
+        if mark in _passed:
+            return
     except TypeError:  # a type that cannot be hashed: checked every time
-        return False
-
-
-def _remember_passed(value, type_) -> None:
-    if type(value) not in _IMMUTABLE:
-        return
-    if len(_passed) >= PASSED_KEEP:
-        _passed.clear()
-    try:
-        _passed.add((type(value), value, type_))
-    except TypeError:
-        pass
+        mark = None
+    check()
+    if mark is not None:
+        if len(_passed) >= TYPE_CHECKS_KEEP:
+            _passed.clear()
+        _passed.add(mark)
 
 
 _MISSING = object()

@@ -14,6 +14,7 @@ goes over SSH, like on real hosts.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -122,8 +123,6 @@ def route_devices(subnet: str) -> list[str]:
 def orphaned_hosts(known: set[str], subnets: list[str], proc: Path = Path("/proc")) -> dict[str, list[int]]:
     """{container id: its pids} for containers the running engine does not know whose network
     namespace holds an address in one of `subnets` (`proc`: where /proc is)."""
-    import ipaddress
-
     nets = [ipaddress.ip_network(s) for s in subnets]
     # never this process's own container or network namespace (an operator that itself runs
     # in a container holds the bridges' gateway addresses)
