@@ -141,8 +141,12 @@ def batch_script(commands: list[str], token: str, lanes: int = LANES) -> str:
     run at once, each command's output into its own files; a lane names each finished
     command on a FIFO, and the script's main shell alone prints the sections, in the order
     they finish, so they never interleave (facts only read, so their order does not matter).
-    A subshell is a fork without an exec and the markers are printf builtins: the batch adds
-    one `cat` per command beyond what the command itself starts."""
+    A subshell is a fork without an exec and the markers are printf builtins. The commands run
+    in `sh`, as pyinfra runs them; the sections are printed by one `bash` (Essential on Debian
+    and Raspberry Pi OS), which reads each output file with its `read` builtin: one process for
+    the batch instead of a `cat` per command (~1 ms of a small host's CPU each, ~30 per host in
+    a no-op of the site). A file holding a NUL byte, which a bash variable cannot, is copied by
+    `cat`, as is every file on a host without bash."""
     lines = ['d=$(mktemp -d) || exit 1', "trap 'rm -rf \"$d\"' EXIT", "trap 'exit 1' HUP INT PIPE TERM",
              'mkfifo "$d/q" || exit 1', 'exec 3<>"$d/q"',
              'run() { c=$2; { printf "%s %s\\n" "$T" "$1"; ( unset T d; set --; eval "$c" ) </dev/null 2>"$d/$1.e" 3>&-; '
@@ -153,8 +157,14 @@ def batch_script(commands: list[str], token: str, lanes: int = LANES) -> str:
         lines.append("{")
         lines += [f"run {i} {shlex.quote(commands[i])}" for i in range(lane, len(commands), used)]
         lines.append("} </dev/null >/dev/null 2>&1 &")
-    lines.append(f'n=0; while [ "$n" -lt {len(commands)} ] && read -r i rc <&3; do'
-                 ' cat "$d/$i.o" "$d/$i.e"; printf "\\n%s-end %s %s\\n" "$T" "$i" "$rc"; n=$((n+1)); done')
+    loop = (f'n=0; while [ "$n" -lt {len(commands)} ] && read -r i rc <&3; do {{copy}};'
+            ' printf "\\n%s-end %s %s\\n" "$T" "$i" "$rc"; n=$((n+1)); done')
+    # read -d '' stops at a NUL (status 0: cat copies that file whole) or at the end (status 1)
+    copy = ('for f in "$d/$i.o" "$d/$i.e"; do IFS= read -r -d "" s <"$f"; case $? in'
+            ' 1) printf "%s" "$s" ;; *) cat "$f" ;; esac; done')
+    lines.append("if command -v bash >/dev/null 2>&1; then BASH_ENV= LC_ALL=C bash -c "
+                 + shlex.quote('d=$1 T=$2; ' + loop.format(copy=copy)) + ' sh "$d" "$T"'
+                 + '; else ' + loop.format(copy='cat "$d/$i.o" "$d/$i.e"') + "; fi")
     lines.append("exec 3>&-")
     lines.append("wait")
     return "\n".join(lines) + "\n"

@@ -48,6 +48,8 @@ COMMANDS = [
     "echo a; printf 'b' >&2; exit 1",
     "echo \"args: $# $1\"",  # no arguments, as under sh -c
     "set -e; false; echo not reached",
+    "printf 'before\\0after\\n'; printf 'e\\0rr' >&2",  # NUL bytes: copied by cat, not by bash's read
+    "printf 'x%.0s' $(seq 3000); printf '\\n\\n\\n'",  # long, trailing empty lines
 ]
 
 
@@ -67,6 +69,18 @@ def test_each_answer_is_what_a_live_run_gives():
     assert sorted(results) == list(range(len(COMMANDS)))
     for index, command in enumerate(COMMANDS):
         assert results[index] == run_live(command), command
+
+
+def test_without_bash_the_sections_are_the_same(tmp_path):
+    """A host with no bash: the main shell copies each command's output with cat, as it did."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "cat", "mktemp", "mkfifo", "rm", "seq"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    done = subprocess.run(["sh", "-s"], input=batch_script(COMMANDS, "tok-123"), capture_output=True, text=True,
+                          env={**os.environ, "PATH": str(bin_dir)})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert parse_batch(done.stdout.splitlines(), "tok-123", len(COMMANDS)) == run_batch(COMMANDS)
 
 
 def test_a_line_the_script_did_not_print_voids_the_batch():
