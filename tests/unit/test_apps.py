@@ -222,3 +222,111 @@ def test_the_script_without_arguments_prints_its_usage(tmp_path):
 
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "fleet-app apply APP" in proc.stderr
+
+
+# --- fleet-app status: the engine's API on its socket, the docker CLI where that fails ------------
+
+CONTAINERS = [{"Names": ["/app-web-b"], "Labels": {"fleet.app": "web"}},
+              {"Names": ["/app-web-a"], "Labels": {"fleet.app": "web"}},
+              {"Names": ["/app-api-a"], "Labels": {"fleet.app": "api"}}]
+
+
+def inspected(name: str, running: bool = True) -> dict:
+    return {"Name": f"/{name}", "Created": "2026-12-05T15:20:34.557601515Z", "State": {"Running": running},
+            "Config": {"Labels": {"fleet.app": name.split("-")[1], "fleet.settings": "s1", "fleet.image": "sha256:i1"}}}
+
+
+@pytest.fixture
+def engine(tmp_path, monkeypatch):
+    """A unix socket answering as the engine does, from `replies`: {path: (status line, body)};
+    every path asked is recorded in `asked`."""
+    import socket
+    import threading
+
+    path = str(tmp_path / "docker.sock")
+    state = {"replies": {}, "asked": []}
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(8)
+    server.settimeout(10)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(4096)
+                target = request.split(b" ")[1].decode()
+                state["asked"].append(target)
+                status, body = state["replies"].get(target, ("HTTP/1.0 404 Not Found", b'{"message": "no such"}'))
+                length = "" if "Content-Length" in status else f"Content-Length: {len(body)}\r\n"
+                conn.sendall(f"{status}\r\nContent-Type: application/json\r\n{length}\r\n".encode() + body)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    yield state
+    server.close()
+
+
+def listing_path(fleet_app) -> str:
+    return "/containers/json?all=1&filters=" + fleet_app.quote(json.dumps({"label": ["fleet.app"]}))
+
+
+def test_status_reads_the_containers_from_the_engines_socket(fleet_app, engine, monkeypatch):
+    monkeypatch.setattr(fleet_app, "run", lambda *a, **k: pytest.fail(f"ran {a}"))
+    engine["replies"][listing_path(fleet_app)] = ("HTTP/1.0 200 OK", json.dumps(CONTAINERS).encode())
+    for name in ("app-web-a", "app-api-a"):  # app-web-b went away between the listing and its inspect
+        engine["replies"][f"/containers/{name}/json"] = ("HTTP/1.0 200 OK", json.dumps(inspected(name)).encode())
+    monkeypatch.setattr(fleet_app, "proxy_active", lambda: True)
+    fleet_app.take_snapshot()
+    assert fleet_app._SNAPSHOT["by_app"] == {"web": ["app-web-b", "app-web-a"], "api": ["app-api-a"]}
+    assert fleet_app._SNAPSHOT["inspected"] == {name: fleet_app.described(inspected(name))
+                                                for name in ("app-web-a", "app-api-a")}
+    assert engine["asked"][0] == listing_path(fleet_app)
+
+
+@pytest.mark.parametrize("status, body", [
+    ("HTTP/1.0 500 Internal Server Error", b'{"message": "boom"}'),
+    ("HTTP/1.0 200 OK", b"not json"),
+    ("HTTP/1.0 200 OK", b'{"not": "a list"}'),
+    ("HTTP/1.0 200 OK", b'[{"Labels": {}}]'),  # no Names
+])
+def test_an_engine_answer_out_of_shape_goes_to_the_cli(fleet_app, engine, monkeypatch, status, body):
+    engine["replies"][listing_path(fleet_app)] = (status, body)
+    ran = []
+
+    def cli(*args, check=True):
+        ran.append(args[:2])
+        out = "app-web-a web\n" if args[1] == "ps" else json.dumps([inspected("app-web-a")])
+        return type("Done", (), {"stdout": out, "returncode": 0})()
+
+    monkeypatch.setattr(fleet_app, "run", cli)
+    monkeypatch.setattr(fleet_app, "proxy_active", lambda: True)
+    fleet_app.take_snapshot()
+    assert ran == [("docker", "ps"), ("docker", "container")]
+    assert fleet_app._SNAPSHOT["by_app"] == {"web": ["app-web-a"]}
+    assert fleet_app._SNAPSHOT["inspected"] == {"app-web-a": fleet_app.described(inspected("app-web-a"))}
+
+
+@pytest.mark.parametrize("docker_host", ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:2375"])
+def test_no_engine_socket_goes_to_the_cli(fleet_app, monkeypatch, docker_host):
+    monkeypatch.setenv("DOCKER_HOST", docker_host)
+    with pytest.raises(fleet_app.EngineUnavailable):
+        fleet_app.engine_snapshot()
+
+
+def test_a_reply_cut_short_or_chunked_is_not_taken(fleet_app, engine):
+    engine["replies"]["/short"] = ("HTTP/1.0 200 OK", b"[1, 2]")
+    assert fleet_app.engine_get("/short") == [1, 2]
+    engine["replies"]["/cut"] = ("HTTP/1.0 200 OK\r\nContent-Length: 9", b"[1, 2]")  # valid JSON, but not all of it
+    with pytest.raises(fleet_app.EngineUnavailable):
+        fleet_app.engine_get("/cut")
+    engine["replies"]["/chunked"] = ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked", b"[1]")
+    with pytest.raises(fleet_app.EngineUnavailable):
+        fleet_app.engine_get("/chunked")
+    assert fleet_app.engine_get("/missing") is None
