@@ -37,7 +37,7 @@ from specs.waivers import WAIVERS
 # pytest keeps each spec module's assertion-rewritten code in __pycache__ (a hash-checked .pyc,
 # written atomically, so xdist workers may share it), but only where bytecode may be written:
 # under PYTHONDONTWRITEBYTECODE (set on the CI machine's kind) every spec process, the
-# controller and each worker, rewrote all 27 spec modules from source again, ~0.2 CPU-s each.
+# controller and each worker, rewrote all 25 spec modules from source again, ~0.2 CPU-s each.
 # The spec processes import only the checkout's own packages and the virtualenv's (never a
 # template or a stand-in by path), so what they write stays in git-ignored __pycache__
 # directories of tests/ (fleet/ and deploys/ are compiled by `make setup`).
