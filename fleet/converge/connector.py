@@ -159,9 +159,9 @@ def batch_script(commands: list[str], token: str, lanes: int = LANES) -> str:
         lines.append("} </dev/null >/dev/null 2>&1 &")
     loop = (f'n=0; while [ "$n" -lt {len(commands)} ] && read -r i rc <&3; do {{copy}};'
             ' printf "\\n%s-end %s %s\\n" "$T" "$i" "$rc"; n=$((n+1)); done')
-    # read -d '' stops at a NUL (status 0: cat copies that file whole) or at the end (status 1)
-    copy = ('for f in "$d/$i.o" "$d/$i.e"; do IFS= read -r -d "" s <"$f"; case $? in'
-            ' 1) printf "%s" "$s" ;; *) cat "$f" ;; esac; done')
+    # read -d '' stops at a NUL (status 0: cat copies that file whole) or at the end (status 1);
+    # asked in an `if`, so an errexit in an exported SHELLOPTS cannot end the loop there
+    copy = 'for f in "$d/$i.o" "$d/$i.e"; do if IFS= read -r -d "" s <"$f"; then cat "$f"; else printf "%s" "$s"; fi; done'
     lines.append("if command -v bash >/dev/null 2>&1; then BASH_ENV= LC_ALL=C bash -c "
                  + shlex.quote('d=$1 T=$2; ' + loop.format(copy=copy)) + ' sh "$d" "$T"'
                  + '; else ' + loop.format(copy='cat "$d/$i.o" "$d/$i.e"') + "; fi")

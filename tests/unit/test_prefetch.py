@@ -71,6 +71,15 @@ def test_each_answer_is_what_a_live_run_gives():
         assert results[index] == run_live(command), command
 
 
+def test_bash_options_exported_to_the_batch_change_no_section():
+    """An SSH user's environment may export SHELLOPTS or BASHOPTS, which bash applies at its
+    start: errexit must not end the printing loop at the first file read to its end."""
+    done = subprocess.run(["sh", "-s"], input=batch_script(COMMANDS, "tok-123"), capture_output=True, text=True,
+                          env={**os.environ, "SHELLOPTS": "errexit:nounset:pipefail", "BASHOPTS": "failglob:nullglob"})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert parse_batch(done.stdout.splitlines(), "tok-123", len(COMMANDS)) == run_batch(COMMANDS)
+
+
 def test_without_bash_the_sections_are_the_same(tmp_path):
     """A host with no bash: the main shell copies each command's output with cat, as it did."""
     bin_dir = tmp_path / "bin"
