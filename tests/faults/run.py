@@ -260,25 +260,29 @@ def killed_runs(host: str, points: list[tuple[str, float]], prefix: str) -> dict
     """Converge `host` repeatedly, each run SIGKILLed at the next point; return the last."""
     run = None
     for i, (op, delay) in enumerate(points, 1):
-        say(f"[faults]   {host}: converge {i}, SIGKILL {delay}s after it starts {op!r}")
-        run = converge(f"{prefix}-kill{i}", host, kill_at=f"Starting operation: {op}", kill_delay=delay,
-                       timeout=900)
+        when = "before" if delay == 0 else f"{delay}s after"
+        say(f"[faults]   {host}: converge {i}, SIGKILL {when} it starts {op!r}")
+        # no delay: pyinfra kills itself before the operation's first command (killpoint.py),
+        # since a kill from outside can land after that command (the restart it should owe)
+        kill = dict(kill_before=op) if delay == 0 else dict(kill_at=f"Starting operation: {op}", kill_delay=delay)
+        run = converge(f"{prefix}-kill{i}", host, timeout=900, **kill)
         if not run.get("killed"):
             raise AssertionError(f"kill point {op!r} was not reached: {run['output'][-600:]}")
     run["killed"] = f"killed {len(points)}x"
     return run
 
 
-FRESH_POINTS = [  # in the order a fresh host's converge reaches them
+SSHD_RESTART = "Base | Restart sshd on its own listeners (if it holds a wildcard one)"
+FRESH_POINTS = [  # in the order a fresh host's converge reaches them; no delay: the exact name
     ("Base | Install base packages", (0.5, 3.0)),
     ("Base | Create the admin user", (0.0, 0.5)),
-    ("Base | Restart sshd on its own listeners", (0.0, 0.0)),  # sshd_config replaced, reload owed
+    (SSHD_RESTART, (0.0, 0.0)),  # sshd_config replaced, its restart owed
     ("Tailscale | Install Tailscale (pinned)", (0.5, 2.5)),
-    ("Tailscale | Join the tailnet", (0.0, 0.3)),
+    ("Tailscale | Join the tailnet / converge hostname and tags", (0.0, 0.3)),
     ("Docker | Install Debian's docker.io", (1.0, 4.0)),
     ("Docker | Enable docker", (0.0, 0.0)),  # daemon.json replaced, restart owed
 ]
-MANDATORY = ("Base | Restart sshd on its own listeners", "Docker | Enable docker")
+MANDATORY = (SSHD_RESTART, "Docker | Enable docker")
 
 
 def fresh_host_points(seed: int) -> list[tuple[str, float]]:
@@ -313,12 +317,14 @@ def scenarios(seed: int) -> list[Scenario]:
         sh(gamma, "printf '{}\\n' > /etc/docker/daemon.json && systemctl restart docker")
 
     def killed_after_daemon_json(s):
-        run = converge("docker-restart-owed-1", gamma, kill_at="Starting operation: Docker | Enable docker",
-                       timeout=600)
+        run = converge("docker-restart-owed-1", gamma, kill_before="Docker | Enable docker", timeout=600)
+        if not run.get("killed"):
+            raise AssertionError(f"the run was not killed before 'Docker | Enable docker': {run['output'][-600:]}")
         live = sh(gamma, "docker info --format '{{json .LiveRestoreEnabled}}'").stdout.strip()
         s.note["pid"] = main_pid(gamma, "docker.service")
         if live != "false":
-            raise AssertionError(f"docker already has the new config (live-restore {live}): the kill was late")
+            raise AssertionError(f"docker already has the new config (live-restore {live}) although the run died"
+                                 " before the operation that restarts it")
         return run
 
     def restarted_once(s):

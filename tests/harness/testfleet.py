@@ -35,6 +35,7 @@ from harness.image import (  # noqa: E402, F401 (the engine and image helpers, u
     NATIVE_ARCH, REPO, STATE, docker, engine_answers, ensure_binfmt, ensure_engine, ensure_image, image_tag, log,
     run,
 )
+from harness.killpoint import KILLED  # noqa: E402
 
 LABEL = "fleet.testhost=1"
 NETWORK_PREFIX = "fleet-"
@@ -531,12 +532,14 @@ _ENV_LOCK = threading.Lock()
 
 
 def converge(extra: list[str], log_name: str = "converge", env: dict | None = None,
-             kill_at: str | None = None, kill_delay: float = 0.0, timeout: float = 1800,
-             on_line=None) -> dict:
+             kill_at: str | None = None, kill_delay: float = 0.0, kill_before: str | None = None,
+             timeout: float = 1800, on_line=None) -> dict:
     """Run pyinfra on deploys/site.py against the test fleet; return change counts.
 
+    kill_before: pyinfra SIGKILLs itself as the operation of this name starts, before any of
+    it reaches a host (tests/harness/killpoint.py; the fault suite's exact kill points);
     kill_at: SIGKILL pyinfra `kill_delay` seconds after it prints a line containing this text
-    (the fault suite's interrupted runs); timeout: SIGKILL it after this many seconds.
+    (a kill some time into an operation); timeout: SIGKILL it after this many seconds.
     on_line: called with each output line as it arrives."""
     STATE.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, FLEET_TARGET="test", **(env or {}))
@@ -546,6 +549,8 @@ def converge(extra: list[str], log_name: str = "converge", env: dict | None = No
         env["FLEET_BOOTSTRAP"] = ",".join(bootstrap)
     cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", "inventory.py", "deploys/site.py",
            *extra]
+    if kill_before:
+        cmd[:1] = [sys.executable, str(Path(__file__).with_name("killpoint.py")), kill_before]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -570,6 +575,9 @@ def converge(extra: list[str], log_name: str = "converge", env: dict | None = No
         proc.wait()
     finally:
         watchdog.cancel()
+    if kill_before and not killed and proc.returncode == -9 and any(
+            line.startswith(KILLED) for line in lines):
+        killed.append(f"killed before {kill_before!r}")
     seconds = time.monotonic() - t0
     output = "".join(lines)
     (STATE / f"{log_name}.log").write_text(output)

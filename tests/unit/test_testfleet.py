@@ -208,3 +208,29 @@ def test_leftovers_found_without_root_stop_fleet_up_with_one_line(monkeypatch):
     assert "\n" not in message and "br-8d93b2bd760c" in message and "1 container(s)" in message
     assert "needs root" in message and "ip link delete" in message
     assert touched == []
+
+
+def test_killpoint_kills_pyinfra_before_the_named_operation_reaches_the_host(tmp_path):
+    # The fault suite's exact kill point: the operation before it ran, nothing of it ran, and
+    # the harness can tell this kill from any other end of the run.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from harness.killpoint import KILLED
+
+    deploy = tmp_path / "deploy.py"
+    deploy.write_text(
+        "from pyinfra.operations import server\n"
+        f"server.shell(name='First', commands=['touch {tmp_path}/first'])\n"
+        f"server.shell(name='Second', commands=['touch {tmp_path}/second'])\n")
+    killpoint = Path(__file__).resolve().parents[1] / "harness" / "killpoint.py"
+    proc = subprocess.run([sys.executable, str(killpoint), "Second", "-y", "@local", str(deploy)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == -9, proc.stdout + proc.stderr
+    assert (tmp_path / "first").exists() and not (tmp_path / "second").exists()
+    assert f"{KILLED} 'Second'" in proc.stdout.splitlines()
+    # a name no operation has: pyinfra runs to its end
+    proc = subprocess.run([sys.executable, str(killpoint), "Third", "-y", "@local", str(deploy)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "second").exists(), proc.stdout + proc.stderr
