@@ -30,7 +30,7 @@ from pathlib import Path
 from fleet.commands import cli
 from fleet.converge import keys
 from fleet.converge.vault import KdfParams, Vault, VaultError
-from fleet.preflight.inventory import read_inventory_data, select_vault
+from fleet.preflight.inventory import extra_test_hosts, read_inventory_data, select_vault, target_from_env
 
 
 def _vault(phrase: str | None = None) -> Vault:
@@ -134,7 +134,8 @@ def cmd_rekey(args) -> int:
 
 
 def cmd_hostkeys(args) -> int:
-    hosts, _ = read_inventory_data(keys.REPO / "inventory.py")
+    # with the test fleet's extra hosts (FLEET_TEST_EXTRA_HOSTS), which need host keys too
+    hosts, _ = extra_test_hosts(*read_inventory_data(keys.REPO / "inventory.py"), target_from_env())
     vault = _vault()
     data = vault.load()
     missing = [h for h in hosts if keys.host_key_name(h) not in data]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import ipaddress
 import json
 import os
 import subprocess
@@ -163,6 +164,38 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
 
 
 ARM64_ENV = "FLEET_TEST_ARM64"
+EXTRA_ENV = "FLEET_TEST_EXTRA_HOSTS"
+# Where the extra hosts' addresses are taken, in each test network: its /24 at this offset.
+EXTRA_SUBNET = 200
+EXTRA_MAX = 20
+
+
+def extra_test_hosts(hosts: dict, test_fleet: dict, target: str) -> tuple[dict, dict]:
+    """(HOSTS, TEST_FLEET) with the extra test hosts FLEET_TEST_EXTRA_HOSTS=name:count asks
+    for: `count` more hosts like `name` (its groups and facts), named `<name>-x1`... and
+    addressed in each test network's 200th /24 (100.100.200.1, 100.101.200.1, ...). The
+    benchmark (make bench) measures what one more host of an existing group adds to a
+    converge with them; they exist only in the test fleet. Unset: the inventory as it is."""
+    raw = os.environ.get(EXTRA_ENV, "").strip()
+    if not raw:
+        return hosts, test_fleet
+    if target != "test":
+        raise FleetConfigError(f"{EXTRA_ENV} is set, but the target is the real fleet ({target}): extra hosts "
+                               f"exist only in the test fleet. Fix: unset {EXTRA_ENV} or set FLEET_TARGET=test.")
+    name, _, count = raw.partition(":")
+    like = hosts.get(name.strip())
+    if not isinstance(like, dict) or not count.strip().isdigit() or not 1 <= int(count) <= EXTRA_MAX:
+        raise FleetConfigError(f"{EXTRA_ENV}={raw!r} is not <host>:<count>. Fix: name a host of inventory.py "
+                               f"({', '.join(hosts)}) and a count from 1 to {EXTRA_MAX}, e.g. "
+                               f"{EXTRA_ENV}=pi0-epsilon:3.")
+    hosts, test_fleet = copy.deepcopy(hosts), copy.deepcopy(test_fleet)
+    nets = {key: ipaddress.ip_network(test_fleet[key]) for key in ("tailnet_network", "lan_network")}
+    for index in range(1, int(count) + 1):
+        extra = f"{name.strip()}-x{index}"
+        tailnet, lan = (net.network_address + EXTRA_SUBNET * 256 + index for net in nets.values())
+        hosts[extra] = dict(copy.deepcopy(like), tailnet_address=str(tailnet), tailnet_name=extra)
+        test_fleet["lan_addresses"][extra] = f"{lan}/{nets['lan_network'].prefixlen}"
+    return hosts, test_fleet
 
 
 def emulated_hosts(hosts: dict) -> set[str]:
@@ -226,6 +259,7 @@ def prepare(hosts: dict, test_fleet: dict, inventory_file: str, target: str | No
     """(host entries for the target, validated Fleet), or FleetConfigError on bad data."""
     repo = Path(inventory_file).resolve().parent
     target = target or target_from_env()
+    hosts, test_fleet = extra_test_hosts(hosts, test_fleet, target)
     select_vault(repo, test_fleet, target)
     keys.open_early()  # the key derivation runs while the data below is validated
     try:

@@ -6,8 +6,14 @@ From one run it prints and writes to JSON (medians of --runs where repeated):
 - the floor: SSH connections to every host at once (paramiko, as pyinfra connects) and one
   command on each: what any run over SSH costs at least;
 - the no-op converge of the whole site, and of the base component only (FLEET_COMPONENTS);
-- the per-host marginal cost: the slope of the no-op converge's time over --limit 1, 3 and
-  every host (least squares), i.e. what one more host of the fleet adds;
+- the cost of one more host (the issue's per-host marginal cost): --extra-hosts hosts like
+  --extra-like (its groups and data; FLEET_TEST_EXTRA_HOSTS) are added to the test fleet and
+  converged once; then the no-op converge of the whole site is timed with 0, 1, ... of them,
+  and the slope (least squares) of its time, and of the operator's and the hosts' CPU, is
+  what each added host of that group costs. They are removed at the end, and the fleet is
+  converged back to its own hosts (the monitoring host's targets, the firewalls' sources);
+- the slope of the no-op converge's time over --limit 1, 3 and every host of the fleet as
+  it is: what its (unlike) hosts cost one by one, pi5-gamma's repository check included;
 - the specs' time (tests/specs, every host);
 - the vault's opening time (scrypt at its real cost, then decryption);
 - the CPU seconds the no-op converges and the specs cost the operator and the test hosts
@@ -24,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,7 +47,7 @@ from fleet.commands.phase import SPEC_WORKERS  # noqa: E402
 from fleet.converge import component as registry  # noqa: E402
 from fleet.converge import keys  # noqa: E402
 from fleet.converge.vault import Vault, params_of  # noqa: E402
-from fleet.preflight.inventory import prepare, select_vault  # noqa: E402
+from fleet.preflight.inventory import EXTRA_ENV, EXTRA_MAX, prepare, select_vault  # noqa: E402
 from harness import testfleet  # noqa: E402
 
 REPO = testfleet.REPO
@@ -195,9 +202,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--fresh", action="store_true", help="also time fleet-up from no hosts and the first converge")
     parser.add_argument("--keep", action="store_true", help="with --fresh: leave the test fleet up")
     parser.add_argument("--spec-workers", type=int, default=SPEC_WORKERS, help="pytest-xdist workers for the specs (0: none)")
+    parser.add_argument("--extra-hosts", type=int, default=3,
+                        help="hosts added for the per-added-host cost (0: not measured)")
+    parser.add_argument("--extra-like", default="pi0-epsilon",
+                        help="the inventory host the added hosts copy (its groups and data)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be 1 or more")
+    if not 0 <= args.extra_hosts <= EXTRA_MAX:
+        parser.error(f"--extra-hosts must be 0 to {EXTRA_MAX}")
+    if os.environ.get(EXTRA_ENV):
+        parser.error(f"{EXTRA_ENV} is set: unset it (the benchmark adds its own hosts: --extra-hosts)")
 
     os.environ["FLEET_TARGET"] = "test"
     figures: dict = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -254,6 +269,10 @@ def main(argv: list[str]) -> int:
         points.append((count, seconds))
     figures["noop_by_host_count"] = {str(c): s for c, s in points}
     figures["per_host_marginal_seconds"] = round(slope(points), 3) if len(points) > 1 else None
+    if args.extra_hosts:
+        if args.extra_like not in names:
+            parser.error(f"--extra-like {args.extra_like!r} is not a host of inventory.py ({', '.join(names)})")
+        figures.update(added_hosts(args.extra_like, args.extra_hosts, args.runs, names, test_fleet, step))
     step("specs, every host")
     t = time.monotonic()
     workers = ["-n", str(args.spec_workers)] if args.spec_workers else []
@@ -270,15 +289,19 @@ def main(argv: list[str]) -> int:
     floor = figures["floor_seconds"]
     ratio = lambda v: round(v / floor, 1) if v is not None and floor else None  # noqa: E731
     figures["ratios_to_floor"] = {k: ratio(figures[k]) for k in
-                                  ("noop_site_seconds", "noop_base_seconds", "per_host_marginal_seconds",
-                                   "specs_seconds", "first_converge_seconds") if figures.get(k) is not None}
+                                  ("noop_site_seconds", "noop_base_seconds", "per_added_host_seconds",
+                                   "per_host_marginal_seconds", "specs_seconds", "first_converge_seconds")
+                                  if figures.get(k) is not None}
     Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
 
     print(f"\n{'figure':<44} {'seconds':>9} {'x floor':>8}")
     rows = [("floor: parallel SSH connect + one command", "floor_seconds"),
             ("no-op converge, whole site", "noop_site_seconds"),
             ("no-op converge, base only", "noop_base_seconds"),
-            ("per-host marginal cost (no-op, slope)", "per_host_marginal_seconds"),
+            ("per added host (no-op, slope over added hosts)", "per_added_host_seconds"),
+            ("  its operator CPU per added host", "per_added_host_operator_cpu"),
+            ("  its test hosts' CPU per added host", "per_added_host_hosts_cpu"),
+            ("slope over --limit 1/3/all (unlike hosts)", "per_host_marginal_seconds"),
             ("specs, every host", "specs_seconds"),
             ("vault open (scrypt + decrypt)", "vault_open_seconds"),
             ("fleet-up from no hosts", "fleet_up_seconds"),
@@ -296,9 +319,82 @@ def main(argv: list[str]) -> int:
             procs = used["host_processes"]
             print(f"{label:<44} {used['operator']:>9.2f} {hosts_text:>11} {procs if procs is not None else 'n/a':>10}")
     print("no-op converge by host count: " + ", ".join(f"{c} host(s) {s:.2f}s" for c, s in points))
+    if figures.get("noop_by_added_hosts"):
+        print(f"no-op converge of the site with added hosts like {args.extra_like}: "
+              + ", ".join(f"+{k} {s:.2f}s" for k, s in figures["noop_by_added_hosts"].items()))
     print(f"specs: {figures['specs_summary']}")
     print(f"figures written to {args.out}")
     return 0 if specs.returncode == 0 else 1
+
+
+def added_hosts(like: str, count: int, runs: int, names: list[str], test_fleet: dict, step) -> dict:
+    """The cost of one more host like `like`: `count` such hosts are added to the test fleet
+    (FLEET_TEST_EXTRA_HOSTS, with host keys in a copy of the demo vault under .state/bench),
+    converged once, and the no-op converge of the site is timed with 0..count of them (each
+    count `runs` times, interleaved); the slopes of its wall time and of the operator's and
+    the test hosts' CPU over the count. The added hosts are then removed and the fleet is
+    converged back to its own hosts."""
+    extra = [f"{like}-x{i}" for i in range(1, count + 1)]
+    vault = testfleet.STATE.parent / "bench" / "extra.vault"
+    env = {EXTRA_ENV: f"{like}:{count}", "FLEET_VAULT": str(vault),
+           # the passphrase the vault was opened with above: its file, or FLEET_VAULT_PASSPHRASE as set
+           "FLEET_VAULT_PASSPHRASE_FILE": os.environ.get("FLEET_VAULT_PASSPHRASE_FILE")
+           or str(REPO / test_fleet["vault_passphrase_file"])}
+    remove_added(extra)  # a bench run that was stopped left them: their host keys are not these
+    vault.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(keys.vault_path(), vault)
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        step(f"{count} added host(s) like {like}: host keys, start, first converge")
+        made = subprocess.run([sys.executable, "-m", "fleet", "vault", "hostkeys"], cwd=REPO,
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            raise SystemExit(f"bench: host keys for the added hosts: {made.stderr.strip()}")
+        testfleet.up()
+        first = testfleet.converge([], log_name="bench-added-settle")
+        if first["returncode"] != 0:
+            raise SystemExit(f"bench: the converge with the added hosts failed; log {first['log']}")
+        every = names + extra
+        cpu = CpuMeter(every)
+        base = [arg for name in names for arg in ("--limit", name)]
+        walls: dict[int, list[float]] = {}
+        step(f"no-op converge, site + 0..{count} added host(s), x{runs} each (interleaved)")
+        for _ in range(runs):
+            for k in range(count + 1):
+                limit = base + [arg for name in extra[:k] for arg in ("--limit", name)]
+                walls.setdefault(k, []).append(
+                    cpu.wrap(f"added{k}", lambda: noop(limit, None, f"noop-added{k}", len(names) + k))())
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        step("removing the added hosts; converging the fleet back to its own hosts")
+        remove_added(extra)
+        back = testfleet.converge([], log_name="bench-added-back")
+    if back["returncode"] != 0:
+        raise SystemExit(f"bench: the converge back to the fleet's own hosts failed; log {back['log']}")
+    medians = {k: statistics.median(v) for k, v in walls.items()}
+    per = {k: cpu.medians(f"added{k}") for k in walls}
+    figures = {"added_like": like, "noop_by_added_hosts": {str(k): round(v, 3) for k, v in medians.items()},
+               "noop_by_added_hosts_runs": {str(k): v for k, v in walls.items()},
+               "cpu_by_added_hosts": {str(k): v for k, v in per.items()},
+               "added_first_converge_seconds": first["seconds"], "added_first_converge_changed": first["changed"],
+               "added_back_changed": back["changed"]}
+    figures["per_added_host_seconds"] = round(slope(list(medians.items())), 3)
+    for key, column in (("per_added_host_operator_cpu", "operator"), ("per_added_host_hosts_cpu", "test_hosts")):
+        points = [(k, v[column]) for k, v in per.items() if v[column] is not None]
+        figures[key] = round(slope(points), 3) if len(points) == len(per) else None
+    return figures
+
+
+def remove_added(extra: list[str]) -> None:
+    """The added test hosts' containers and what the harness kept about them."""
+    present = testfleet.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+    gone = [name for name in extra if name in present]
+    if gone:
+        testfleet.docker("rm", "-f", "-v", *gone)
+    for name in extra:
+        (testfleet.STATE / "facts" / f"{name}.json").unlink(missing_ok=True)
 
 
 def _timed(fn) -> float:

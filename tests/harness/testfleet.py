@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `harness` importable
 
-from fleet.preflight.inventory import read_inventory_data, test_ssh_key  # noqa: E402
+from fleet.preflight.inventory import extra_test_hosts, read_inventory_data, test_ssh_key  # noqa: E402
 from harness.image import (  # noqa: E402, F401 (the engine and image helpers, used here and through this module)
     NATIVE_ARCH, REPO, STATE, docker, engine_answers, ensure_binfmt, ensure_engine, ensure_image, image_tag, log,
     run,
@@ -55,8 +55,9 @@ RUN_FLAGS = [
 # --- the inventory, as the test target sees it ---------------------------------------------
 
 def load_inventory():
-    """HOSTS and TEST_FLEET from inventory.py."""
-    return read_inventory_data(REPO / "inventory.py")
+    """HOSTS and TEST_FLEET from inventory.py, with the extra hosts FLEET_TEST_EXTRA_HOSTS
+    asks for (the benchmark's; fleet.preflight.inventory.extra_test_hosts)."""
+    return extra_test_hosts(*read_inventory_data(REPO / "inventory.py"), "test")
 
 
 def networks(test_fleet: dict) -> dict[str, str]:

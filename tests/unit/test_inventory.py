@@ -1,6 +1,7 @@
 """inventory.py as pyinfra sees it: groups, targets, and bad data stopping the CLI early."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet.preflight.inventory import FleetConfigError, apply_target, prepare, pyinfra_groups, read_inventory_data
+from fleet.converge import keys
+from fleet.preflight.inventory import (FleetConfigError, apply_target, extra_test_hosts, prepare, pyinfra_groups,
+                                      read_inventory_data)
 
 REPO = Path(__file__).resolve().parents[2]
 BUILT = {"ollama_sha256": {f"ollama-linux-{arch}.tar.zst": "ab" * 32 for arch in ("amd64", "arm64")},
@@ -146,12 +149,50 @@ def test_emulated_arm64_host_gets_the_arm64_data_and_only_it(fake_repo, monkeypa
         assert test["pi5-alpha"].get(key) == {**hosts["pi5-alpha"], **test_fleet["data"]}.get(key)
 
 
-@pytest.mark.parametrize("target,value,message", [
-    ("test", "pi9-nope", "FLEET_TEST_ARM64='pi9-nope': pi9-nope is not a host in inventory.py. Fix: "),
-    ("fleet", "pi5-gamma", "FLEET_TEST_ARM64 is set, but the target is the real fleet (fleet)"),
+@pytest.mark.parametrize("variable,target,value,message", [
+    ("FLEET_TEST_ARM64", "test", "pi9-nope", "FLEET_TEST_ARM64='pi9-nope': pi9-nope is not a host in inventory.py. Fix: "),
+    ("FLEET_TEST_ARM64", "fleet", "pi5-gamma", "FLEET_TEST_ARM64 is set, but the target is the real fleet (fleet)"),
+    ("FLEET_TEST_EXTRA_HOSTS", "test", "pi9-nope:2",
+     "FLEET_TEST_EXTRA_HOSTS='pi9-nope:2' is not <host>:<count>. Fix: name a host"),
+    ("FLEET_TEST_EXTRA_HOSTS", "test", "pi0-epsilon", "FLEET_TEST_EXTRA_HOSTS='pi0-epsilon' is not <host>:<count>."),
+    ("FLEET_TEST_EXTRA_HOSTS", "test", "pi0-epsilon:0", "a count from 1 to 20"),
+    ("FLEET_TEST_EXTRA_HOSTS", "test", "pi0-epsilon:21", "a count from 1 to 20"),
+    ("FLEET_TEST_EXTRA_HOSTS", "fleet", "pi0-epsilon:2",
+     "FLEET_TEST_EXTRA_HOSTS is set, but the target is the real fleet (fleet)"),
 ])
-def test_bad_arm64_selection_is_a_clear_error(fake_repo, monkeypatch, target, value, message):
-    monkeypatch.setenv("FLEET_TEST_ARM64", value)
+def test_bad_test_fleet_selection_is_a_clear_error(fake_repo, monkeypatch, variable, target, value, message):
+    monkeypatch.setenv(variable, value)
     hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
     with pytest.raises(FleetConfigError, match=re.escape(message)):
-        apply_target(hosts, test_fleet, fake_repo, target)
+        prepare(hosts, test_fleet, str(fake_repo / "inventory.py"), target)
+
+
+def test_extra_test_hosts_are_copies_of_a_host_on_their_own_addresses(fake_repo, monkeypatch):
+    hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
+    monkeypatch.delenv("FLEET_TEST_EXTRA_HOSTS", raising=False)
+    assert extra_test_hosts(hosts, test_fleet, "test") == (hosts, test_fleet)
+    monkeypatch.setenv("FLEET_TEST_EXTRA_HOSTS", "pi0-epsilon:2")
+    before = json.dumps([hosts, test_fleet], sort_keys=True)
+    more, more_test = extra_test_hosts(hosts, test_fleet, "test")
+    assert json.dumps([hosts, test_fleet], sort_keys=True) == before, "the inventory's own data is not changed"
+    assert list(more) == [*hosts, "pi0-epsilon-x1", "pi0-epsilon-x2"]
+    for index in (1, 2):
+        name = f"pi0-epsilon-x{index}"
+        assert more[name] == {**hosts["pi0-epsilon"], "tailnet_address": f"100.100.200.{index}", "tailnet_name": name}
+        assert more_test["lan_addresses"][name] == f"100.101.200.{index}/16"
+    # the vault must hold their host keys, and the error says so (one problem per host)
+    monkeypatch.setenv("FLEET_TARGET", "test")
+    with pytest.raises(FleetConfigError) as missing:
+        prepare(hosts, test_fleet, str(fake_repo / "inventory.py"))
+    for name in ("pi0-epsilon-x1", "pi0-epsilon-x2"):
+        assert (f"{name}: vault['ssh_host_ed25519_key/{name}']: is missing from" in str(missing.value)
+                and "python -m fleet vault hostkeys" in str(missing.value))
+    # with them, pyinfra gets them in the copied host's groups
+    run = subprocess.run([sys.executable, "-m", "fleet", "vault", "hostkeys"], cwd=fake_repo, text=True,
+                         capture_output=True, timeout=120, env={**os.environ, "PYTHONPATH": str(fake_repo)})
+    assert run.returncode == 0, run.stderr
+    assert "generated host keys for: pi0-epsilon-x1, pi0-epsilon-x2" in run.stderr
+    keys._open.cache_clear()  # this process decrypted the vault before the keys were added
+    groups = pyinfra_groups(hosts, test_fleet, str(fake_repo / "inventory.py"))
+    assert sorted(n for n, _ in groups["healthcheck"]) == ["@fleet/pi0-epsilon", "@fleet/pi0-epsilon-x1",
+                                                          "@fleet/pi0-epsilon-x2"]
