@@ -586,7 +586,7 @@ def converge(extra: list[str], log_name: str = "converge", env: dict | None = No
     return {
         "killed": killed[0] if killed else None,
         "returncode": proc.returncode,
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 3),
         "hosts": counts,
         "changed": sum(c["changed"] for c in counts.values()),
         "errors": sum(c["error"] for c in counts.values()),

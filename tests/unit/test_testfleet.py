@@ -42,6 +42,14 @@ def test_the_benchmark_counts_the_processes_hosts_started():
     assert processes_started(None, [1, 2]) is None and processes_started([1], None) is None
 
 
+def test_the_benchmark_finds_the_hosts_it_added_and_only_them():
+    from harness.bench import added_names
+
+    present = ["pi0-epsilon", "pi0-epsilon-x1", "pi0-epsilon-x12", "pi0-epsilon-x", "pi0-epsilon-xa",
+               "fleet-mirror", "other-x1", "pi5-beta-x2", "pi5-beta-x2-x3"]
+    assert added_names(["pi0-epsilon", "pi5-beta"], present) == ["pi0-epsilon-x1", "pi0-epsilon-x12", "pi5-beta-x2"]
+
+
 def test_image_build_shows_each_step_and_fails_with_the_tail(capsys):
     """mmdebstrap's "I: " lines are shown as they come; its other output only when it fails."""
     from harness.image import stream_info
