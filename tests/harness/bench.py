@@ -48,7 +48,7 @@ from fleet.commands.phase import SPEC_WORKERS  # noqa: E402
 from fleet.converge import component as registry  # noqa: E402
 from fleet.converge import keys  # noqa: E402
 from fleet.converge.vault import Vault, params_of  # noqa: E402
-from fleet.preflight.inventory import EXTRA_ENV, EXTRA_MAX, prepare, select_vault  # noqa: E402
+from fleet.preflight.inventory import EXTRA_ENV, EXTRA_MAX, FleetConfigError, prepare, select_vault  # noqa: E402
 from harness import testfleet  # noqa: E402
 
 REPO = testfleet.REPO
@@ -255,6 +255,9 @@ def main(argv: list[str]) -> int:
 
     entries, _ = prepare(hosts, test_fleet, str(REPO / "inventory.py"), "test")
     names = list(entries)
+    if args.extra_hosts:
+        step(f"{args.extra_hosts} host(s) like {args.extra_like} to add later: host keys, inventory check")
+        added_env = added_hosts_env(args.extra_like, args.extra_hosts, names, test_fleet)
     cpu = CpuMeter(names)
     step(f"floor: {len(names)} parallel SSH connections + one command, x{args.runs + 2}")
     figures["floor_seconds"], figures["floor_runs"] = median_of(args.runs + 2, lambda: floor_once(entries))
@@ -285,7 +288,7 @@ def main(argv: list[str]) -> int:
     # whose start would weigh on whatever is timed next
     if args.extra_hosts:
         figures.update(added_hosts(args.extra_like, args.extra_hosts, max(args.runs, EXTRA_RUNS), names,
-                                   test_fleet, step))
+                                   added_env, step))
     figures["spec_workers"] = args.spec_workers
     figures["specs_summary"] = (specs.stdout.strip().splitlines() or [""])[-1]
     if args.fresh and not args.keep:
@@ -337,14 +340,11 @@ def main(argv: list[str]) -> int:
 EXTRA_RUNS = 5
 
 
-def added_hosts(like: str, count: int, runs: int, names: list[str], test_fleet: dict, step) -> dict:
-    """The cost of one more host like `like`: `count` such hosts are added to the test fleet
-    (FLEET_TEST_EXTRA_HOSTS, with host keys in a copy of the demo vault under .state/bench),
-    converged once, and the no-op converge of the site is timed with 0..count of them (each
-    count `runs` times, interleaved); the slopes of its wall time and of the operator's and
-    the test hosts' CPU over the count. The added hosts are then removed and the fleet is
-    converged back to its own hosts."""
-    extra = [f"{like}-x{i}" for i in range(1, count + 1)]
+def added_hosts_env(like: str, count: int, names: list[str], test_fleet: dict) -> dict:
+    """The environment in which the test fleet has `count` more hosts like `like`: their host
+    keys generated into a copy of the demo vault (.state/bench/extra.vault), and the whole
+    inventory checked with them, before anything is timed (a copied host may need more of
+    its own secrets than a host key: backups, a tunnel)."""
     vault = testfleet.STATE.parent / "bench" / "extra.vault"
     env = {EXTRA_ENV: f"{like}:{count}", "FLEET_VAULT": str(vault),
            # the passphrase the vault was opened with above: its file, or FLEET_VAULT_PASSPHRASE as set
@@ -356,11 +356,31 @@ def added_hosts(like: str, count: int, runs: int, names: list[str], test_fleet: 
     saved = dict(os.environ)
     os.environ.update(env)
     try:
-        step(f"{count} added host(s) like {like}: host keys, start, first converge")
         made = subprocess.run([sys.executable, "-m", "fleet", "vault", "hostkeys"], cwd=REPO,
                               capture_output=True, text=True)
         if made.returncode != 0:
             raise SystemExit(f"bench: host keys for the added hosts: {made.stderr.strip()}")
+        try:
+            prepare(*testfleet.load_inventory(), str(REPO / "inventory.py"), "test")
+        except FleetConfigError as exc:
+            raise SystemExit(f"bench: hosts like {like} cannot be added (--extra-like): {exc}") from None
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return env
+
+
+def added_hosts(like: str, count: int, runs: int, names: list[str], env: dict, step) -> dict:
+    """The cost of one more host like `like`: `count` such hosts (added_hosts_env) are started
+    and converged once, and the no-op converge of the site is timed with 0..count of them (each
+    count `runs` times, interleaved); the slopes of its wall time and of the operator's and
+    the test hosts' CPU over the count. The added hosts are then removed and the fleet is
+    converged back to its own hosts."""
+    extra = [f"{like}-x{i}" for i in range(1, count + 1)]
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        step(f"{count} added host(s) like {like}: start, first converge")
         testfleet.up()
         first = testfleet.converge([], log_name="bench-added-settle")
         if first["returncode"] != 0:
