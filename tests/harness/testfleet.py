@@ -30,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `harness` importable
 
-from fleet.preflight.inventory import extra_test_hosts, read_inventory_data, test_ssh_key  # noqa: E402
+from fleet.preflight.inventory import (  # noqa: E402
+    FleetConfigError, extra_test_hosts, read_inventory_data, test_ssh_key)
 from harness.image import (  # noqa: E402, F401 (the engine and image helpers, used here and through this module)
     NATIVE_ARCH, REPO, STATE, docker, engine_answers, ensure_binfmt, ensure_engine, ensure_image, image_tag, log,
     run,
@@ -642,4 +643,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except FleetConfigError as exc:  # bad test-fleet settings (FLEET_TEST_ARM64, FLEET_TEST_EXTRA_HOSTS): one line
+        print(exc, file=sys.stderr)
+        sys.exit(2)
