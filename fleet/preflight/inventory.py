@@ -182,17 +182,23 @@ def extra_test_hosts(hosts: dict, test_fleet: dict, target: str) -> tuple[dict, 
     if target != "test":
         raise FleetConfigError(f"{EXTRA_ENV} is set, but the target is the real fleet ({target}): extra hosts "
                                f"exist only in the test fleet. Fix: unset {EXTRA_ENV} or set FLEET_TARGET=test.")
-    name, _, count = raw.partition(":")
-    like = hosts.get(name.strip())
-    if not isinstance(like, dict) or not count.strip().isdigit() or not 1 <= int(count) <= EXTRA_MAX:
+    name, _, count = (part.strip() for part in raw.partition(":"))
+    like = hosts.get(name)
+    if (not isinstance(like, dict) or not (count.isascii() and count.isdigit())
+            or not 1 <= int(count) <= EXTRA_MAX):
         raise FleetConfigError(f"{EXTRA_ENV}={raw!r} is not <host>:<count>. Fix: name a host of inventory.py "
                                f"({', '.join(hosts)}) and a count from 1 to {EXTRA_MAX}, e.g. "
                                f"{EXTRA_ENV}=pi0-epsilon:3.")
     hosts, test_fleet = copy.deepcopy(hosts), copy.deepcopy(test_fleet)
     nets = {key: ipaddress.ip_network(test_fleet[key]) for key in ("tailnet_network", "lan_network")}
     for index in range(1, int(count) + 1):
-        extra = f"{name.strip()}-x{index}"
+        extra = f"{name}-x{index}"
         tailnet, lan = (net.network_address + EXTRA_SUBNET * 256 + index for net in nets.values())
+        if extra in hosts or any(address not in net for address, net in zip((tailnet, lan), nets.values())):
+            raise FleetConfigError(f"{EXTRA_ENV}={raw!r}: {extra} is already a host of inventory.py, or "
+                                   f"{tailnet} / {lan} is outside the test networks "
+                                   f"({', '.join(str(n) for n in nets.values())}). Fix: copy another host, or "
+                                   f"give TEST_FLEET /16 networks.")
         hosts[extra] = dict(copy.deepcopy(like), tailnet_address=str(tailnet), tailnet_name=extra)
         test_fleet["lan_addresses"][extra] = f"{lan}/{nets['lan_network'].prefixlen}"
     return hosts, test_fleet

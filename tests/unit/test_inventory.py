@@ -149,6 +149,16 @@ def test_emulated_arm64_host_gets_the_arm64_data_and_only_it(fake_repo, monkeypa
         assert test["pi5-alpha"].get(key) == {**hosts["pi5-alpha"], **test_fleet["data"]}.get(key)
 
 
+def test_extra_test_hosts_never_replace_a_host_or_leave_the_test_networks(fake_repo, monkeypatch):
+    hosts, test_fleet = read_inventory_data(fake_repo / "inventory.py")
+    monkeypatch.setenv("FLEET_TEST_EXTRA_HOSTS", "pi0-epsilon:2")
+    taken = {**hosts, "pi0-epsilon-x2": hosts["pi5-beta"]}
+    with pytest.raises(FleetConfigError, match="pi0-epsilon-x2 is already a host of inventory.py"):
+        extra_test_hosts(taken, test_fleet, "test")
+    with pytest.raises(FleetConfigError, match=re.escape("100.100.200.1 / 100.101.200.1 is outside the test networks")):
+        extra_test_hosts(hosts, {**test_fleet, "tailnet_network": "100.100.0.0/24"}, "test")
+
+
 @pytest.mark.parametrize("variable,target,value,message", [
     ("FLEET_TEST_ARM64", "test", "pi9-nope", "FLEET_TEST_ARM64='pi9-nope': pi9-nope is not a host in inventory.py. Fix: "),
     ("FLEET_TEST_ARM64", "fleet", "pi5-gamma", "FLEET_TEST_ARM64 is set, but the target is the real fleet (fleet)"),
@@ -157,6 +167,7 @@ def test_emulated_arm64_host_gets_the_arm64_data_and_only_it(fake_repo, monkeypa
     ("FLEET_TEST_EXTRA_HOSTS", "test", "pi0-epsilon", "FLEET_TEST_EXTRA_HOSTS='pi0-epsilon' is not <host>:<count>."),
     ("FLEET_TEST_EXTRA_HOSTS", "test", "pi0-epsilon:0", "a count from 1 to 20"),
     ("FLEET_TEST_EXTRA_HOSTS", "test", "pi0-epsilon:21", "a count from 1 to 20"),
+    ("FLEET_TEST_EXTRA_HOSTS", "test", "pi0-epsilon:\u00b3", "a count from 1 to 20"),  # a digit, not ASCII
     ("FLEET_TEST_EXTRA_HOSTS", "fleet", "pi0-epsilon:2",
      "FLEET_TEST_EXTRA_HOSTS is set, but the target is the real fleet (fleet)"),
 ])
