@@ -194,13 +194,18 @@ def extra_test_hosts(hosts: dict, test_fleet: dict, target: str) -> tuple[dict, 
     for index in range(1, int(count) + 1):
         extra = f"{name}-x{index}"
         tailnet, lan = (net.network_address + EXTRA_SUBNET * 256 + index for net in nets.values())
-        if extra in hosts or any(address not in net for address, net in zip((tailnet, lan), nets.values())):
+        entry = dict(copy.deepcopy(like), tailnet_address=str(tailnet), tailnet_name=extra)
+        lan_address = f"{lan}/{nets['lan_network'].prefixlen}"
+        # the same copies again (HOSTS that already went through here) are no change
+        again = hosts.get(extra) == entry and test_fleet["lan_addresses"].get(extra) == lan_address
+        if (extra in hosts and not again) or any(address not in net for address, net in
+                                                 zip((tailnet, lan), nets.values())):
             raise FleetConfigError(f"{EXTRA_ENV}={raw!r}: {extra} is already a host of inventory.py, or "
                                    f"{tailnet} / {lan} is outside the test networks "
                                    f"({', '.join(str(n) for n in nets.values())}). Fix: copy another host, or "
                                    f"give TEST_FLEET /16 networks.")
-        hosts[extra] = dict(copy.deepcopy(like), tailnet_address=str(tailnet), tailnet_name=extra)
-        test_fleet["lan_addresses"][extra] = f"{lan}/{nets['lan_network'].prefixlen}"
+        hosts[extra] = entry
+        test_fleet["lan_addresses"][extra] = lan_address
     return hosts, test_fleet
 
 

@@ -187,6 +187,8 @@ def test_extra_test_hosts_are_copies_of_a_host_on_their_own_addresses(fake_repo,
     more, more_test = extra_test_hosts(hosts, test_fleet, "test")
     assert json.dumps([hosts, test_fleet], sort_keys=True) == before, "the inventory's own data is not changed"
     assert list(more) == [*hosts, "pi0-epsilon-x1", "pi0-epsilon-x2"]
+    # applied again (the harness reads the inventory with them, then prepares it): the same
+    assert extra_test_hosts(more, more_test, "test") == (more, more_test)
     for index in (1, 2):
         name = f"pi0-epsilon-x{index}"
         assert more[name] == {**hosts["pi0-epsilon"], "tailnet_address": f"100.100.200.{index}", "tailnet_name": name}
