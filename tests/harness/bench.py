@@ -27,6 +27,7 @@ fails because a number is high, only because a run failed or changed something.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -214,9 +215,6 @@ def main(argv: list[str]) -> int:
         parser.error(f"--extra-hosts must be 0 to {EXTRA_MAX}")
     if os.environ.get(EXTRA_ENV):
         parser.error(f"{EXTRA_ENV} is set: unset it (the benchmark adds its own hosts: --extra-hosts)")
-    own = list(testfleet.load_inventory()[0])
-    if args.extra_hosts and args.extra_like not in own:
-        parser.error(f"--extra-like {args.extra_like!r} is not a host of inventory.py ({', '.join(own)})")
 
     os.environ["FLEET_TARGET"] = "test"
     figures: dict = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -227,6 +225,8 @@ def main(argv: list[str]) -> int:
     t0 = time.monotonic()
 
     hosts, test_fleet = testfleet.load_inventory()
+    if args.extra_hosts and args.extra_like not in hosts:
+        parser.error(f"--extra-like {args.extra_like!r} is not a host of inventory.py ({', '.join(hosts)})")
     select_vault(REPO, test_fleet)
     opens = []
     for _ in range(3):
@@ -340,6 +340,19 @@ def main(argv: list[str]) -> int:
 EXTRA_RUNS = 5
 
 
+@contextlib.contextmanager
+def environment(env: dict):
+    """os.environ with `env` over it, for what reads the test-fleet settings from it (the
+    harness's inventory, the vault's selection), and as it was afterwards."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def added_hosts_env(like: str, count: int, names: list[str], test_fleet: dict) -> dict:
     """The environment in which the test fleet has `count` more hosts like `like`: their host
     keys generated into a copy of the demo vault (.state/bench/extra.vault), and the whole
@@ -353,9 +366,7 @@ def added_hosts_env(like: str, count: int, names: list[str], test_fleet: dict) -
     remove_added(names)  # a bench run that was stopped left them: their host keys are not these
     vault.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(keys.vault_path(), vault)
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
+    with environment(env):
         made = subprocess.run([sys.executable, "-m", "fleet", "vault", "hostkeys"], cwd=REPO,
                               capture_output=True, text=True)
         if made.returncode != 0:
@@ -364,9 +375,6 @@ def added_hosts_env(like: str, count: int, names: list[str], test_fleet: dict) -
             prepare(*testfleet.load_inventory(), str(REPO / "inventory.py"), "test")
         except FleetConfigError as exc:
             raise SystemExit(f"bench: hosts like {like} cannot be added (--extra-like): {exc}") from None
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     return env
 
 
@@ -377,27 +385,24 @@ def added_hosts(like: str, count: int, runs: int, names: list[str], env: dict, s
     the test hosts' CPU over the count. The added hosts are then removed and the fleet is
     converged back to its own hosts."""
     extra = [f"{like}-x{i}" for i in range(1, count + 1)]
-    saved = dict(os.environ)
-    os.environ.update(env)
     try:
-        step(f"{count} added host(s) like {like}: start, first converge")
-        testfleet.up()
-        first = testfleet.converge([], log_name="bench-added-settle")
-        if first["returncode"] != 0:
-            raise SystemExit(f"bench: the converge with the added hosts failed; log {first['log']}")
-        every = names + extra
-        cpu = CpuMeter(every)
-        base = [arg for name in names for arg in ("--limit", name)]
-        walls: dict[int, list[float]] = {}
-        step(f"no-op converge, site + 0..{count} added host(s), x{runs} each (interleaved)")
-        for _ in range(runs):
-            for k in range(count + 1):
-                limit = base + [arg for name in extra[:k] for arg in ("--limit", name)]
-                walls.setdefault(k, []).append(
-                    cpu.wrap(f"added{k}", lambda: noop(limit, None, f"noop-added{k}", len(names) + k))())
+        with environment(env):
+            step(f"{count} added host(s) like {like}: start, first converge")
+            testfleet.up()
+            first = testfleet.converge([], log_name="bench-added-settle")
+            if first["returncode"] != 0:
+                raise SystemExit(f"bench: the converge with the added hosts failed; log {first['log']}")
+            every = names + extra
+            cpu = CpuMeter(every)
+            base = [arg for name in names for arg in ("--limit", name)]
+            walls: dict[int, list[float]] = {}
+            step(f"no-op converge, site + 0..{count} added host(s), x{runs} each (interleaved)")
+            for _ in range(runs):
+                for k in range(count + 1):
+                    limit = base + [arg for name in extra[:k] for arg in ("--limit", name)]
+                    walls.setdefault(k, []).append(
+                        cpu.wrap(f"added{k}", lambda: noop(limit, None, f"noop-added{k}", len(names) + k))())
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
         step("removing the added hosts; converging the fleet back to its own hosts")
         remove_added(names)
         back = testfleet.converge([], log_name="bench-added-back")
