@@ -20,11 +20,15 @@ straight onto wall time.
   of the site) and looks each of the 32 global argument names up in `host.data`. Each
   lookup walks the host's data layers, and three of them are functions called anew every
   time: one merges the data of every group the host is in. So one call builds ~100 dicts
-  to find that no layer has the name. `pop_arguments` reads the layers once per call and
-  looks every name up in them, in the same order, with the same shallow copy of the value
-  found: the layers cannot change within the call (nothing but pyinfra's own argument
-  handlers runs in it). A name that `HostData` itself defines (none of pyinfra's global
-  arguments does) is still read through `getattr`, as pyinfra does. The type check of a value
+  to find that no layer has the name. `pop_arguments` reads the layers once per call, in the
+  same order, with the same shallow copy of the value found: the layers cannot change within
+  the call (nothing but pyinfra's own argument handlers runs in it). A plain dict layer says
+  which of the 32 names it holds in one set intersection (nearly always none) instead of 32
+  lookups; any other mapping is asked name by name, as pyinfra asks it. A name that the data
+  object's class or the object itself holds (none of pyinfra's global arguments is) is still
+  read through `getattr`, as pyinfra does; which names the class holds is worked out once per
+  class. 60-66 µs a call before the intersection, 37-39 µs after (timed in a no-op of the
+  site, 1,987 calls; pyinfra's own: ~130 µs on a smaller host). The type check of a value
   that differs from its default (typeguard, ~22 µs; ~1,900 a no-op, nearly all an operation's
   `name`) is done once per immutable value and type: the same check passes again.
 - `make_formatted_string_command` (how pyinfra's facts and operations build a command from a
@@ -146,9 +150,27 @@ def operation_order(state) -> list:
     return line_numbers
 
 
+def _argument_table(data_type) -> tuple[list, frozenset]:
+    """(key, type, default, handler, read through getattr) for each global argument, in
+    pyinfra's order, and the names that are looked up in the data layers: those `data_type`
+    (HostData, whose source is checked) does not define itself. Made once per class: the
+    arguments (`all_global_arguments`, kept) and their meta are fixed for a run."""
+    from pyinfra.api.arguments import all_argument_meta, all_global_arguments
+
+    table = _TABLES.get(data_type)
+    if table is None:
+        rows = [(key, type_, all_argument_meta[key].default, all_argument_meta[key].handler, hasattr(data_type, key))
+                for key, type_ in all_global_arguments()]
+        table = _TABLES[data_type] = (rows, frozenset(key for key, *_, attr in rows if not attr))
+    return table
+
+
+_TABLES: dict = {}
+
+
 def pop_arguments(state, host, kwargs: dict):
     """pyinfra.api.arguments.pop_global_arguments, reading the host's data layers once."""
-    from pyinfra.api.arguments import ArgumentTypeError, all_argument_meta, all_global_arguments, raise_if_bad_type
+    from pyinfra.api.arguments import ArgumentTypeError, raise_if_bad_type
     from pyinfra.api.host import extract_callable_datas
     from pyinfra.context import ctx_config
 
@@ -159,32 +181,43 @@ def pop_arguments(state, host, kwargs: dict):
 
     meta_kwargs = host.current_deploy_kwargs or {}
     data = host.data
-    layers = list(extract_callable_datas(data.datas))
+    rows, names = _argument_table(type(data))
     own = data.__dict__
+    # Every layer is read once, in order, as pyinfra reads them for each name: the first layer
+    # that has a name gives its (shallow-copied) value. A plain dict answers which of the
+    # names it has in one set operation (almost always none); any other mapping is asked
+    # name by name, as pyinfra asks it. Names the instance itself holds are read through
+    # getattr below, as pyinfra does, and so are left out here.
+    pending = names.difference(own) if own.keys() & names else names
+    found: dict = {}
+    for layer in extract_callable_datas(data.datas):
+        if not pending:
+            break
+        if type(layer) is dict:
+            hits = pending.intersection(layer)
+            if hits:
+                for key in hits:
+                    found[key] = copy(layer[key])
+                pending = pending - hits
+            continue
+        for key, *_ in rows:
+            if key in pending and key not in found:
+                try:
+                    found[key] = copy(layer[key])
+                except KeyError:
+                    pass
+        pending = pending.difference(found)
 
     arguments = {}
     found_keys = []
-    for key, type_ in all_global_arguments():
-        argument_meta = all_argument_meta[key]
-        handler = argument_meta.handler
-        default = argument_meta.default(config)
-
-        if key in own or hasattr(type(data), key):  # not a data lookup in pyinfra either
+    for key, type_, default_of, handler, attr in rows:
+        default = default_of(config)
+        if attr or key in own:  # not a data lookup in pyinfra either
             host_default = getattr(data, key, _MISSING)
             if host_default is not _MISSING:
                 default = host_default
-        else:
-            for layer in layers:
-                if type(layer) is dict:  # `in`, not a KeyError per miss: same answer, a plain dict
-                    if key in layer:
-                        default = copy(layer[key])
-                        break
-                    continue
-                try:
-                    default = copy(layer[key])
-                    break
-                except KeyError:
-                    pass
+        elif key in found:
+            default = found[key]
 
         if key in kwargs:
             found_keys.append(key)

@@ -246,6 +246,27 @@ def test_pop_arguments_is_pyinfras(layers, kwargs, deploy_kwargs):
     assert 99 not in opcost.pop_arguments(state, host, {})[0]["_success_exit_codes"]
 
 
+def test_names_the_data_object_holds_itself_are_read_as_pyinfra_reads_them():
+    """A name on the data object's class or in its own __dict__ is an attribute, not data:
+    pyinfra's getattr finds it before any layer; a dict subclass layer is asked name by name."""
+    from pyinfra.api.host import HostData
+
+    class Defaults(dict):
+        pass
+
+    class WithDefaults(HostData):
+        _timeout = 77
+
+    state, host = _host({"host": {"_timeout": 5, "_retries": 1}, "group1": {"_chdir": "/srv"}})
+    object.__setattr__(host.data, "__class__", WithDefaults)  # HostData.__setattr__ writes data
+    host.data.__dict__["_retries"] = 4
+    host.data.__dict__["datas"] = (*host.data.datas, Defaults({"_temp_dir": "/var/tmp", "_chdir": "/x"}))
+    theirs = POP_ORIGINAL(state, host, {})[0]
+    ours = opcost.pop_arguments(state, host, {})[0]
+    assert ours == theirs
+    assert (ours["_timeout"], ours["_retries"], ours["_chdir"], ours["_temp_dir"]) == (77, 4, "/srv", "/var/tmp")
+
+
 def test_pop_arguments_refuses_a_bad_type_as_pyinfra_does():
     from pyinfra.api.exceptions import ArgumentTypeError
 
