@@ -10,8 +10,11 @@ From one run it prints and writes to JSON (medians of --runs where repeated):
   --extra-like (its groups and data; FLEET_TEST_EXTRA_HOSTS) are added to the test fleet and
   converged once; then the no-op converge of the whole site is timed with 0, 1, ... of them,
   and the slope (least squares) of its time, and of the operator's and the hosts' CPU, is
-  what each added host of that group costs. They are removed at the end, and the fleet is
-  converged back to its own hosts (the monitoring host's targets, the firewalls' sources);
+  what each added host of that group costs. The floor is timed after each of those runs, with
+  the same hosts, and its own slope is what one more host costs any run over SSH: the added
+  host's cost is also given as a ratio to that. The added hosts are removed at the end, and
+  the fleet is converged back to its own hosts (the monitoring host's targets, the firewalls'
+  sources);
 - the slope of the no-op converge's time over --limit 1, 3 and every host of the fleet as
   it is: what its (unlike) hosts cost one by one, pi5-gamma's repository check included;
 - the specs' time (tests/specs, every host);
@@ -300,6 +303,9 @@ def main(argv: list[str]) -> int:
                                   ("noop_site_seconds", "noop_base_seconds", "per_added_host_seconds",
                                    "per_host_marginal_seconds", "specs_seconds", "first_converge_seconds")
                                   if figures.get(k) is not None}
+    if figures.get("floor_per_added_host_seconds"):  # like for like: what one more host adds to each
+        figures["per_added_host_x_floor_per_added_host"] = round(
+            figures["per_added_host_seconds"] / figures["floor_per_added_host_seconds"], 1)
     Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
 
     print(f"\n{'figure':<44} {'seconds':>9} {'x floor':>8}")
@@ -309,6 +315,7 @@ def main(argv: list[str]) -> int:
             ("per added host (no-op, slope)", "per_added_host_seconds"),
             ("  operator CPU-s per added host", "per_added_host_operator_cpu"),
             ("  test hosts' CPU-s per added host", "per_added_host_hosts_cpu"),
+            ("  floor per added host (slope)", "floor_per_added_host_seconds"),
             ("slope over --limit 1/3/all (unlike hosts)", "per_host_marginal_seconds"),
             ("specs, every host", "specs_seconds"),
             ("vault open (scrypt + decrypt)", "vault_open_seconds"),
@@ -316,7 +323,7 @@ def main(argv: list[str]) -> int:
             ("first converge", "first_converge_seconds")]
     for label, key in rows:
         if figures.get(key) is not None:
-            r = ratio(figures[key])
+            r = ratio(figures[key]) if key != "floor_per_added_host_seconds" else None  # a part of the floor
             print(f"{label:<44} {figures[key]:>9.3f} {r if r is not None else '':>8}")
     print(f"\n{'CPU seconds and host processes (medians)':<44} {'operator':>9} {'test hosts':>11} {'processes':>10}")
     for label, key in (("no-op converge, whole site", "noop_site"), ("no-op converge, base only", "noop_base"),
@@ -330,10 +337,18 @@ def main(argv: list[str]) -> int:
     if figures.get("noop_by_added_hosts"):
         print(f"no-op converge of the site with added hosts like {args.extra_like}: "
               + ", ".join(f"+{k} {s:.2f}s" for k, s in figures["noop_by_added_hosts"].items()))
+        if figures.get("per_added_host_x_floor_per_added_host") is not None:
+            print(f"per added host: {figures['per_added_host_seconds']:.3f}s, "
+                  f"{figures['per_added_host_x_floor_per_added_host']} x the floor's own per added host "
+                  f"({figures['floor_per_added_host_seconds']:.4f}s; floor +0..+{args.extra_hosts}: "
+                  + ", ".join(f"{s:.3f}s" for s in figures["floor_by_added_hosts"].values()) + ")")
     print(f"specs: {figures['specs_summary']}")
     print(f"figures written to {args.out}")
     return 0 if specs.returncode == 0 else 1
 
+
+# Floors timed after each no-op of the added-host line (a floor is ~0.2 s and moves by a few ms)
+FLOOR_REPEATS = 3
 
 # Runs of each point of the added-host line (at least): its slope over a few tenths of a second
 # needs more than the 3 runs a single figure gets on a machine whose runs move by ±0.2 s.
@@ -393,15 +408,19 @@ def added_hosts(like: str, count: int, runs: int, names: list[str], env: dict, s
             if first["returncode"] != 0:
                 raise SystemExit(f"bench: the converge with the added hosts failed; log {first['log']}")
             every = names + extra
+            entries, _ = prepare(*testfleet.load_inventory(), str(REPO / "inventory.py"), "test")
             cpu = CpuMeter(every)
             base = [arg for name in names for arg in ("--limit", name)]
             walls: dict[int, list[float]] = {}
-            step(f"no-op converge, site + 0..{count} added host(s), x{runs} each (interleaved)")
+            floors: dict[int, list[float]] = {}
+            step(f"no-op converge and floor, site + 0..{count} added host(s), x{runs} each (interleaved)")
             for _ in range(runs):
                 for k in range(count + 1):
                     limit = base + [arg for name in extra[:k] for arg in ("--limit", name)]
                     walls.setdefault(k, []).append(
                         cpu.wrap(f"added{k}", lambda: noop(limit, None, f"noop-added{k}", len(names) + k))())
+                    hosts = {name: entries[name] for name in names + extra[:k]}
+                    floors.setdefault(k, []).extend(round(floor_once(hosts), 3) for _ in range(FLOOR_REPEATS))
     finally:
         step("removing the added hosts; converging the fleet back to its own hosts")
         remove_added(names)
@@ -416,6 +435,9 @@ def added_hosts(like: str, count: int, runs: int, names: list[str], env: dict, s
                "added_first_converge_seconds": first["seconds"], "added_first_converge_changed": first["changed"],
                "added_back_changed": back["changed"]}
     figures["per_added_host_seconds"] = round(slope(list(medians.items())), 3)
+    floor_medians = {k: statistics.median(v) for k, v in floors.items()}
+    figures["floor_by_added_hosts"] = {str(k): round(v, 3) for k, v in floor_medians.items()}
+    figures["floor_per_added_host_seconds"] = round(slope(list(floor_medians.items())), 4)
     for key, column in (("per_added_host_operator_cpu", "operator"), ("per_added_host_hosts_cpu", "test_hosts")):
         points = [(k, v[column]) for k, v in per.items() if v[column] is not None]
         figures[key] = round(slope(points), 3) if len(points) == len(per) else None
