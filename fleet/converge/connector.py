@@ -220,12 +220,13 @@ class _FileKind:
 
 
 class _DaemonKind:
-    """fleet.converge.daemons.DaemonState: one `systemctl show` for every unit (systemd prints
-    one block per unit, an empty line between), each unit's drop-ins on disk (shell builtins),
-    and one `find` over every unit's stamp and inputs, in order (find prints each path it finds
-    in the order given, so each line goes back to its unit by walking the paths in order)."""
+    """Recognises fleet.converge.daemons.DaemonState's command: `systemctl show` of the unit,
+    its drop-ins on disk (shell builtins), and one `find` over its stamp and inputs. Answered
+    in a group by _UnitsKind."""
 
     SHOW, FIND = daemons.DaemonState.SHOW, daemons.DaemonState.TIMES
+    # the properties its `systemctl show` prints, in the order systemd prints them
+    PROPERTIES = tuple(word for flag, word in zip(SHOW.split(), SHOW.split()[1:]) if flag == "-p")
 
     def parse(self, command: str) -> tuple[str, tuple[str, ...]] | None:
         head = f" printf 'StampPath=%s\\n' "
@@ -240,47 +241,11 @@ class _DaemonKind:
         unit, inputs = paths[0][len(daemons.APPLIED_DIR) + 1:], tuple(paths[1:])
         return (unit, inputs) if daemons.DaemonState().command(unit, inputs) == command else None
 
-    def command(self, members: list[tuple[str, tuple[str, ...]]]) -> str:
-        q = shlex.quote
-        dropins = " ".join(daemons.DaemonState.dropins_on_disk(unit) for unit, _ in members)
-        paths = " ".join(q(p) for unit, inputs in members for p in (daemons.stamp_path(unit), *inputs))
-        return (f"{self.SHOW} {' '.join(q(unit) for unit, _ in members)} 2>/dev/null; echo --; {dropins}"
-                f" echo --; find {paths}{self.FIND}; true")
-
-    def split(self, result: Result, members: list[tuple[str, tuple[str, ...]]]) -> list[Result] | None:
-        status, lines, err = result
-        if status != 0 or err or lines.count("--") != 2:
-            return None
-        first = lines.index("--")
-        second = lines.index("--", first + 1)
-        blocks: list[list[str]] = [[]]
-        for line in lines[:first]:
-            if line == "":
-                blocks.append([])
-            else:
-                blocks[-1].append(line)
-        dropins, times = lines[first + 1:second], lines[second + 1:]
-        if len(blocks) != len(members) or len(dropins) != len(members):
-            return None
-        found = iter(times)
-        line = next(found, None)
-        answers = []
-        for (unit, inputs), block, dropin in zip(members, blocks, dropins):
-            stamp = daemons.stamp_path(unit)
-            mine = []
-            for path in (stamp, *inputs):
-                if line is not None and line.startswith("Times=") and line.split(" ", 2)[2:] == [path]:
-                    mine.append(line)
-                    line = next(found, None)
-            answers.append((0, [*block, dropin, f"StampPath={stamp}", *mine], []))
-        return answers if line is None else None
-
 
 class _SystemdKind:
-    """pyinfra's SystemdStatus and SystemdEnabled for one system unit (what its
-    systemd.service operation asks, twice per unit): one `systemctl show` of both properties
-    for every unit (one block per unit, an empty line between, as for DaemonState), each
-    unit's block cut down to the Id line and the fact's own property line."""
+    """Recognises pyinfra's SystemdStatus and SystemdEnabled for one system unit (what its
+    systemd.service operation asks, twice per unit): `systemctl show --all` of the unit's Id
+    and the fact's own property. Answered in a group by _UnitsKind."""
 
     FACTS = {"SubState": SystemdStatus, "UnitFileState": SystemdEnabled}
     SHOW = "systemctl show --all --property Id --property"
@@ -309,20 +274,97 @@ class _SystemdKind:
             return None
         return key, words[0]
 
-    def command(self, members: list[tuple[str, str]]) -> str:
-        units = " ".join(shlex.quote(unit) for unit in dict.fromkeys(unit for _, unit in members))
-        return self.guarded(f"{self.SHOW} SubState --property UnitFileState {units}")
 
-    def split(self, result: Result, members: list[tuple[str, str]]) -> list[Result] | None:
+class _UnitsKind:
+    """DaemonState (_DaemonKind) and pyinfra's SystemdStatus/SystemdEnabled (_SystemdKind),
+    both answered by one `systemctl show` of every property either asks, for every unit either
+    names (each once), then every daemon's drop-ins on disk and one `find` over every daemon's
+    stamp and inputs, in order. systemctl is the costliest process of the batch (~10 ms of a
+    small host's CPU each, most of it its start and its connection to systemd), and the two
+    kinds used to run one each.
+
+    systemd prints one block per unit, an empty line between, each property a `Name=value`
+    line in systemd's own order whatever order they were asked in; a property named with -p is
+    printed even when empty, so `--all` changes nothing for these; `--timestamp` only the form
+    of timestamps, which the systemd facts do not ask. So a fact's own answer is its unit's
+    block cut down to the lines of the properties its own command names, in the same order:
+    for a systemd fact, Id and its property (its command's `--all` shows both whatever their
+    value); for a daemon, its seven, then its drop-ins on disk, its stamp's path and its
+    `find` lines (find prints each path it finds in the order given, so each line goes back to
+    its daemon by walking the paths in order). Nothing is sent to /dev/null: systemctl failing,
+    any stderr, a block too many or too few, or a block with other lines, and no member is
+    answered."""
+
+    PROPERTIES = ("Id", *dict.fromkeys((*_DaemonKind.PROPERTIES, *_SystemdKind.FACTS)))
+    SHOW = "systemctl show --all --timestamp=us+utc " + " ".join(f"--property {p}" for p in PROPERTIES)
+
+    def __init__(self):
+        self.kinds = {"daemon": _DaemonKind(), "systemd": _SystemdKind()}
+
+    def parse(self, command: str) -> tuple[str, tuple] | None:
+        for name, kind in self.kinds.items():
+            found = kind.parse(command)
+            if found is not None:
+                return name, found
+        return None
+
+    @staticmethod
+    def _unit(member: tuple[str, tuple]) -> str:
+        name, arguments = member
+        return arguments[0] if name == "daemon" else arguments[1]
+
+    def command(self, members: list[tuple[str, tuple]]) -> str:
+        q = shlex.quote
+        units = " ".join(q(unit) for unit in dict.fromkeys(self._unit(m) for m in members))
+        daemons_ = [arguments for name, arguments in members if name == "daemon"]
+        dropins = " ".join(daemons.DaemonState.dropins_on_disk(unit) for unit, _ in daemons_)
+        paths = " ".join(q(p) for unit, inputs in daemons_ for p in (daemons.stamp_path(unit), *inputs))
+        find = f" find {paths}{_DaemonKind.FIND};" if paths else ""
+        # a failed systemctl prints no first separator: the group is then not used
+        return f"{self.SHOW} {units} && echo --; {dropins} echo --;{find} true"
+
+    def split(self, result: Result, members: list[tuple[str, tuple]]) -> list[Result] | None:
         status, lines, err = result
-        units = list(dict.fromkeys(unit for _, unit in members))
-        blocks = [block.split("\n") for block in "\n".join(lines).split("\n\n")]
-        if (status != 0 or err or len(blocks) != len(units)
-                or any([line.split("=", 1)[0] for line in block] != ["Id", "SubState", "UnitFileState"]
-                       for block in blocks)):
+        if status != 0 or err or lines.count("--") != 2:
+            return None
+        first = lines.index("--")
+        second = lines.index("--", first + 1)
+        blocks: list[list[str]] = [[]]
+        for line in lines[:first]:
+            if line == "":
+                blocks.append([])
+            else:
+                blocks[-1].append(line)
+        units = list(dict.fromkeys(self._unit(m) for m in members))
+        daemons_ = [arguments for name, arguments in members if name == "daemon"]
+        dropins, times = lines[first + 1:second], lines[second + 1:]
+        if (len(blocks) != len(units) or len(dropins) != len(daemons_)
+                or any(line.split("=", 1)[0] not in self.PROPERTIES for block in blocks for line in block)):
             return None
         by_unit = dict(zip(units, blocks))
-        return [(0, [by_unit[unit][0], by_unit[unit][1 if key == "SubState" else 2]], []) for key, unit in members]
+        dropin_of = iter(dropins)
+        found = iter(times)
+        line = next(found, None)
+        answers: list[Result] = []
+        for name, arguments in members:
+            block = by_unit[self._unit((name, arguments))]
+            if name == "systemd":
+                key = arguments[0]
+                mine = [row for row in block if row.split("=", 1)[0] in ("Id", key)]
+                if [row.split("=", 1)[0] for row in mine] != ["Id", key]:
+                    return None
+                answers.append((0, mine, []))
+                continue
+            unit, inputs = arguments
+            stamp = daemons.stamp_path(unit)
+            own = [row for row in block if row.split("=", 1)[0] in _DaemonKind.PROPERTIES]
+            stamps = []
+            for path in (stamp, *inputs):
+                if line is not None and line.startswith("Times=") and line.split(" ", 2)[2:] == [path]:
+                    stamps.append(line)
+                    line = next(found, None)
+            answers.append((0, [*own, next(dropin_of), f"StampPath={stamp}", *stamps], []))
+        return answers if line is None else None
 
 
 KINDS = (
@@ -330,8 +372,7 @@ KINDS = (
               "stat -c 'user=%U group=%G mode=%A atime=%X mtime=%Y ctime=%Z size=%s %N'"),
     _FileKind(Sha1File, "test -e ", " && ( sha1sum ", 'test -e "$p"', "sha1sum"),
     _FileKind(Sha256File, "test -e ", " && ( sha256sum ", 'test -e "$p"', "sha256sum"),
-    _DaemonKind(),
-    _SystemdKind(),
+    _UnitsKind(),
 )
 
 

@@ -69,3 +69,23 @@ def test_pf03_systemd_facts_grouped_are_each_units_own(fh):
         if together == singles:
             break
     assert together == singles
+
+
+def test_pf04_daemon_and_systemd_facts_grouped_are_each_units_own(fh):
+    """pf-04: DaemonState and pyinfra's SystemdStatus/SystemdEnabled together, for the same
+    units, answered by one `systemctl show` of every property either asks (each unit shown
+    once, `--all` and `--timestamp` for all), are each fact's own answer: services, a socket,
+    a timer, a unit that does not exist."""
+    listed = fh.host.check_output("systemctl list-units --type=service --state=running --no-legend --plain")
+    units = [line.split()[0] for line in listed.splitlines() if line.strip()][:5]
+    units += ["ssh.socket", "apt-daily-upgrade.timer", "fleet-no-such.service"]
+    commands = []
+    for i, unit in enumerate(units):
+        commands.append(DaemonState().command(unit, INPUTS[: i % 4]))
+        commands += [_SystemdKind.guarded(fact().command(services=unit)) for fact in (SystemdStatus, SystemdEnabled)]
+    for _ in range(2):  # a unit may change state between the readings: read once more
+        singles = [run(fh, c) for c in commands]
+        together = grouped(fh, commands)
+        if together == singles:
+            break
+    assert together == singles

@@ -419,7 +419,7 @@ def test_only_the_facts_own_commands_are_grouped(command):
 
 # systemctl's shape for `show [--all] -p/--property ... UNIT...`, for the test: each unit's
 # properties in one fixed order whatever the order asked (as systemd prints them), one block
-# per unit, an empty line between blocks (the specs pf-01 and pf-03 compare the grouped
+# per unit, an empty line between blocks (the specs pf-01, pf-03 and pf-04 compare the grouped
 # answers with each unit's own on the real hosts).
 FAKE_SYSTEMCTL = """#!/bin/sh
 # test double of `systemctl show` (shape only)
@@ -521,13 +521,35 @@ def test_systemd_facts_grouped_answer_as_each_alone(tmp_path, monkeypatch):
     assert all(fact_kind(c) is not None for c in facts)
     commands = [COMMANDS[0], *facts[:3], DaemonState().command("one.service", ()), *facts[3:], COMMANDS[1]]
     run, plan = group_facts(commands)
-    assert len(run) == 2 + 2  # the two others, one daemon group, one systemd group
+    assert len(run) == 2 + 1  # the two others, one group for the systemd facts and the daemon
     assert run[1].count("ssh.socket") == 1  # a unit asked twice is shown once
+    assert run[1].count("systemctl") == 1
     results = ungroup_facts(run_batch(run), plan)
     assert sorted(results) == list(range(len(commands)))
     for index, command in enumerate(commands):
         assert results[index] == run_live(command), command
     assert SystemdEnabled().process(results[2][1]) == {"ssh.socket": False}  # pyinfra reads it
+
+
+def test_a_unit_asked_by_a_daemon_and_a_systemd_fact_is_shown_once_and_answers_both(tmp_path, monkeypatch):
+    from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+    from fleet.converge.connector import group_facts
+    from fleet.converge.daemons import DaemonState
+
+    fake_systemctl(tmp_path, monkeypatch)
+    (tmp_path / "x.conf").write_text("x")
+    commands = [systemd_fact_command(SystemdStatus, services="ssh.service"),
+                DaemonState().command("ssh.service", (str(tmp_path / "x.conf"),)),
+                systemd_fact_command(SystemdEnabled, services="ssh.service"),
+                DaemonState().command("ssh.service", ()),  # the same unit with other inputs
+                DaemonState().command("timer.timer", (str(tmp_path / "x.conf"),))]
+    run, plan = group_facts(commands)
+    assert len(run) == 1 and run[0].split(" && ")[0].count("ssh.service") == 1  # shown once
+    results = ungroup_facts(run_batch(run), plan)
+    assert sorted(results) == list(range(len(commands)))
+    for index, command in enumerate(commands):
+        assert results[index] == run_live(command), command
 
 
 def test_systemd_facts_pyinfra_did_not_send_as_one_unit_are_not_grouped():
@@ -556,7 +578,16 @@ def test_a_systemd_group_of_the_wrong_shape_answers_none(tmp_path, monkeypatch):
                 systemd_fact_command(SystemdEnabled, services="b.service"), COMMANDS[0]]
     run, plan = group_facts(commands)
     fake_systemctl(tmp_path, monkeypatch, "#!/bin/sh\nprintf 'Id=a\\nUnitFileState=x\\nSubState=y\\n'\n")
-    assert ungroup_facts(run_batch(run), plan).keys() == {2}
+    assert ungroup_facts(run_batch(run), plan).keys() == {2}  # one block for two units
+    script = tmp_path / "bin" / "systemctl"
+    for wrong in ("printf 'SubState=y\\nId=a\\n\\nId=b\\nUnitFileState=x\\n'",  # Id after the property
+                  "printf 'Id=a\\nSubState=y\\n\\nId=b\\nUnitFileState=x\\nOther=z\\n'",  # a line not asked
+                  "printf 'Id=a\\nSubState=y\\n\\nId=b\\nUnitFileState=x\\n'; exit 1",  # systemctl failed
+                  "printf 'Id=a\\nSubState=y\\n\\nId=b\\nUnitFileState=x\\n'; echo warning >&2"):  # stderr
+        script.write_text(f"#!/bin/sh\n{wrong}\n")
+        assert ungroup_facts(run_batch(run), plan).keys() == {2}, wrong
+    script.write_text("#!/bin/sh\nprintf 'Id=a\\nSubState=y\\n\\nId=b\\nUnitFileState=x\\n'\n")
+    assert ungroup_facts(run_batch(run), plan).keys() == {0, 1, 2}  # the right shape is used
     (tmp_path / "bin" / "systemctl").unlink()  # no systemctl: pyinfra's marker, not an answer
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/bin:/usr/bin")
     if shutil.which("systemctl") is None:
