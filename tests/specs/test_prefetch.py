@@ -28,6 +28,18 @@ def grouped(fh, commands: list[str]) -> list[tuple[int, list[str], list[str]]]:
     return answers
 
 
+def assert_grouped_as_each_alone(fh, commands: list[str]) -> None:
+    """The grouped answers are each command's own. A live host: a unit may start or stop
+    between the two readings, so a difference is read once more; a difference in both
+    readings is the grouping's, not the host's."""
+    for _ in range(2):
+        singles = [run(fh, c) for c in commands]
+        together = grouped(fh, commands)
+        if together == singles:
+            break
+    assert together == singles
+
+
 def test_pf01_daemon_states_grouped_are_each_units_own(fh):
     """pf-01: one `systemctl show` for several units, split per unit, is each unit's own
     DaemonState answer (running services, a timer, a unit that does not exist)."""
@@ -35,14 +47,7 @@ def test_pf01_daemon_states_grouped_are_each_units_own(fh):
     units = [line.split()[0] for line in listed.splitlines() if line.strip()][:8]
     units += ["apt-daily-upgrade.timer", "fleet-no-such.service"]
     commands = [DaemonState().command(unit, INPUTS[: i % 4]) for i, unit in enumerate(units)]
-    # A live host: a unit may start or stop between the two readings, so a difference is
-    # read once more; a difference in both readings is the grouping's, not the host's.
-    for _ in range(2):
-        singles = [run(fh, c) for c in commands]
-        together = grouped(fh, commands)
-        if together == singles:
-            break
-    assert together == singles
+    assert_grouped_as_each_alone(fh, commands)
 
 
 def test_pf02_file_facts_grouped_are_each_paths_own(fh):
@@ -63,12 +68,7 @@ def test_pf03_systemd_facts_grouped_are_each_units_own(fh):
     units += ["ssh.socket", "apt-daily-upgrade.timer", "fleet-no-such.service"]
     commands = [_SystemdKind.guarded(fact().command(services=unit)) for unit in units
                 for fact in (SystemdStatus, SystemdEnabled)]
-    for _ in range(2):  # a unit may change state between the readings: read once more
-        singles = [run(fh, c) for c in commands]
-        together = grouped(fh, commands)
-        if together == singles:
-            break
-    assert together == singles
+    assert_grouped_as_each_alone(fh, commands)
 
 
 def test_pf04_daemon_and_systemd_facts_grouped_are_each_units_own(fh):
@@ -83,9 +83,4 @@ def test_pf04_daemon_and_systemd_facts_grouped_are_each_units_own(fh):
     for i, unit in enumerate(units):
         commands.append(DaemonState().command(unit, INPUTS[: i % 4]))
         commands += [_SystemdKind.guarded(fact().command(services=unit)) for fact in (SystemdStatus, SystemdEnabled)]
-    for _ in range(2):  # a unit may change state between the readings: read once more
-        singles = [run(fh, c) for c in commands]
-        together = grouped(fh, commands)
-        if together == singles:
-            break
-    assert together == singles
+    assert_grouped_as_each_alone(fh, commands)
