@@ -12,7 +12,8 @@ From one run it prints and writes to JSON (medians of --runs where repeated):
   and the slope (least squares) of its time, and of the operator's and the hosts' CPU, is
   what each added host of that group costs. The floor is timed after each of those runs, with
   the same hosts, and its own slope is what one more host costs any run over SSH: the added
-  host's cost is also given as a ratio to that. The added hosts are removed at the end, and
+  host's cost is also given as a ratio to that, and each round of the interleaved runs' own
+  slope shows how far the machine's noise moves the figure. The added hosts are removed at the end, and
   the fleet is converged back to its own hosts (the monitoring host's targets, the firewalls'
   sources);
 - the slope of the no-op converge's time over --limit 1, 3 and every host of the fleet as
@@ -342,6 +343,9 @@ def main(argv: list[str]) -> int:
                   f"{figures['per_added_host_x_floor_per_added_host']} x the floor's own per added host "
                   f"({figures['floor_per_added_host_seconds']:.4f}s; floor +0..+{args.extra_hosts}: "
                   + ", ".join(f"{s:.3f}s" for s in figures["floor_by_added_hosts"].values()) + ")")
+        rounds = figures["per_added_host_round_slopes"]
+        print(f"per added host, each round's own slope: {rounds[0]:.3f} to {rounds[-1]:.3f}s "
+              f"(median {statistics.median(rounds):.3f}s, {len(rounds)} rounds)")
     print(f"specs: {figures['specs_summary']}")
     print(f"figures written to {args.out}")
     return 0 if specs.returncode == 0 else 1
@@ -435,6 +439,10 @@ def added_hosts(like: str, count: int, runs: int, names: list[str], env: dict, s
                "added_first_converge_seconds": first["seconds"], "added_first_converge_changed": first["changed"],
                "added_back_changed": back["changed"]}
     figures["per_added_host_seconds"] = round(slope(list(medians.items())), 3)
+    # each round of the interleaved runs (0..count added hosts, a few seconds apart) has a slope
+    # of its own: their spread is how far this machine's noise moves the figure
+    figures["per_added_host_round_slopes"] = sorted(
+        round(slope([(k, v[i]) for k, v in walls.items()]), 3) for i in range(runs))
     floor_medians = {k: statistics.median(v) for k, v in floors.items()}
     figures["floor_by_added_hosts"] = {str(k): round(v, 3) for k, v in floor_medians.items()}
     figures["floor_per_added_host_seconds"] = round(slope(list(floor_medians.items())), 4)
