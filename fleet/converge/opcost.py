@@ -201,7 +201,7 @@ def pop_arguments(state, host, kwargs: dict):
                 pending = pending - hits
             continue
         for key, *_ in rows:
-            if key in pending and key not in found:
+            if key in pending:
                 try:
                     found[key] = copy(layer[key])
                 except KeyError:
