@@ -100,9 +100,9 @@ def tune(sock: socket.socket) -> None:
 # host (a command, an upload), from which point every fact goes to the host again. So a fact
 # is answered from the batch only while the converge has changed nothing anywhere, and each
 # answer was read on the host before it was used: what pyinfra's own answer would have been
-# too. Facts not recorded, or run other than as root
-# through sudo or as the SSH user (the two batches), are asked live. Nothing a fact returns
-# is written to disk: the record holds the commands (which never carry secrets), not output.
+# too. Facts not recorded, or run other than as root through sudo or as the SSH user (the
+# batch's two scripts), are asked live. Nothing a fact returns is written to disk: the
+# record holds the commands (which never carry secrets), not output.
 # pyinfra offers no hook between a fact and its command, so a command is known to be a
 # fact's by its caller (pyinfra.api.facts._get_fact) on the stack: read-only, no patching.
 
@@ -133,7 +133,7 @@ def _fact_caller() -> bool:
 LANES = 4
 
 
-def batch_script(commands: list[str], token: str, lanes: int = LANES) -> str:
+def batch_script(commands: list[str], token: str, lanes: int = LANES, start: int = 0) -> str:
     """A sh script that runs each command as `sh -c` would (in a subshell with no arguments,
     stdin from /dev/null) and prints, on its stdout, one section per command as soon as that
     command has finished: `<token> <index>`, its stdout, `<token>-err <index>`, its stderr,
@@ -146,7 +146,8 @@ def batch_script(commands: list[str], token: str, lanes: int = LANES) -> str:
     and Raspberry Pi OS), which reads each output file with its `read` builtin: one process for
     the batch instead of a `cat` per command (~1 ms of a small host's CPU each, ~30 per host in
     a no-op of the site). A file holding a NUL byte, which a bash variable cannot, is copied by
-    `cat`, as is every file on a host without bash."""
+    `cat`, as is every file on a host without bash. Sections are numbered from `start`, so
+    two scripts can share one stream (the SSH user's and root's, one channel)."""
     lines = ['d=$(mktemp -d) || exit 1', "trap 'rm -rf \"$d\"' EXIT", "trap 'exit 1' HUP INT PIPE TERM",
              'mkfifo "$d/q" || exit 1', 'exec 3<>"$d/q"',
              'run() { c=$2; { printf "%s %s\\n" "$T" "$1"; ( unset T d; set --; eval "$c" ) </dev/null 2>"$d/$1.e" 3>&-; '
@@ -155,7 +156,7 @@ def batch_script(commands: list[str], token: str, lanes: int = LANES) -> str:
     used = min(lanes, len(commands)) or 1
     for lane in range(used):
         lines.append("{")
-        lines += [f"run {i} {shlex.quote(commands[i])}" for i in range(lane, len(commands), used)]
+        lines += [f"run {start + i} {shlex.quote(commands[i])}" for i in range(lane, len(commands), used)]
         lines.append("} </dev/null >/dev/null 2>&1 &")
     loop = (f'n=0; while [ "$n" -lt {len(commands)} ] && read -r i rc <&3; do {{copy}};'
             ' printf "\\n%s-end %s %s\\n" "$T" "$i" "$rc"; n=$((n+1)); done')
@@ -415,6 +416,14 @@ def group_facts(commands: list[str]) -> tuple[list[str], list[tuple[int, int | t
     return run, plan
 
 
+def shifted(entry: int | tuple[int, list], by: int) -> int | tuple[int, list]:
+    """A plan entry (group_facts) with its original indexes moved up by `by`."""
+    if isinstance(entry, int):
+        return entry + by
+    kind, members = entry
+    return kind, [(index + by, arguments) for index, arguments in members]
+
+
 def ungroup_one(result: Result, entry: int | tuple[int, list]) -> list[tuple[int, Result]]:
     """One run command's result as (original index, result) pairs: itself, or its group's
     members; a group whose answer is not exactly what is expected answers none of them."""
@@ -559,31 +568,54 @@ class FleetSSHConnector(SSHConnector):
         self._previous = self._read_record()
         if _state["changed"]:
             return
-        for as_root in (True, False):
-            wanted = [(key, inner[1]) for key in self._previous
-                      if (inner := self._inner(key)) is not None and inner[0] == as_root]
-            if wanted:
-                self._batch(wanted, as_root)
+        wanted: dict[bool, list[tuple[str, str]]] = {False: [], True: []}
+        for key in self._previous:
+            if (inner := self._inner(key)) is not None:
+                wanted[inner[0]].append((key, inner[1]))
+        if wanted[False] or wanted[True]:
+            self._batch(wanted[False], wanted[True])
 
-    def _batch(self, wanted: list[tuple[str, str]], as_root: bool) -> None:
+    def _batch(self, user: list[tuple[str, str]], root: list[tuple[str, str]]) -> None:
         """Start the batch and return: its answers arrive while pyinfra prepares and runs
         the operations, each one as soon as its command has finished on the host, and a fact
         asked before its answer is there waits for that answer alone (run_shell_command). So
         one slow check (a backup repository's key derivation, ~1 s) holds up only the
-        operation that asks it, not the whole run's start."""
+        operation that asks it, not the whole run's start.
+
+        One channel runs both scripts, one stream of sections: the SSH user's, given on the
+        command line as pyinfra gives any command, then root's through sudo, read from stdin.
+        The user's comes first: it is a few quick facts (the address the connection comes
+        from), and root's can take seconds (that key derivation), which the firewall's
+        preparation would then wait for. A second channel for the user's script cost each
+        host ~3 ms more CPU (its own session process and login shell)."""
         token = "fleet-prefetch-" + secrets.token_hex(8)
-        commands, plan = group_facts([inner for _, inner in wanted])
-        command = make_unix_command_for_host(self.state, self.host, StringCommand("sh", "-s"), _sudo=as_root)
+        plan: list[tuple[int, int | tuple[int, list]]] = []
+        keys: list[str] = []
+        scripts: list[str] = []
+        for wanted in (user, root):
+            commands, part = group_facts([inner for _, inner in wanted])
+            scripts.append(batch_script(commands, token, start=len(plan)) if wanted else "")
+            plan += [(len(plan) + run, shifted(entry, len(keys))) for run, entry in part]
+            keys += [key for key, _ in wanted]
+        user_script, root_script = scripts
+        lines = [make_unix_command_for_host(self.state, self.host, StringCommand(user_script),
+                                            _sudo=False).get_raw_value() + " </dev/null"] if user else []
+        if root:
+            lines.append(make_unix_command_for_host(self.state, self.host, StringCommand("sh", "-s"),
+                                                    _sudo=True).get_raw_value())
         try:
-            stdin, stdout, stderr = self.client.exec_command(command.get_raw_value())
-            write_stdin(batch_script(commands, token), stdin)
+            stdin, stdout, stderr = self.client.exec_command("; ".join(lines))
+            if root:
+                write_stdin(root_script, stdin)
+            else:
+                stdin.close()
         except (OSError, SSHException, EOFError) as exc:
             logger.warning(f"{self.host.print_prefix}fact prefetch failed ({exc}); facts are asked one by one")
             return
-        events = {key: gevent.event.Event() for key, _ in wanted}
+        events = {key: gevent.event.Event() for key in keys}
         self._waiting.update(events)
-        self._readers.append(gevent.spawn(self._read_batch, stdout, stderr, BatchReader(token, len(commands)),
-                                          dict(plan), [key for key, _ in wanted], events))
+        self._readers.append(gevent.spawn(self._read_batch, stdout, stderr, BatchReader(token, len(plan)),
+                                          dict(plan), keys, events))
 
     def _read_batch(self, stdout, stderr, reader: BatchReader, plan: dict, keys: list[str],
                     events: dict[str, gevent.event.Event]) -> None:

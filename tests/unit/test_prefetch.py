@@ -119,6 +119,20 @@ def test_indexes_beyond_the_batch_are_refused():
     assert parse_batch(["tok 5", "x", "tok-err 5", "tok-end 5 0"], "tok", 2) == {}
 
 
+def test_two_scripts_share_one_stream_numbered_on():
+    """The connector's one channel: the SSH user's script on the command line (stdin from
+    /dev/null), then root's from stdin (here without sudo); one reader reads both."""
+    import shlex
+
+    user, root = COMMANDS[:4], COMMANDS[4:]
+    line = f"sh -c {shlex.quote(batch_script(user, 'tok-123'))} </dev/null; sh -s"
+    done = subprocess.run(["sh", "-c", line], input=batch_script(root, "tok-123", start=len(user)),
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert parse_batch(done.stdout.splitlines(), "tok-123", len(COMMANDS)) == run_batch(COMMANDS)
+    assert parse_batch(done.stdout.splitlines(), "tok-123", len(COMMANDS) - 1) == {}  # 12 is beyond
+
+
 # --- the connector: which answers come from the batch, and when they stop ----------------
 
 import json  # noqa: E402
@@ -145,31 +159,41 @@ class FakeChannelFile:
 
 
 class FakeClient:
-    """Answers the batch (`sh -s` with the script on stdin) the way the script's stream
-    looks: every command's section, command i printing `prefetched i` with exit status i,
-    in the order `order` gives (default: as dealt)."""
+    """Answers the batch (the SSH user's script on the command line, root's `sh -s` with the
+    script on stdin) the way its stream looks: every command's section, command i printing
+    `prefetched i` with exit status i, in the order `order` gives (default: as dealt)."""
 
     def __init__(self, order=None, stray_after=None):
-        self.order, self.stray_after, self.batches = order, stray_after, []
+        self.order, self.stray_after, self.batches, self.commands = order, stray_after, [], []
 
     def exec_command(self, command):
-        assert command.endswith("sh -c 'sh -s'"), command
+        import re
+        import shlex
+
+        self.commands.append(command)
+        words = shlex.split(command)
+        user = words[2] if words[:2] == ["sh", "-c"] and words[3].startswith("</dev/null") else None
+        root = command.endswith("sudo -H -n sh -c 'sh -s'")
+        assert user is not None or root, command
         client = self
 
         class Stdin:
+            closed = False
+
             def write(self, data):
+                assert root, "stdin written for a batch with no root script"
                 client.batches.append(data.decode())
 
             def close(self):
-                pass
+                self.closed = True
 
         out = []
 
         def stream():
-            script = client.batches[-1]
-            token = script.split("\nT=", 1)[1].split("\n", 1)[0]
-            count = script.count("\nrun ")
-            for n, i in enumerate(client.order or range(count)):
+            scripts = ([user] if user is not None else []) + ([client.batches[-1]] if root else [])
+            token = scripts[0].split("\nT=", 1)[1].split("\n", 1)[0]
+            dealt = [int(i) for script in scripts for i in re.findall(r"^run (\d+) ", script, re.M)]
+            for n, i in enumerate([dealt[k] for k in client.order] if client.order else dealt):
                 if client.stray_after == n:
                     yield "stray"
                 yield from [f"{token} {i}", f"prefetched {i}", "", f"{token}-err {i}", "", f"{token}-end {i} {i}"]
@@ -178,7 +202,8 @@ class FakeClient:
             def __iter__(self):
                 return (line + "\n" for line in stream())
 
-        return Stdin(), Lazy(), FakeChannelFile([])
+        client.stdin = Stdin()
+        return client.stdin, Lazy(), FakeChannelFile([])
 
 
 @pytest.fixture
@@ -236,6 +261,35 @@ def test_an_upload_voids_the_batch_too(conn, monkeypatch):
     conn._prefetch()
     conn.put_file("x", "/a")
     assert ask(conn, monkeypatch, "cat /a")[1].stdout_lines == ["live"]
+
+
+def test_the_ssh_users_facts_and_roots_share_one_channel(conn, monkeypatch):
+    """The user's script runs first, from the command line, and its sections come first."""
+    user = conn._cache_key(StringCommand("echo \"$SSH_CONNECTION\""), {"_sudo": False})
+    conn.record.parent.mkdir()
+    conn.record.write_text(json.dumps({"commands": {key(conn, "cat /a"): 0, user: 0, key(conn, "cat /b"): 0}}))
+    conn._prefetch()
+    [command] = conn.client.commands
+    assert command.startswith("sh -c ") and command.endswith(" </dev/null; sudo -H -n sh -c 'sh -s'"), command
+    assert ask(conn, monkeypatch, "cat /a")[1].stdout_lines == ["prefetched 1"]
+    assert ask(conn, monkeypatch, "cat /b")[1].stdout_lines == ["prefetched 2"]
+    assert ask(conn, monkeypatch, "echo \"$SSH_CONNECTION\"", _sudo=False)[1].stdout_lines == ["prefetched 0"]
+    assert conn.live == []
+
+
+def test_a_record_of_the_users_facts_alone_runs_no_sudo(conn, monkeypatch):
+    user = conn._cache_key(StringCommand("id -u"), {"_sudo": False})
+    conn.record.parent.mkdir()
+    conn.record.write_text(json.dumps({"commands": {user: 0}}))
+    conn._prefetch()
+    [command] = conn.client.commands
+    import shlex
+
+    assert shlex.split(command)[:2] == ["sh", "-c"] and shlex.split(command)[3:] == ["</dev/null"], command
+    assert conn.client.stdin.closed
+    assert conn.client.batches == []  # nothing written to stdin
+    assert ask(conn, monkeypatch, "id -u", _sudo=False)[1].stdout_lines == ["prefetched 0"]
+    assert ask(conn, monkeypatch, "id -u")[1].stdout_lines == ["live"]  # as root: not what was batched
 
 
 def test_facts_not_run_as_root_or_with_stdin_are_never_batched(conn, monkeypatch):
