@@ -57,6 +57,7 @@ from fleet.preflight.inventory import EXTRA_ENV, EXTRA_MAX, FleetConfigError, pr
 from harness import testfleet  # noqa: E402
 
 REPO = testfleet.REPO
+CORES = len(os.sched_getaffinity(0))  # the cores the operator and the test hosts share
 
 
 def floor_once(entries: dict) -> float:
@@ -288,6 +289,11 @@ def main(argv: list[str]) -> int:
         cwd=REPO, capture_output=True, text=True, env=dict(os.environ, FLEET_TARGET="test")))()
     figures["specs_seconds"] = round(time.monotonic() - t, 1)
     figures["cpu_seconds"] = {label: cpu.medians(label) for label in ("noop_site", "noop_base", "specs")}
+    figures["cores"] = CORES
+    site = figures["cpu_seconds"]["noop_site"]
+    if site["operator"] is not None and site["test_hosts"] is not None:
+        figures["noop_site_cores_busy"] = round((site["operator"] + site["test_hosts"])
+                                                / (figures["noop_site_seconds"] * CORES), 2)
     # last: the converge back to the fleet's own hosts restarts the monitoring host's daemons,
     # whose start would weigh on whatever is timed next
     if args.extra_hosts:
@@ -317,6 +323,7 @@ def main(argv: list[str]) -> int:
             ("  operator CPU-s per added host", "per_added_host_operator_cpu"),
             ("  test hosts' CPU-s per added host", "per_added_host_hosts_cpu"),
             ("  floor per added host (slope)", "floor_per_added_host_seconds"),
+            (f"  (operator + hosts) CPU-s / {CORES} cores", "per_added_host_cpu_over_cores"),
             ("slope over --limit 1/3/all (unlike hosts)", "per_host_marginal_seconds"),
             ("specs, every host", "specs_seconds"),
             ("vault open (scrypt + decrypt)", "vault_open_seconds"),
@@ -334,6 +341,9 @@ def main(argv: list[str]) -> int:
             hosts_text = f"{used['test_hosts']:.2f}" if used["test_hosts"] is not None else "n/a (no cgroup CPU file)"
             procs = used["host_processes"]
             print(f"{label:<44} {used['operator']:>9.2f} {hosts_text:>11} {procs if procs is not None else 'n/a':>10}")
+    if figures.get("noop_site_cores_busy") is not None:
+        print(f"the site's no-op kept {figures['noop_site_cores_busy']:.0%} of this machine's {CORES} cores busy "
+              "(operator and test hosts' CPU over its wall time)")
     print("no-op converge by host count: " + ", ".join(f"{c} host(s) {s:.2f}s" for c, s in points))
     if figures.get("noop_by_added_hosts"):
         print(f"no-op converge of the site with added hosts like {args.extra_like}: "
@@ -449,6 +459,11 @@ def added_hosts(like: str, count: int, runs: int, names: list[str], env: dict, s
     for key, column in (("per_added_host_operator_cpu", "operator"), ("per_added_host_hosts_cpu", "test_hosts")):
         points = [(k, v[column]) for k, v in per.items() if v[column] is not None]
         figures[key] = round(slope(points), 3) if len(points) == len(per) else None
+    if figures["per_added_host_operator_cpu"] is not None and figures["per_added_host_hosts_cpu"] is not None:
+        # the operator and the test hosts share this machine's cores: while a run keeps them
+        # busy, each added host's CPU spread over all of them is wall time the run cannot hide
+        figures["per_added_host_cpu_over_cores"] = round(
+            (figures["per_added_host_operator_cpu"] + figures["per_added_host_hosts_cpu"]) / CORES, 3)
     return figures
 
 
