@@ -110,6 +110,9 @@ SUDO_PREFIX = ("sudo", "-H", "-n", "sh", "-c")
 ROOT_PREFIX = " ".join(SUDO_PREFIX) + " "
 USER_PREFIX = " ".join(SUDO_PREFIX[3:]) + " "
 BATCH_TIMEOUT = 120
+# The SSH user's script runs before root's on the same channel: a user fact that hangs (a home
+# directory on a stalled network mount) is killed after this long, and root's script starts.
+USER_SCRIPT_TIMEOUT = 20
 # Uploads and commands from operations: state may change, prefetched answers are void.
 _state = {"changed": False}
 
@@ -598,8 +601,10 @@ class FleetSSHConnector(SSHConnector):
             plan += [(len(plan) + run, shifted(entry, len(keys))) for run, entry in part]
             keys += [key for key, _ in wanted]
         user_script, root_script = scripts
-        lines = [make_unix_command_for_host(self.state, self.host, StringCommand(user_script),
-                                            _sudo=False).get_raw_value() + " </dev/null"] if user else []
+        # coreutils' timeout (Essential) kills the script's whole process group, lanes included;
+        # a section is printed only once its command has finished, so none is cut short
+        lines = [f"timeout {USER_SCRIPT_TIMEOUT} " + make_unix_command_for_host(
+            self.state, self.host, StringCommand(user_script), _sudo=False).get_raw_value() + " </dev/null"] if user else []
         if root:
             lines.append(make_unix_command_for_host(self.state, self.host, StringCommand("sh", "-s"),
                                                     _sudo=True).get_raw_value())

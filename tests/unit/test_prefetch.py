@@ -119,6 +119,25 @@ def test_indexes_beyond_the_batch_are_refused():
     assert parse_batch(["tok 5", "x", "tok-err 5", "tok-end 5 0"], "tok", 2) == {}
 
 
+def test_a_user_script_that_hangs_is_cut_off_and_roots_answers_still_come():
+    """The channel's command line as the connector builds it, less sudo: the user's fact
+    sleeps past the timeout; root's facts are answered, the user's is not (asked live)."""
+    import shlex
+    import time
+
+    user, root = ["sleep 30; echo late"], COMMANDS[:3]
+    line = f"timeout 1 sh -c {shlex.quote(batch_script(user, 'tok-123'))} </dev/null; sh -s"
+    started = time.monotonic()
+    done = subprocess.run(["sh", "-c", line], input=batch_script(root, "tok-123", start=1),
+                          capture_output=True, text=True, timeout=20)
+    assert time.monotonic() - started < 10
+    reader, found = BatchReader("tok-123", 4), {}
+    for got in map(reader.feed, done.stdout.splitlines()):
+        if got is not None:
+            found[got[0]] = got[1]
+    assert found == {i + 1: run_live(command) for i, command in enumerate(root)}
+
+
 def test_two_scripts_share_one_stream_numbered_on():
     """The connector's one channel: the SSH user's script on the command line (stdin from
     /dev/null), then root's from stdin (here without sudo); one reader reads both."""
@@ -172,7 +191,8 @@ class FakeClient:
 
         self.commands.append(command)
         words = shlex.split(command)
-        user = words[2] if words[:2] == ["sh", "-c"] and words[3].startswith("</dev/null") else None
+        user = (words[4] if words[:4] == ["timeout", str(mod.USER_SCRIPT_TIMEOUT), "sh", "-c"]
+                and words[5].startswith("</dev/null") else None)
         root = command.endswith("sudo -H -n sh -c 'sh -s'")
         assert user is not None or root, command
         client = self
@@ -270,7 +290,7 @@ def test_the_ssh_users_facts_and_roots_share_one_channel(conn, monkeypatch):
     conn.record.write_text(json.dumps({"commands": {key(conn, "cat /a"): 0, user: 0, key(conn, "cat /b"): 0}}))
     conn._prefetch()
     [command] = conn.client.commands
-    assert command.startswith("sh -c ") and command.endswith(" </dev/null; sudo -H -n sh -c 'sh -s'"), command
+    assert command.startswith("timeout 20 sh -c ") and command.endswith(" </dev/null; sudo -H -n sh -c 'sh -s'"), command
     assert ask(conn, monkeypatch, "cat /a")[1].stdout_lines == ["prefetched 1"]
     assert ask(conn, monkeypatch, "cat /b")[1].stdout_lines == ["prefetched 2"]
     assert ask(conn, monkeypatch, "echo \"$SSH_CONNECTION\"", _sudo=False)[1].stdout_lines == ["prefetched 0"]
@@ -285,7 +305,7 @@ def test_a_record_of_the_users_facts_alone_runs_no_sudo(conn, monkeypatch):
     [command] = conn.client.commands
     import shlex
 
-    assert shlex.split(command)[:2] == ["sh", "-c"] and shlex.split(command)[3:] == ["</dev/null"], command
+    assert shlex.split(command)[:4] == ["timeout", "20", "sh", "-c"] and shlex.split(command)[5:] == ["</dev/null"]
     assert conn.client.stdin.closed
     assert conn.client.batches == []  # nothing written to stdin
     assert ask(conn, monkeypatch, "id -u", _sudo=False)[1].stdout_lines == ["prefetched 0"]
