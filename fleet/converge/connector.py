@@ -601,10 +601,13 @@ class FleetSSHConnector(SSHConnector):
             plan += [(len(plan) + run, shifted(entry, len(keys))) for run, entry in part]
             keys += [key for key, _ in wanted]
         user_script, root_script = scripts
-        # coreutils' timeout (Essential) kills the script's whole process group, lanes included;
-        # a section is printed only once its command has finished, so none is cut short
-        lines = [f"timeout {USER_SCRIPT_TIMEOUT} " + make_unix_command_for_host(
-            self.state, self.host, StringCommand(user_script), _sudo=False).get_raw_value() + " </dev/null"] if user else []
+        # coreutils' timeout (Essential) kills the script's whole process group, lanes included.
+        # Sections are printed only for finished commands; one cut off mid-print leaves the
+        # reader in it, so nothing after it is used (asked live), never a wrong answer.
+        lines = []
+        if user:
+            inner = make_unix_command_for_host(self.state, self.host, StringCommand(user_script), _sudo=False)
+            lines.append(f"timeout {USER_SCRIPT_TIMEOUT} {inner.get_raw_value()} </dev/null")
         if root:
             lines.append(make_unix_command_for_host(self.state, self.host, StringCommand("sh", "-s"),
                                                     _sudo=True).get_raw_value())

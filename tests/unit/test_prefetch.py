@@ -138,6 +138,16 @@ def test_a_user_script_that_hangs_is_cut_off_and_roots_answers_still_come():
     assert found == {i + 1: run_live(command) for i, command in enumerate(root)}
 
 
+def test_a_user_section_cut_off_mid_print_leaves_roots_unanswered_never_wrong():
+    """The user's script killed while its printer was halfway through a section: root's
+    sections after it are read as that section's body, which never ends; nothing is used."""
+    root = ["tok 1", "r", "", "tok-err 1", "", "tok-end 1 0"]
+    for cut in (["tok 0", "partial"], ["tok 0", "out", "", "tok-err 0", "partial err"]):
+        reader = BatchReader("tok", 2)
+        assert [got for got in map(reader.feed, cut + root) if got is not None] == []
+        assert reader.seen == set()
+
+
 def test_two_scripts_share_one_stream_numbered_on():
     """The connector's one channel: the SSH user's script on the command line (stdin from
     /dev/null), then root's from stdin (here without sudo); one reader reads both."""
