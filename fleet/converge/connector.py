@@ -594,20 +594,22 @@ class FleetSSHConnector(SSHConnector):
         token = "fleet-prefetch-" + secrets.token_hex(8)
         plan: list[tuple[int, int | tuple[int, list]]] = []
         keys: list[str] = []
-        scripts: list[str] = []
-        for wanted in (user, root):
+
+        def script(wanted: list[tuple[str, str]]) -> str:
             commands, part = group_facts([inner for _, inner in wanted])
-            scripts.append(batch_script(commands, token, start=len(plan)) if wanted else "")
-            plan += [(len(plan) + run, shifted(entry, len(keys))) for run, entry in part]
-            keys += [key for key, _ in wanted]
-        user_script, root_script = scripts
-        # coreutils' timeout (Essential) kills the script's whole process group, lanes included.
-        # Sections are printed only for finished commands; one cut off mid-print leaves the
-        # reader in it, so nothing after it is used (asked live), never a wrong answer.
+            text = batch_script(commands, token, start=len(plan))
+            plan.extend([(len(plan) + run, shifted(entry, len(keys))) for run, entry in part])  # a list: len(plan) is read before plan grows
+            keys.extend(key for key, _ in wanted)
+            return text
+
         lines = []
         if user:
-            inner = make_unix_command_for_host(self.state, self.host, StringCommand(user_script), _sudo=False)
+            # coreutils' timeout (Essential) kills the script's process group, lanes included.
+            # Sections are printed only for finished commands; one cut off mid-print leaves
+            # the reader in it, so nothing after it is used (asked live), never a wrong answer.
+            inner = make_unix_command_for_host(self.state, self.host, StringCommand(script(user)), _sudo=False)
             lines.append(f"timeout {USER_SCRIPT_TIMEOUT} {inner.get_raw_value()} </dev/null")
+        root_script = script(root) if root else ""
         if root:
             lines.append(make_unix_command_for_host(self.state, self.host, StringCommand("sh", "-s"),
                                                     _sudo=True).get_raw_value())

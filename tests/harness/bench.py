@@ -13,7 +13,9 @@ From one run it prints and writes to JSON (medians of --runs where repeated):
   what each added host of that group costs. The floor is timed after each of those runs, with
   the same hosts, and its own slope is what one more host costs any run over SSH: the added
   host's cost is also given as a ratio to that, and each round of the interleaved runs' own
-  slope shows how far the machine's noise moves the figure. The added hosts are removed at
+  slope shows how far the machine's noise moves the figure; its CPU (operator and hosts) over
+  the machine's cores is the wall time it must add while a run keeps them busy, and how busy
+  the site's no-op keeps them is given beside it. The added hosts are removed at
   the end, and the fleet is converged back to its own hosts (the monitoring host's targets,
   the firewalls' sources);
 - the slope of the no-op converge's time over --limit 1, 3 and every host of the fleet as
