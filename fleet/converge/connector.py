@@ -598,7 +598,8 @@ class FleetSSHConnector(SSHConnector):
         def script(wanted: list[tuple[str, str]]) -> str:
             commands, part = group_facts([inner for _, inner in wanted])
             text = batch_script(commands, token, start=len(plan))
-            plan.extend([(len(plan) + run, shifted(entry, len(keys))) for run, entry in part])  # a list: len(plan) is read before plan grows
+            # a list, not a generator: len(plan) is read before plan grows
+            plan.extend([(len(plan) + run, shifted(entry, len(keys))) for run, entry in part])
             keys.extend(key for key, _ in wanted)
             return text
 
