@@ -3,9 +3,12 @@ per-host table of spec results.
 
     python tests/report.py "product unit=.state/junit-unit.xml" "specs=.state/junit-specs.xml" ...
     python tests/report.py --per-host .state/junit-specs.xml
+    python tests/report.py --failures "specs=.state/junit-specs.xml" ...
 
 Each `label=path` part gets its own count (the product's unit tests apart from the test
-stand-ins' own), then one closing line sums them all.
+stand-ins' own), then one closing line sums them all. With --failures it prints only the
+failed cases, a line each with the first line of their message (CI's failure summary: CI
+shows only the end of its output, and the test step's own output is far above it).
 """
 
 from __future__ import annotations
@@ -45,14 +48,33 @@ def host_of(name: str, hosts: list[str]) -> str | None:
     return max(matches, key=len) if matches else None
 
 
+def failures(parts: list[tuple[str, str]]) -> int:
+    count = 0
+    for label, path in parts:
+        for case in cases([path]):
+            found = case.find("failure")
+            found = case.find("error") if found is None else found
+            if found is None:
+                continue
+            count += 1
+            text = (found.get("message") or found.text or "").strip()
+            first = text.splitlines()[0] if text else "(no message)"
+            print(f"FAILED {label or path}: {case.get('name')}: {first}"[:300])
+    return 1 if count else 0
+
+
 def main(argv: list[str]) -> int:
     per_host = "--per-host" in argv
+    only_failures = "--failures" in argv
+    argv = [a for a in argv if a != "--failures"]
     parts = [a.partition("=") if "=" in a else ("", "", a) for a in argv if a != "--per-host"]
     parts = [(label, path) for label, _, path in parts if Path(path).exists()]
     paths = [path for _, path in parts]
     if not paths:
         print("no test results found", file=sys.stderr)
         return 1
+    if only_failures:
+        return failures(parts)
     if per_host:
         hosts, _ = read_inventory_data(Path(__file__).resolve().parents[1] / "inventory.py")
         table: dict[str, Counter] = defaultdict(Counter)
