@@ -337,6 +337,12 @@ def ensure_mirror(test_fleet: dict, image: str) -> None:
     log(f"vendor mirror serving on http://{address}")
 
 
+def strays(existing: set[str], hosts) -> list[str]:
+    """The labelled containers up() must remove: test hosts of an earlier inventory (not the
+    mirror, which up() keeps or replaces itself)."""
+    return sorted(existing - set(hosts) - {MIRROR})
+
+
 def up() -> None:
     t0 = time.monotonic()
     ensure_engine()
@@ -354,6 +360,13 @@ def up() -> None:
     mirror = builder.submit(ensure_mirror, test_fleet, image)
     existing = set(docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}")
                    .stdout.split())
+    gone = strays(existing, hosts)
+    if gone:
+        # e.g. a stopped benchmark's added hosts: still on the test networks, their probers
+        # would probe this fleet and their addresses be taken
+        log(f"removing test host(s) that are not in this inventory: {', '.join(gone)}")
+        docker("rm", "-f", "-v", *gone)
+        existing -= set(gone)
     for name in sorted(existing & set(hosts)):
         # a host asked for on another architecture than it runs (FLEET_TEST_ARM64) starts afresh
         want = image_tag(host_arch(name)).split(":")[0]

@@ -242,3 +242,11 @@ def test_killpoint_kills_pyinfra_before_the_named_operation_reaches_the_host(tmp
     proc = subprocess.run([sys.executable, str(killpoint), "Third", "-y", "@local", str(deploy)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0 and (tmp_path / "second").exists(), proc.stdout + proc.stderr
+
+
+def test_fleet_up_removes_labelled_hosts_of_an_earlier_inventory_only():
+    from harness.testfleet import MIRROR, strays
+
+    existing = {"pi5-alpha", "pi0-epsilon-x1", "pi0-epsilon-x2", MIRROR}
+    assert strays(existing, {"pi5-alpha": {}, "pi5-beta": {}}) == ["pi0-epsilon-x1", "pi0-epsilon-x2"]
+    assert strays({"pi5-alpha", MIRROR}, {"pi5-alpha": {}}) == []
