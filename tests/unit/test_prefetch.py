@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from fleet.converge.connector import BatchReader, BrokenBatch, batch_script, ungroup_one
@@ -451,6 +452,13 @@ def _file_fact_commands(root):
     (root / "link").symlink_to(root / "plain")
     (root / "dangling").symlink_to(root / "nowhere")
     (root / "ünï").write_text("u")
+    # The batch's checksums read these files between its stat and the live one. Under the
+    # usual relatime, a read moves a file's atime when it is not later than its mtime or ctime,
+    # so a new file's atime could move on a second's edge (CI saw 1796529723 -> ...724). An
+    # atime ahead of both, within a day, is left alone by every read.
+    ahead = time.time() + 3600
+    for name in ("plain", "a b 'q' \\ $x", "line\nbreak", "ünï", "dir"):
+        os.utime(root / name, (ahead, ahead - 7200))
     names = ["plain", "a b 'q' \\ $x", "line\nbreak", "link", "dangling", "missing", "ünï", "dir"]
     paths = [str(root / n) for n in names] + ["", "-n"]
     files = [File().command(p).get_raw_value() for p in paths]
