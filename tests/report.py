@@ -52,11 +52,11 @@ def failures(parts: list[tuple[str, str]]) -> int:
     count = 0
     for label, path in parts:
         for case in cases([path]):
-            found = case.find("failure")
-            found = case.find("error") if found is None else found
-            if found is None:
+            if outcome(case) != "failed":
                 continue
             count += 1
+            found = case.find("failure")
+            found = case.find("error") if found is None else found
             text = (found.get("message") or found.text or "").strip()
             first = text.splitlines()[0] if text else "(no message)"
             print(f"FAILED {label or path}: {case.get('name')}: {first}"[:300])
@@ -64,10 +64,8 @@ def failures(parts: list[tuple[str, str]]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    per_host = "--per-host" in argv
-    only_failures = "--failures" in argv
-    argv = [a for a in argv if a != "--failures"]
-    parts = [a.partition("=") if "=" in a else ("", "", a) for a in argv if a != "--per-host"]
+    per_host, only_failures = "--per-host" in argv, "--failures" in argv
+    parts = [a.partition("=") if "=" in a else ("", "", a) for a in argv if a not in ("--per-host", "--failures")]
     parts = [(label, path) for label, _, path in parts if Path(path).exists()]
     paths = [path for _, path in parts]
     if not paths:
