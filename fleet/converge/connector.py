@@ -74,8 +74,9 @@ class HideSkipped(logging.Filter):
     and ~220 for each added host like pi0-epsilon, which runs 76 of the site's ~295
     operations. They say only that the host is not in that component's group; the results
     table at the end still counts each operation's hosts. (Ansible's `display_skipped_hosts =
-    false` makes the same choice.) Each line cost the operator ~25 µs of CPU to format and
-    print: ~13 ms per added host, 60 → 47 ms (docs/performance.md, thirteenth round).
+    false` makes the same choice.) Each line cost the operator ~25-50 µs of CPU to format
+    and print: per added host, 60 → 47 ms and 82 → 60 ms in two alternating series
+    (docs/performance.md, thirteenth round).
 
     Only pyinfra's own line is matched: an INFO record from `run_host_op`, the one place it
     logs "Skipped". If pyinfra words or places it otherwise, the filter matches nothing and
