@@ -14,6 +14,7 @@ goes over SSH, like on real hosts.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -39,6 +40,9 @@ from harness.image import (  # noqa: E402, F401 (the engine and image helpers, u
 from harness.killpoint import KILLED  # noqa: E402
 
 LABEL = "fleet.testhost=1"
+# Which operator key a host was flashed with (key_label below): a host flashed by another
+# checkout, or before this checkout's key was made again, does not let this one log in.
+KEY_LABEL = "fleet.testhost.key"
 NETWORK_PREFIX = "fleet-"
 
 # --privileged fails on our CI machines (one capability is withheld); these flags boot
@@ -284,10 +288,30 @@ systemctl restart ssh.service
 """
 
 
+def key_label(pubkey: str) -> str:
+    """The KEY_LABEL value of a host flashed with `pubkey`: a digest of its key blob (not the
+    comment, which says nothing about the key)."""
+    blob = pubkey.split()[1] if len(pubkey.split()) > 1 else pubkey
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def start_over(name: str, inspected: str, want_image: str, want_key: str) -> str | None:
+    """Why an existing host must be started afresh rather than reused, or None. `inspected`
+    is `docker inspect` of its image and KEY_LABEL, one space between them."""
+    image, _, key = inspected.strip().partition(" ")
+    if image.split(":")[0] != want_image:
+        return f"{name} runs another architecture's image than {want_image}"
+    if key != want_key:
+        return (f"{name} was flashed with another operator key than this checkout's "
+                f"({test_ssh_key(REPO).relative_to(REPO)}), so it would refuse the converge's login")
+    return None
+
+
 def start_host(name: str, entry: dict, test_fleet: dict, image: str, pubkey: str) -> None:
     tailnet, lan = entry["tailnet_address"], addr(test_fleet["lan_addresses"][name])
     nets = list(networks(test_fleet))
-    docker("run", "-d", "--name", name, "--hostname", name, "--label", LABEL, *RUN_FLAGS,
+    docker("run", "-d", "--name", name, "--hostname", name, "--label", LABEL,
+           "--label", f"{KEY_LABEL}={key_label(pubkey)}", *RUN_FLAGS,
            "--network", nets[0], "--ip", tailnet, image, "/lib/systemd/systemd")
     docker("network", "connect", "--ip", lan, nets[1], name)
 
@@ -368,10 +392,13 @@ def up() -> None:
         docker("rm", "-f", "-v", *gone)
         existing -= set(gone)
     for name in sorted(existing & set(hosts)):
-        # a host asked for on another architecture than it runs (FLEET_TEST_ARM64) starts afresh
-        want = image_tag(host_arch(name)).split(":")[0]
-        if docker("inspect", "-f", "{{.Config.Image}}", name).stdout.strip().split(":")[0] != want:
-            log(f"{name} runs another architecture's image than {want}: starting it afresh")
+        # a host asked for on another architecture than it runs (FLEET_TEST_ARM64), or one
+        # this checkout's key cannot log in to (another clone's fleet), starts afresh
+        inspected = docker("inspect", "-f", f'{{{{.Config.Image}}}} {{{{index .Config.Labels "{KEY_LABEL}"}}}}',
+                           name).stdout
+        why = start_over(name, inspected, image_tag(host_arch(name)).split(":")[0], key_label(pubkey))
+        if why:
+            log(f"{why}: starting it afresh")
             docker("rm", "-f", "-v", name)
             existing.discard(name)
     fresh = [n for n in hosts if n not in existing]

@@ -250,3 +250,18 @@ def test_fleet_up_removes_labelled_hosts_of_an_earlier_inventory_only():
     existing = {"pi5-alpha", "pi0-epsilon-x1", "pi0-epsilon-x2", MIRROR}
     assert strays(existing, {"pi5-alpha": {}, "pi5-beta": {}}) == ["pi0-epsilon-x1", "pi0-epsilon-x2"]
     assert strays({"pi5-alpha", MIRROR}, {"pi5-alpha": {}}) == []
+
+
+def test_fleet_up_starts_afresh_a_host_this_checkouts_key_cannot_log_in_to():
+    from harness.testfleet import key_label, start_over
+
+    mine = key_label("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMine fleet-testfleet")
+    assert mine == key_label("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMine another-comment")
+    assert mine != key_label("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther fleet-testfleet")
+    assert start_over("pi5-alpha", f"fleet-testhost:abc {mine}\n", "fleet-testhost", mine) is None
+    other = start_over("pi5-alpha", "fleet-testhost:abc 0123456789abcdef\n", "fleet-testhost", mine)
+    assert other.startswith("pi5-alpha was flashed with another operator key") and "id_ed25519" in other
+    # a host started before hosts were labelled with their key
+    assert start_over("pi5-alpha", "fleet-testhost:abc <no value>\n", "fleet-testhost", mine)
+    arch = start_over("pi5-alpha", f"fleet-testhost-arm64:abc {mine}\n", "fleet-testhost", mine)
+    assert arch == "pi5-alpha runs another architecture's image than fleet-testhost"
