@@ -148,18 +148,26 @@ USER_SCRIPT_TIMEOUT = 20
 _state = {"changed": False}
 
 
-def _fact_caller() -> bool:
+def _fact_caller():
+    """The frame of pyinfra.api.facts._get_fact when the command being run is a fact's
+    (that function on the stack, a few calls up), else None."""
     from pyinfra.api import facts
 
     code = facts._get_fact.__code__
     frame = sys._getframe(2)
     for _ in range(6):
         if frame is None:
-            return False
+            return None
         if frame.f_code is code:
-            return True
+            return frame
         frame = frame.f_back
-    return False
+    return None
+
+
+def _asked_class(caller) -> type | None:
+    """The fact class _get_fact was asked for (its `cls` argument), read from its frame."""
+    asked = getattr(caller, "f_locals", {}).get("cls")
+    return asked if isinstance(asked, type) else None
 
 
 # The batch's commands run in this many concurrent lanes: one slow check (a backup
@@ -422,31 +430,36 @@ def fact_kind(command: str) -> tuple[int, object] | None:
     return None
 
 
-def group_facts(commands: list[str]) -> tuple[list[str], list[tuple[int, int | tuple[int, list]]]]:
+def group_facts(commands: list[str], apart: frozenset[int] = frozenset()
+                ) -> tuple[list[str], list[tuple[int, int | tuple[int, list]]]]:
     """(the commands to run: the others, and one per kind present, where the kind's first
     member was (the record lists commands in the order the last run asked them, and the batch
     answers roughly in that order); the plan: for each run command's index, the original
-    command's index, or for a group (its kind, the members' (original index, arguments)))."""
-    slots: list = []  # an original index, or the kind whose group goes there
-    by_kind: dict[int, list] = {}
+    command's index, or for a group (its kind, the members' (original index, arguments))).
+    The commands whose indexes are in `apart` (guesses, not asked before) form groups of their
+    own, so a guess that makes its group's tool fail (a path that is now a directory) costs the
+    other guesses their answers, never the answers of what was asked last run."""
+    slots: list = []  # an original index, or the (kind, apart) whose group goes there
+    by_kind: dict[tuple[int, bool], list] = {}
     for index, command in enumerate(commands):
         found = fact_kind(command)
         if found is None:
             slots.append(index)
             continue
-        if found[0] not in by_kind:
-            by_kind[found[0]] = []
-            slots.append(("kind", found[0]))
-        by_kind[found[0]].append((index, found[1]))
+        group = (found[0], index in apart)
+        if group not in by_kind:
+            by_kind[group] = []
+            slots.append(group)
+        by_kind[group].append((index, found[1]))
     run, plan = [], []
     for slot in slots:
         if isinstance(slot, int):
             run.append(commands[slot])
             plan.append((len(run) - 1, slot))
         else:
-            members = by_kind[slot[1]]
-            run.append(KINDS[slot[1]].command([arguments for _, arguments in members]))
-            plan.append((len(run) - 1, (slot[1], members)))
+            members = by_kind[slot]
+            run.append(KINDS[slot[0]].command([arguments for _, arguments in members]))
+            plan.append((len(run) - 1, (slot[0], members)))
     return run, plan
 
 
@@ -520,6 +533,15 @@ class BatchReader:
 
 # A recorded command not asked for this many runs in a row is dropped from the record.
 RECORD_KEEP_RUNS = 3
+# A file a run found missing and then created (files.put, validated_file, secret_file) gets its
+# checksum asked by the next run, which the record cannot know of: without a guess, the first
+# no-op after a converge that created files asks each such checksum live, a round trip on the
+# run's path each (16 on a new pi0-like host, ~50 for the whole test fleet). So a run that
+# changed something also records, for every path pyinfra's File fact (not Directory or Link:
+# the same command) found missing, the checksum facts that follow an upload (files.put's
+# Sha1File, the fleet's own operations' Sha256File). The next run's batch answers them in
+# groups of their own (group_facts' `apart`), and a guess not asked then is not kept.
+GUESSES = (Sha1File, Sha256File)
 
 
 class FleetSSHConnector(SSHConnector):
@@ -546,16 +568,19 @@ class FleetSSHConnector(SSHConnector):
         path = self.host.data.get("fleet_prefetch_file")
         return Path(path) if isinstance(path, str) and path else None
 
-    def _read_record(self) -> dict[str, int]:
+    def _read_record(self) -> tuple[dict[str, int], list[str]]:
+        """(the commands asked in the last runs, with how many runs ago; the guesses)."""
         path = self._record_path()
         try:
             record = json.loads(path.read_text()) if path else {}
         except (OSError, ValueError):
-            return {}
+            return {}, []
         commands = record.get("commands") if isinstance(record, dict) else None
         if not isinstance(commands, dict):
-            return {}
-        return {c: a for c, a in commands.items() if isinstance(c, str) and isinstance(a, int)}
+            return {}, []
+        guesses = record.get("guesses")
+        guesses = [g for g in guesses if isinstance(g, str) and g not in commands] if isinstance(guesses, list) else []
+        return {c: a for c, a in commands.items() if isinstance(c, str) and isinstance(a, int)}, guesses
 
     def _cache_key(self, command, arguments: dict) -> str | None:
         """The command line pyinfra would send, if a batch can run it the same way: as root
@@ -599,17 +624,19 @@ class FleetSSHConnector(SSHConnector):
         self._prefetched: dict[str, tuple[int, list, list]] = {}
         self._waiting: dict[str, gevent.event.Event] = {}
         self._readers: list[gevent.Greenlet] = []
-        self._previous = self._read_record()
+        self._missing: dict[str, tuple[str, dict]] = {}  # File facts answered "no such path"
+        self._previous, guesses = self._read_record()
         if _state["changed"]:
             return
-        wanted: dict[bool, list[tuple[str, str]]] = {False: [], True: []}
-        for key in self._previous:
-            if (inner := self._inner(key)) is not None:
-                wanted[inner[0]].append((key, inner[1]))
+        wanted: dict[bool, list[tuple[str, str, bool]]] = {False: [], True: []}
+        for keys, guess in ((self._previous, False), (guesses, True)):
+            for key in keys:
+                if (inner := self._inner(key)) is not None:
+                    wanted[inner[0]].append((key, inner[1], guess))
         if wanted[False] or wanted[True]:
             self._batch(wanted[False], wanted[True])
 
-    def _batch(self, user: list[tuple[str, str]], root: list[tuple[str, str]]) -> None:
+    def _batch(self, user: list[tuple[str, str, bool]], root: list[tuple[str, str, bool]]) -> None:
         """Start the batch and return: its answers arrive while pyinfra prepares and runs
         the operations, each one as soon as its command has finished on the host, and a fact
         asked before its answer is there waits for that answer alone (run_shell_command). So
@@ -626,12 +653,13 @@ class FleetSSHConnector(SSHConnector):
         plan: list[tuple[int, int | tuple[int, list]]] = []
         keys: list[str] = []
 
-        def script(wanted: list[tuple[str, str]]) -> str:
-            commands, part = group_facts([inner for _, inner in wanted])
+        def script(wanted: list[tuple[str, str, bool]]) -> str:
+            commands, part = group_facts([inner for _, inner, _ in wanted],
+                                         frozenset(i for i, (_, _, guess) in enumerate(wanted) if guess))
             text = batch_script(commands, token, start=len(plan))
             # a list, not a generator: len(plan) is read before plan grows
             plan.extend([(len(plan) + run, shifted(entry, len(keys))) for run, entry in part])
-            keys.extend(key for key, _ in wanted)
+            keys.extend(key for key, _, _ in wanted)
             return text
 
         lines = []
@@ -697,10 +725,20 @@ class FleetSSHConnector(SSHConnector):
         for key, age in getattr(self, "_previous", {}).items():
             if key not in commands and age + 1 < RECORD_KEEP_RUNS:
                 commands[key] = age + 1
+        record: dict = {"commands": commands}
+        if _state["changed"]:  # a run that changed nothing created no file
+            guesses = {}
+            for path_on_host, arguments in getattr(self, "_missing", {}).values():
+                for fact in GUESSES:
+                    guess = self._cache_key(fact().command(path_on_host), arguments)
+                    if guess is not None and guess not in commands:
+                        guesses[guess] = None
+            if guesses:
+                record["guesses"] = list(guesses)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps({"commands": commands}, indent=0))
+            tmp.write_text(json.dumps(record, indent=0))
             tmp.replace(path)
         except OSError as exc:
             logger.warning(f"{self.host.print_prefix}cannot write {path}: {exc.strerror}")
@@ -715,10 +753,11 @@ class FleetSSHConnector(SSHConnector):
         super().disconnect()
 
     def run_shell_command(self, command, print_output: bool = False, print_input: bool = False, **arguments):
-        fact = _fact_caller()
-        if fact:
-            key = self._cache_key(command, dict(arguments))
-            if key is not None and hasattr(self, "_asked"):
+        caller = _fact_caller()
+        key = None
+        if caller is not None:
+            key = self._cache_key(command, dict(arguments)) if hasattr(self, "_asked") else None
+            if key is not None:
                 self._asked[key] = None
                 waiting = self._waiting.get(key)
                 if waiting is not None and not _state["changed"]:
@@ -726,6 +765,8 @@ class FleetSSHConnector(SSHConnector):
                 answer = None if _state["changed"] else self._prefetched.get(key)
                 if answer is not None:
                     status, out, err = answer
+                    if not out:
+                        self._note_missing(caller, key, arguments)
                     codes = arguments.get("_success_exit_codes")
                     if print_input:
                         print(f"{self.host.print_prefix}>>> {key} (prefetched)", file=sys.stderr)
@@ -734,10 +775,19 @@ class FleetSSHConnector(SSHConnector):
         else:
             _state["changed"] = True
         try:
-            return super().run_shell_command(command, print_output=print_output, print_input=print_input,
-                                             **arguments)
+            result = super().run_shell_command(command, print_output=print_output, print_input=print_input,
+                                               **arguments)
         except EOFError as exc:
             raise self._lost(exc) from None
+        if key is not None and not result[1].stdout_lines:
+            self._note_missing(caller, key, arguments)
+        return result
+
+    def _note_missing(self, caller, key: str, arguments: dict) -> None:
+        """A fact printed nothing: if it is the File fact, its path does not exist (GUESSES)."""
+        found = fact_kind(self._inner(key)[1])
+        if found is not None and getattr(KINDS[found[0]], "fact", None) is File and _asked_class(caller) is File:
+            self._missing[key] = (found[1], dict(arguments))
 
     # A file transfer opens the SFTP channel the first time one is needed; when the host has
     # stopped answering by then, pyinfra raises ConnectError, which it does not expect from

@@ -267,8 +267,11 @@ def key(c, text):
     return c._cache_key(StringCommand(text), {"_sudo": True})
 
 
-def ask(c, monkeypatch, text, fact=True, **arguments):
-    monkeypatch.setattr(mod, "_fact_caller", lambda: fact)
+def ask(c, monkeypatch, text, fact=True, cls=None, **arguments):
+    """Run `text` as pyinfra would for a fact (of class `cls`, read from _get_fact's frame), or
+    for an operation when fact=False."""
+    caller = SimpleNamespace(f_locals={"cls": cls}) if fact else None
+    monkeypatch.setattr(mod, "_fact_caller", lambda: caller)
     return c.run_shell_command(StringCommand(text), **{"_sudo": True, **arguments})
 
 
@@ -337,6 +340,100 @@ def test_the_record_keeps_what_was_asked_and_forgets_what_was_not_for_three_runs
     ask(conn, monkeypatch, "new")
     conn._write_record()
     assert json.loads(conn.record.read_text())["commands"] == {key(conn, "new"): 0, key(conn, "old"): 1}
+
+
+def _fact_key(c, fact, path):
+    return c._cache_key(fact().command(path), {"_sudo": True})
+
+
+def _run_answering_nothing_for(monkeypatch, c, paths):
+    """pyinfra's connector under `c`: File facts of `paths` print nothing (no such path)."""
+    from pyinfra.connectors.util import CommandOutput, OutputLine
+
+    def fake_run(self, command, print_output=False, print_input=False, **arguments):
+        c.live.append(str(command))
+        empty = any(f"test -e {path} " in str(command) for path in paths)
+        return True, CommandOutput([] if empty else [OutputLine("stdout", "user=root group=root")])
+
+    monkeypatch.setattr(SSHConnector, "run_shell_command", fake_run)
+
+
+def test_a_run_that_created_files_guesses_their_checksums_for_the_next(conn, monkeypatch):
+    """Only pyinfra's File fact (not Directory or Link, the same command) found missing."""
+    from pyinfra.facts.files import Directory, File, Link, Sha1File, Sha256File
+
+    _run_answering_nothing_for(monkeypatch, conn, ["/etc/new", "/etc/newdir", "/etc/newlink"])
+    conn._prefetch()
+    ask(conn, monkeypatch, File().command("/etc/new").get_raw_value(), cls=File)
+    ask(conn, monkeypatch, Directory().command("/etc/newdir").get_raw_value(), cls=Directory)
+    ask(conn, monkeypatch, Link().command("/etc/newlink").get_raw_value(), cls=Link)
+    ask(conn, monkeypatch, File().command("/etc/old").get_raw_value(), cls=File)  # exists
+    ask(conn, monkeypatch, Sha1File().command("/etc/old").get_raw_value(), cls=Sha1File)
+    ask(conn, monkeypatch, "install -m 600 /dev/null /etc/new", fact=False)  # the operation's change
+    conn._write_record()
+    record = json.loads(conn.record.read_text())
+    assert record["guesses"] == [_fact_key(conn, Sha1File, "/etc/new"), _fact_key(conn, Sha256File, "/etc/new")]
+    assert len(record["commands"]) == 5
+
+
+def test_a_run_that_changed_nothing_guesses_nothing(conn, monkeypatch):
+    from pyinfra.facts.files import File
+
+    _run_answering_nothing_for(monkeypatch, conn, ["/etc/new"])
+    conn._prefetch()
+    ask(conn, monkeypatch, File().command("/etc/new").get_raw_value(), cls=File)
+    conn._write_record()
+    assert "guesses" not in json.loads(conn.record.read_text())
+
+
+def test_a_missing_file_answered_from_the_batch_is_guessed_too(conn, monkeypatch):
+    from pyinfra.facts.files import File, Sha256File
+
+    command = File().command("/etc/new").get_raw_value()
+    conn.record.parent.mkdir()
+    conn.record.write_text(json.dumps({"commands": {key(conn, command): 0}}))
+    conn._prefetch()
+    conn._prefetched[key(conn, command)] = (0, [], [])  # what the batch gives for a missing path
+    conn._waiting.clear()
+    assert ask(conn, monkeypatch, command, cls=File)[1].stdout_lines == []
+    ask(conn, monkeypatch, "touch /etc/new", fact=False)
+    conn._write_record()
+    assert _fact_key(conn, Sha256File, "/etc/new") in json.loads(conn.record.read_text())["guesses"]
+
+
+def test_guesses_are_batched_in_groups_of_their_own_and_kept_only_when_asked(conn, monkeypatch):
+    from pyinfra.facts.files import Sha1File, Sha256File
+
+    asked_before = _fact_key(conn, Sha1File, "/etc/old")
+    guesses = [_fact_key(conn, Sha1File, "/etc/new"), _fact_key(conn, Sha256File, "/etc/new"), asked_before]
+    conn.record.parent.mkdir()
+    conn.record.write_text(json.dumps({"commands": {asked_before: 0}, "guesses": guesses}))
+    conn._prefetch()
+    script = conn.client.batches[-1]
+    assert script.count('sha1sum "$@"') == 2 and script.count('sha256sum "$@"') == 1, script
+    assert script.count("/etc/old") == 1  # a guess already in the record is not run twice
+    ask(conn, monkeypatch, Sha1File().command("/etc/new").get_raw_value(), cls=Sha1File)
+    conn._write_record()
+    assert json.loads(conn.record.read_text()) == {"commands": {guesses[0]: 0, asked_before: 1}}
+
+
+def test_a_guess_that_breaks_its_group_costs_the_recorded_facts_nothing(tmp_path):
+    """A guessed checksum of a path that is now a directory makes its group's sha1sum fail:
+    the guesses are asked live, the recorded checksums still come from the batch."""
+    from pyinfra.facts.files import Sha1File
+
+    from fleet.converge.connector import group_facts
+
+    (tmp_path / "plain").write_text("x")
+    (tmp_path / "other").write_text("y")
+    (tmp_path / "dir").mkdir()
+    commands = [Sha1File().command(str(tmp_path / n)).get_raw_value() for n in ("plain", "dir", "other")]
+    run, plan = group_facts(commands, apart=frozenset({1, 2}))
+    assert len(run) == 2
+    results = ungroup_facts(run_batch(run), plan)
+    assert results == {0: run_live(commands[0])}
+    run, plan = group_facts(commands)  # the same three in one group: none answered
+    assert ungroup_facts(run_batch(run), plan) == {}
 
 
 def test_a_fact_waits_for_its_own_answer_only(conn, monkeypatch):
