@@ -25,7 +25,8 @@ From one run it prints and writes to JSON (medians of --runs where repeated):
 - the CPU seconds the no-op converges and the specs cost the operator and the test hosts
   (read from the containers' cgroups), which move far less than wall times on shared cores,
   and the number of processes the test hosts started meanwhile (each host's last PID);
-- with --fresh, also fleet-up from no hosts and the first converge.
+- with --fresh, also fleet-up from no hosts, the first converge, and the second (the first
+  no-op after it, which the make test idempotence check runs too).
 Each time is also given as a ratio to the floor. Figures, not assertions: nothing here
 fails because a number is high, only because a run failed or changed something.
 """
@@ -259,6 +260,9 @@ def main(argv: list[str]) -> int:
     settle = testfleet.converge([], log_name="bench-settle")
     if settle["returncode"] != 0:
         raise SystemExit(f"bench: the settling converge failed; log {settle['log']}")
+    if args.fresh:  # the first no-op after a converge that created everything: CI's idempotence run
+        figures["second_converge_seconds"] = settle["seconds"]
+        figures["second_converge_changed"] = settle["changed"]
 
     entries, _ = prepare(hosts, test_fleet, str(REPO / "inventory.py"), "test")
     names = list(entries)
@@ -310,7 +314,8 @@ def main(argv: list[str]) -> int:
     ratio = lambda v: round(v / floor, 1) if v is not None and floor else None  # noqa: E731
     figures["ratios_to_floor"] = {k: ratio(figures[k]) for k in
                                   ("noop_site_seconds", "noop_base_seconds", "per_added_host_seconds",
-                                   "per_host_marginal_seconds", "specs_seconds", "first_converge_seconds")
+                                   "per_host_marginal_seconds", "specs_seconds", "first_converge_seconds",
+                                   "second_converge_seconds")
                                   if figures.get(k) is not None}
     if figures.get("floor_per_added_host_seconds"):  # like for like: what one more host adds to each
         figures["per_added_host_x_floor_per_added_host"] = round(
@@ -330,7 +335,8 @@ def main(argv: list[str]) -> int:
             ("specs, every host", "specs_seconds"),
             ("vault open (scrypt + decrypt)", "vault_open_seconds"),
             ("fleet-up from no hosts", "fleet_up_seconds"),
-            ("first converge", "first_converge_seconds")]
+            ("first converge", "first_converge_seconds"),
+            ("second converge (the first no-op after it)", "second_converge_seconds")]
     for label, key in rows:
         if figures.get(key) is not None:
             r = ratio(figures[key]) if key != "floor_per_added_host_seconds" else None  # a part of the floor
