@@ -376,6 +376,31 @@ def test_a_run_that_created_files_guesses_their_checksums_for_the_next(conn, mon
     assert len(record["commands"]) == 5
 
 
+def test_the_fact_class_is_read_from_pyinfras_own_get_fact(monkeypatch):
+    """_asked_class reads `cls` from pyinfra's _get_fact frame: if pyinfra renames it, no guess
+    is made (never a wrong one), and this test says so."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.connectors.local import LocalConnector
+    from pyinfra.facts.files import Directory, File
+
+    seen = []
+
+    def fake_run(self, command, print_output=False, print_input=False, **arguments):
+        seen.append(mod._asked_class(mod._fact_caller()))
+        from pyinfra.connectors.util import CommandOutput
+
+        return True, CommandOutput([])
+
+    monkeypatch.setattr(LocalConnector, "run_shell_command", fake_run)
+    state = State(Inventory((["@local"], {})), Config())
+    connect_all(state)
+    host = state.inventory.get_host("@local")
+    assert host.get_fact(File, path="/nowhere") is None
+    host.get_fact(Directory, path="/nowhere")
+    assert seen == [File, Directory]
+
+
 def test_a_run_that_changed_nothing_guesses_nothing(conn, monkeypatch):
     from pyinfra.facts.files import File
 
