@@ -785,9 +785,8 @@ class FleetSSHConnector(SSHConnector):
 
     def _note_missing(self, caller, key: str, arguments: dict) -> None:
         """A fact printed nothing: if it is the File fact, its path does not exist (GUESSES)."""
-        found = fact_kind(self._inner(key)[1])
-        if found is not None and getattr(KINDS[found[0]], "fact", None) is File and _asked_class(caller) is File:
-            self._missing[key] = (found[1], dict(arguments))
+        if _asked_class(caller) is File and (found := fact_kind(self._inner(key)[1])) is not None:
+            self._missing[key] = (found[1], dict(arguments))  # a File command parses as File's kind only
 
     # A file transfer opens the SFTP channel the first time one is needed; when the host has
     # stopped answering by then, pyinfra raises ConnectError, which it does not expect from

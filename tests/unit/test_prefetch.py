@@ -382,14 +382,13 @@ def test_the_fact_class_is_read_from_pyinfras_own_get_fact(monkeypatch):
     from pyinfra.api import Config, Inventory, State
     from pyinfra.api.connect import connect_all
     from pyinfra.connectors.local import LocalConnector
+    from pyinfra.connectors.util import CommandOutput
     from pyinfra.facts.files import Directory, File
 
     seen = []
 
     def fake_run(self, command, print_output=False, print_input=False, **arguments):
         seen.append(mod._asked_class(mod._fact_caller()))
-        from pyinfra.connectors.util import CommandOutput
-
         return True, CommandOutput([])
 
     monkeypatch.setattr(LocalConnector, "run_shell_command", fake_run)
