@@ -182,6 +182,11 @@ class ServiceGraph:
                 if why not in reasons:
                     reasons.append(why)
         self._flows = [Flow(c, s, svc, tuple(w)) for (c, s, svc), w in sorted(whys.items())]
+        self._by_target: dict[tuple[str, str], list[Flow]] = {}
+        for f in self._flows:
+            self._by_target.setdefault((f.service, f.server), []).append(f)
+        self._tailnet_flows: list[Flow] = []
+        self._tailnet_index: dict[tuple[str, str], list[Flow]] | None = None
 
     def flows(self) -> list[Flow]:
         return list(self._flows)
@@ -193,24 +198,39 @@ class ServiceGraph:
             return "loopback"
         return "tailnet" if "tailnet" in scopes else ""
 
+    def _tailnet(self) -> dict[tuple[str, str], list[Flow]]:
+        """The flows that cross the tailnet, by (service, server). Routed on the first question,
+        not in __init__, so that a flow whose service the port map lacks raises where it is
+        asked, as it did before; then kept: the graph does not change. A converge asks for
+        every service of every host (the firewall's ruleset): each question scanned and routed
+        every flow again: ~630 routes for each host of a 10-host test fleet, more as it grows."""
+        if self._tailnet_index is None:
+            flows = [f for f in self._flows if self.route(f) == "tailnet"]
+            index: dict[tuple[str, str], list[Flow]] = {}
+            for f in flows:
+                index.setdefault((f.service, f.server), []).append(f)
+            self._tailnet_flows, self._tailnet_index = flows, index
+        return self._tailnet_index
+
     def tailnet_flows(self) -> list[Flow]:
-        return [f for f in self._flows if self.route(f) == "tailnet"]
+        self._tailnet()
+        return list(self._tailnet_flows)
 
     def clients_of(self, service: str, host: str) -> dict[str, tuple[str, ...]]:
         """Every client of `service` on `host` (host names, ADMINS) and why."""
-        return {f.client: f.why for f in self._flows if f.service == service and f.server == host}
+        return {f.client: f.why for f in self._by_target.get((service, host), ())}
 
     def tailnet_sources(self, service: str, host: str) -> list[str]:
         """The tailnet addresses of the fleet hosts that may reach `service` on `host` over
         the tailnet (the host itself included when it does). Admins' devices are not fleet
         hosts: ask admits_admins."""
         self.services.service(service)  # an unknown service is an error, not "nobody"
-        return sorted({self.fleet.hosts[f.client].tailnet_address for f in self.tailnet_flows()
-                       if f.service == service and f.server == host and f.client != ADMINS},
+        return sorted({self.fleet.hosts[f.client].tailnet_address for f in self._tailnet().get((service, host), ())
+                       if f.client != ADMINS},
                       key=lambda a: tuple(int(p) for p in a.split(".")))
 
     def admits_admins(self, service: str, host: str) -> bool:
-        return any(f.client == ADMINS and f.service == service and f.server == host for f in self.tailnet_flows())
+        return any(f.client == ADMINS for f in self._tailnet().get((service, host), ()))
 
 
 # --- validation -----------------------------------------------------------------------------

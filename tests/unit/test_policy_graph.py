@@ -134,6 +134,31 @@ def test_the_firewall_question_which_addresses_may_reach_a_service(data):
         graph.tailnet_sources("nosuch", "pi5-gamma")
 
 
+def test_the_firewall_questions_answer_as_a_scan_of_every_flow(data):
+    """The answers come from flows indexed once by (service, server); each must be what
+    scanning and routing every flow gives, for every service on every host."""
+    fleet = data.fleet()
+    graph = ServiceGraph(fleet)
+    flows = graph.flows()
+    tailnet = [f for f in flows if graph.route(f) == "tailnet"]
+    assert graph.tailnet_flows() == tailnet and 0 < len(tailnet) < len(flows)
+    asked = 0
+    for service in fleet.services.services:
+        for host in fleet.hosts:
+            assert graph.clients_of(service, host) == {
+                f.client: f.why for f in flows if f.service == service and f.server == host}
+            assert graph.tailnet_sources(service, host) == sorted(
+                {fleet.hosts[f.client].tailnet_address for f in tailnet
+                 if f.service == service and f.server == host and f.client != ADMINS},
+                key=lambda a: tuple(map(int, a.split("."))))
+            assert graph.admits_admins(service, host) == any(
+                f.client == ADMINS and f.service == service and f.server == host for f in tailnet)
+            asked += bool(graph.clients_of(service, host))
+    assert asked > 20
+    graph.tailnet_flows().clear()  # a copy: the caller's list, not the graph's
+    assert graph.tailnet_flows() == tailnet
+
+
 # --- validation ------------------------------------------------------------------------------
 
 def test_an_unknown_client_is_refused(data):
