@@ -1,4 +1,4 @@
-"""Eight repeated costs of pyinfra's CLI, removed with exact equivalents.
+"""Nine repeated costs of pyinfra's CLI, removed with exact equivalents.
 
 Measured on a no-op converge of the 7-host test fleet (718 operations; docs/performance.md):
 of the operator's CPU, 2.0 s went to `get_operation_order_from_stack`, 0.5 s to
@@ -60,6 +60,11 @@ straight onto wall time.
   of a no-op (timed). pyinfra.api.facts gets the standard library's own getcallargs (the same
   code object) with `getfullargspec` answered once per function; the rest of its work, and
   every error it raises, are the original's.
+- `_run_single_op` spawns a greenlet for every host at every operation, also for the hosts
+  the operation is not for, only to say "Skipped": ~1,350 of them in a no-op of the test
+  fleet, ~220 for each host like pi0-epsilon. `run_single_op` passes those hosts over where
+  it meets them, with pyinfra's callbacks, progress and (with `-v`) line; the hosts the
+  operation is for run as pyinfra runs them.
 
 Why code of our own: pyinfra has no setting for any of these (the stack is how its CLI orders
 operations across hosts), and fewer, larger operations per component would be a refactor of
@@ -101,6 +106,8 @@ CHECKED = {
     "_handle_fact_kwargs": "f1e30b1315adca787fc225c82ec7d2ce631a01602c4ee015204a7940ec041ae1",
     # the standard library's (CPython 3.11): its code is reused with getfullargspec kept
     "getcallargs": "29a7587619346009f9d96c0e073a9eb3d43dd2499a28d4546b5e560eb4782a0a",
+    "_run_single_op": "18b3ae71f84a3c16c90596358ef07fd6c7771e5215472baa76f1a5bf71e8c06e",
+    "run_host_op": "32d469d392d640dfefe4b79f158ae7a17ef9e8ac4e7e8c25b77f3f1eb8ac71d0",
 }
 # pop_arguments stands for pop_global_arguments in the modules that import it by name.
 _CALLERS = ("pyinfra.api.operation", "pyinfra.api.facts", "pyinfra.api.deploy")
@@ -365,6 +372,67 @@ def names_once(original):
     return imported_names
 
 
+def run_single_op(state, op_hash):
+    """pyinfra.api.operations._run_single_op, where the hosts an operation is not for are
+    passed over in place rather than each in a greenlet of its own.
+
+    pyinfra spawns a greenlet for every active host at every operation; for a host the
+    operation is not for, that greenlet runs `run_host_op`'s first branch only: the
+    `operation_host_start` callbacks and an INFO line "Skipped". The fleet's hosts differ, so
+    most host-operations are those: ~220 of the ~295 operations for a host like pi0-epsilon,
+    ~1,350 in a no-op of the test fleet, each a spawn, a context switch, a LogRecord (built
+    before any filter sees it, with a walk up the stack to name its caller) and a progress
+    update: ~25 µs each (timed). Here that branch runs where the host is met: the same
+    callbacks under the same host context, the same progress, and the "Skipped" line when
+    the run prints it at all (`-v`; connector.HideSkipped drops it otherwise). Every host the
+    operation is for runs exactly as pyinfra runs it; serial operations are pyinfra's code."""
+    operations = sys.modules["pyinfra.api.operations"]
+    op_meta = state.get_op_meta(op_hash)
+    if op_meta.global_arguments["_serial"]:
+        return _ORIGINALS["_run_single_op"](state, op_hash)
+
+    state.trigger_callbacks("operation_start", op_hash)
+    operations.log_operation_start(op_meta)
+    failed_hosts = set()
+    batches = [list(state.inventory.get_active_hosts())]
+    parallel = op_meta.global_arguments["_parallel"]
+    if parallel:
+        hosts = list(state.inventory.get_active_hosts())
+        batches = [hosts[i : i + parallel] for i in range(0, len(hosts), parallel)]
+
+    for batch in batches:
+        with operations.progress_spinner(batch) as progress:
+            if state.pool is None:
+                raise operations.PyinfraError("No pool found on state.")
+            greenlet_to_host = {}
+            for host in batch:
+                if op_hash in state.ops[host]:
+                    greenlet_to_host[state.pool.spawn(operations._run_host_op_with_context, state, host,
+                                                      op_hash)] = host
+                else:
+                    _pass_over(state, host, op_hash, operations)
+                    progress(host)
+            for greenlet in operations.gevent.iwait(greenlet_to_host.keys()):
+                progress(greenlet_to_host[greenlet])
+            for greenlet, host in greenlet_to_host.items():
+                if not greenlet.get():
+                    failed_hosts.add(host)
+
+    state.fail_hosts(failed_hosts)
+    state.trigger_callbacks("operation_end", op_hash)
+
+
+def _pass_over(state, host, op_hash, operations) -> None:
+    """run_host_op for a host the operation is not for (its first branch)."""
+    with operations.ctx_host.use(host):
+        state.trigger_callbacks("operation_host_start", host, op_hash)
+        if getattr(state, "print_noop_info", False):
+            operations.logger.info(f"{host.print_prefix}{operations.format_text('Skipped', 'blue')}")
+
+
+_ORIGINALS: dict = {}
+
+
 def install() -> list[str]:
     """Put the equivalents in place where pyinfra's originals are the checked ones.
 
@@ -471,4 +539,16 @@ def install() -> list[str]:
                   and source_digest(inspect.getcallargs) == CHECKED["getcallargs"]),
          lambda: setattr(facts, "getcallargs", callargs_kept(inspect.getcallargs)),
          "pyinfra's _handle_fact_kwargs or Python's getcallargs")
+
+    import pyinfra.api.operations  # noqa: F401
+
+    operations = sys.modules["pyinfra.api.operations"]
+    if operations._run_single_op is not run_single_op:
+        _ORIGINALS["_run_single_op"] = operations._run_single_op
+    original = _ORIGINALS["_run_single_op"]
+    swap("_run_single_op", operations._run_single_op is run_single_op,
+         lambda: (source_digest(original) == CHECKED["_run_single_op"]
+                  and source_digest(operations.run_host_op) == CHECKED["run_host_op"]),
+         lambda: setattr(operations, "_run_single_op", run_single_op),
+         "pyinfra's _run_single_op or run_host_op")
     return replaced

@@ -4,6 +4,7 @@ pyinfra's originals are not the ones they were checked against."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib.util
 import inspect
@@ -127,7 +128,8 @@ def test_global_arguments_are_pyinfras_and_a_fresh_list_each_time():
 
 def test_install_replaces_the_checked_originals_only(monkeypatch):
     operation = sys.modules["pyinfra.api.operation"]
-    assert sorted(opcost.install()) == ["DebPackages.process", "all_global_arguments", "get_operation_order_from_stack",
+    assert sorted(opcost.install()) == ["DebPackages.process", "_run_single_op", "all_global_arguments",
+                                        "get_operation_order_from_stack",
                                         "getcallargs", "make_formatted_string_command", "pop_global_arguments",
                                         "signature"]
     assert "pyinfra_cli" not in sys.modules  # nor imported by install: its import patches for gevent
@@ -158,6 +160,10 @@ def test_the_digests_are_of_the_installed_pyinfra():
     assert opcost.source_digest(inspect.getcallargs) == opcost.CHECKED["getcallargs"], (
         "this Python's inspect.getcallargs differs from the one checked: compare, then re-record")
     assert opcost.source_digest(packaging.parse_packages) == opcost.CHECKED["parse_packages"]
+    operations = sys.modules["pyinfra.api.operations"]
+    opcost.install()
+    assert opcost.source_digest(opcost._ORIGINALS["_run_single_op"]) == opcost.CHECKED["_run_single_op"]
+    assert opcost.source_digest(operations.run_host_op) == opcost.CHECKED["run_host_op"]
     # pyinfra_cli is not imported here (it patches the process for gevent): read from its file
     origin = Path(importlib.util.find_spec("pyinfra_cli").submodule_search_locations[0]) / "inventory.py"
     source = origin.read_text()
@@ -556,3 +562,132 @@ def test_a_wrapped_getcallargs_is_left_in_place(monkeypatch):
     monkeypatch.setattr(facts_module, "getcallargs", wrapper)
     assert "getcallargs" not in opcost.install()
     assert facts_module.getcallargs is wrapper
+
+
+# --- operations run across hosts: the hosts an operation is not for --------------------------
+
+def _run_ops(single, verbose: bool, monkeypatch) -> tuple[dict, dict, set[str]]:
+    """Run five operations over four hosts with `single` as pyinfra's _run_single_op; return,
+    per operation, what its callbacks, progress and log lines said (order within an operation
+    aside: hosts run at once), and which hosts failed."""
+    import logging
+
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.state import BaseStateCallback
+    from pyinfra.operations import python
+
+    from fleet.converge import connector  # noqa: F401 - the CLI's HideSkipped filter, as in a converge
+
+    operations = sys.modules["pyinfra.api.operations"]
+    monkeypatch.setattr(operations, "_run_single_op", single)
+    inventory = Inventory((["a", "b", "c", "d"], {}))
+    state = State(inventory, Config())
+    state.print_noop_info = verbose
+    for host in inventory:
+        state.activate_host(host)
+    seen: dict[str, list] = {}
+    current: list[str] = []
+
+    def note(*event):
+        seen.setdefault(current[-1], []).append(event)
+
+    class Record(BaseStateCallback):
+        def operation_start(self, state, op_hash):
+            current.append(state.get_op_meta(op_hash).names.copy().pop())
+            note("start")
+
+        def operation_host_start(self, state, host, op_hash):
+            assert operations.ctx_host.get() is host  # run under the host's context, as pyinfra does
+            note("host", host.name)
+
+        def operation_end(self, state, op_hash):
+            note("end")
+
+    class Lines(logging.Handler):
+        def emit(self, record):
+            if current:
+                note("line", record.getMessage())
+
+    @contextlib.contextmanager
+    def spinner(items, prefix_message=None):
+        left = {host.name for host in items}
+
+        def progress(host):
+            left.remove(host.name)  # each host once, as pyinfra's own spinner insists
+            note("progress", host.name)
+
+        yield progress
+        assert not left
+
+    monkeypatch.setattr(operations, "progress_spinner", spinner)
+    state.add_callback_handler(Record())
+
+    def ok():
+        return True
+
+    def fail_on_b():
+        if operations.ctx_host.get().name == "b":
+            raise RuntimeError("b fails")
+        return True
+
+    hosts = {host.name: host for host in inventory}
+
+    def on(names: str, function, **kwargs):
+        """The operation for the hosts `names`, as pyinfra's CLI adds one from a deploy file
+        (ordered by the caller's line: each call below is one operation)."""
+        with monkeypatch.context() as cli:
+            cli.setattr(pyinfra, "is_cli", True)
+            with operations.ctx_state.use(state):
+                for name in names:
+                    with operations.ctx_host.use(hosts[name]):
+                        python.call(function=function, **kwargs)
+
+    from pyinfra.api.state import StateStage
+
+    state.set_stage(StateStage.Prepare)
+    on("ab", ok, name="for a and b")
+    on("c", ok, name="for c only")
+    on("abcd", ok, name="for every host")
+    on("bd", fail_on_b, name="fails on b")
+    on("ac", ok, name="serial, for a and c", _serial=True)
+    state.set_stage(StateStage.Execute)
+    handler = Lines()
+    logger = logging.getLogger("pyinfra")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        operations.run_ops(state)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    ordered = {op: sorted(events, key=repr) for op, events in seen.items()}
+    assert all(events[0] == ("start",) and events[-1] == ("end",) for events in seen.values())
+    return ordered, seen, {host.name for host in inventory if host not in state.active_hosts}
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_hosts_an_operation_is_not_for_are_passed_over_as_pyinfra_does(verbose, monkeypatch):
+    """The same callbacks (under the host's context), progress, failed hosts and printed lines
+    as pyinfra's own _run_single_op; a "Skipped" line only in a verbose run, where pyinfra's
+    own is also the only one printed (connector.HideSkipped)."""
+    assert "_run_single_op" in opcost.install()
+    ours, _, ours_failed = _run_ops(opcost.run_single_op, verbose, monkeypatch)
+    theirs, _, theirs_failed = _run_ops(opcost._ORIGINALS["_run_single_op"], verbose, monkeypatch)
+    assert ours == theirs
+    assert ours_failed == theirs_failed == {"b"}
+    skipped = sorted(event[1] for event in ours["for c only"] if event[0] == "line" and "Skipped" in event[1])
+    assert len(skipped) == (3 if verbose else 0)
+    assert ("host", "d") in ours["for c only"] and ("progress", "d") in ours["for c only"]
+    # b failed before it: no longer active, so no longer met
+    assert [e for e in ours["serial, for a and c"] if e[0] == "host"] == [("host", h) for h in "acd"]
+
+
+def test_a_changed_operation_runner_is_left_in_place(monkeypatch):
+    operations = sys.modules["pyinfra.api.operations"]
+    opcost.install()
+    original = opcost._ORIGINALS["_run_single_op"]
+    monkeypatch.setattr(operations, "_run_single_op", original)
+    monkeypatch.setitem(opcost.CHECKED, "run_host_op", "0" * 64)  # its skip branch, which ours repeats
+    assert "_run_single_op" not in opcost.install()
+    assert operations._run_single_op is original
