@@ -382,10 +382,11 @@ def run_single_op(state, op_hash):
     most host-operations are those: ~220 of the ~295 operations for a host like pi0-epsilon,
     ~1,350 in a no-op of the test fleet, each a spawn, a context switch, a LogRecord (built
     before any filter sees it, with a walk up the stack to name its caller) and a progress
-    update; the spawn and the line alone took ~19 µs (timed). Here that branch runs where the host is met: the same
-    callbacks under the same host context, the same progress, and the "Skipped" line when
-    the run prints it at all (`-v`; connector.HideSkipped drops it otherwise). Every host the
-    operation is for runs exactly as pyinfra runs it; serial operations are pyinfra's code."""
+    update; the spawn and the line alone took ~19 µs (timed). Here that branch runs where
+    the host is met: the same callbacks under the same host context, the same progress, and
+    the "Skipped" line when the run prints it at all (`-v`; connector.HideSkipped drops it
+    otherwise). Every host the operation is for runs exactly as pyinfra runs it; serial
+    operations are pyinfra's code."""
     operations = sys.modules["pyinfra.api.operations"]
     op_meta = state.get_op_meta(op_hash)
     if op_meta.global_arguments["_serial"]:
@@ -394,11 +395,9 @@ def run_single_op(state, op_hash):
     state.trigger_callbacks("operation_start", op_hash)
     operations.log_operation_start(op_meta)
     failed_hosts = set()
-    batches = [list(state.inventory.get_active_hosts())]
+    hosts = list(state.inventory.get_active_hosts())
     parallel = op_meta.global_arguments["_parallel"]
-    if parallel:
-        hosts = list(state.inventory.get_active_hosts())
-        batches = [hosts[i : i + parallel] for i in range(0, len(hosts), parallel)]
+    batches = [hosts[i : i + parallel] for i in range(0, len(hosts), parallel)] if parallel else [hosts]
 
     for batch in batches:
         with operations.progress_spinner(batch) as progress:

@@ -566,14 +566,14 @@ def test_a_wrapped_getcallargs_is_left_in_place(monkeypatch):
 
 # --- operations run across hosts: the hosts an operation is not for --------------------------
 
-def _run_ops(single, verbose: bool, monkeypatch) -> tuple[dict, dict, set[str]]:
+def _run_ops(single, verbose: bool, monkeypatch) -> tuple[dict, set[str]]:
     """Run five operations over four hosts with `single` as pyinfra's _run_single_op; return,
     per operation, what its callbacks, progress and log lines said (order within an operation
     aside: hosts run at once), and which hosts failed."""
     import logging
 
     from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.state import BaseStateCallback
+    from pyinfra.api.state import BaseStateCallback, StateStage
     from pyinfra.operations import python
 
     from fleet.converge import connector  # noqa: F401 - the CLI's HideSkipped filter, as in a converge
@@ -642,8 +642,6 @@ def _run_ops(single, verbose: bool, monkeypatch) -> tuple[dict, dict, set[str]]:
                     with operations.ctx_host.use(hosts[name]):
                         python.call(function=function, **kwargs)
 
-    from pyinfra.api.state import StateStage
-
     state.set_stage(StateStage.Prepare)
     on("ab", ok, name="for a and b")
     on("c", ok, name="for c only")
@@ -663,7 +661,7 @@ def _run_ops(single, verbose: bool, monkeypatch) -> tuple[dict, dict, set[str]]:
         logger.setLevel(level)
     ordered = {op: sorted(events, key=repr) for op, events in seen.items()}
     assert all(events[0] == ("start",) and events[-1] == ("end",) for events in seen.values())
-    return ordered, seen, {host.name for host in inventory if host not in state.active_hosts}
+    return ordered, {host.name for host in inventory if host not in state.active_hosts}
 
 
 @pytest.mark.parametrize("verbose", [False, True])
@@ -672,8 +670,8 @@ def test_hosts_an_operation_is_not_for_are_passed_over_as_pyinfra_does(verbose, 
     as pyinfra's own _run_single_op; a "Skipped" line only in a verbose run, where pyinfra's
     own is also the only one printed (connector.HideSkipped)."""
     assert "_run_single_op" in opcost.install()
-    ours, _, ours_failed = _run_ops(opcost.run_single_op, verbose, monkeypatch)
-    theirs, _, theirs_failed = _run_ops(opcost._ORIGINALS["_run_single_op"], verbose, monkeypatch)
+    ours, ours_failed = _run_ops(opcost.run_single_op, verbose, monkeypatch)
+    theirs, theirs_failed = _run_ops(opcost._ORIGINALS["_run_single_op"], verbose, monkeypatch)
     assert ours == theirs
     assert ours_failed == theirs_failed == {"b"}
     skipped = sorted(event[1] for event in ours["for c only"] if event[0] == "line" and "Skipped" in event[1])
