@@ -231,10 +231,17 @@ class _FileKind:
     """pyinfra's File (also Directory, Link: the same command), Sha1File and Sha256File: one
     existence line per path (shell builtins, the fact's own test), then one stat/sha1sum/
     sha256sum over the paths that exist, whose line for each is what the fact's own command
-    prints first (its fallbacks run only when that fails, and then the group is not used)."""
+    prints first (its fallbacks run only when that fails, and then the group is not used).
 
-    def __init__(self, fact: type[FactBase], head: str, stop: str, exists: str, tool: str):
+    A checksum kind (`regular` set) hashes only regular files. A path that exists as anything
+    else is left to its fact's own command, asked live if the run asks it: a FIFO (or a device
+    such as /dev/zero) put where a managed file was would make the group's reader wait for a
+    writer, holding up its lane of the batch, and the facts after it, until BATCH_TIMEOUT. The
+    fleet's file operations ask File first and never hash a path that is not a file."""
+
+    def __init__(self, fact: type[FactBase], head: str, stop: str, exists: str, tool: str, regular: str = ""):
         self.fact, self.head, self.stop, self.exists, self.tool = fact, head, stop, exists, tool
+        self.regular = regular
 
     def parse(self, command: str) -> str | None:
         if not command.startswith(self.head) or self.stop not in command:
@@ -250,17 +257,22 @@ class _FileKind:
 
     def command(self, paths: list[str]) -> str:
         quoted = " ".join(shlex.quote(path) for path in paths)
-        return (f'set --; for p in {quoted}; do if {self.exists}; then set -- "$@" "$p"; echo y; else echo n; fi; done;'
+        take = 'set -- "$@" "$p"; echo y'
+        if self.regular:  # x: there, but not a regular file (not hashed, not answered)
+            take = f"if {self.regular}; then {take}; else echo x; fi"
+        return (f'set --; for p in {quoted}; do if {self.exists}; then {take}; else echo n; fi; done;'
                 f' [ $# -eq 0 ] || {self.tool} "$@" 2>/dev/null')
 
-    def split(self, result: Result, paths: list[str]) -> list[Result] | None:
+    def split(self, result: Result, paths: list[str]) -> list[Result | None] | None:
+        """Each path's answer (None: one to ask live), or None when the group answers none."""
         status, lines, err = result
         flags, rest = lines[:len(paths)], lines[len(paths):]
-        if (status != 0 or err or len(flags) != len(paths) or any(f not in ("y", "n") for f in flags)
+        shapes = ("y", "n", "x") if self.regular else ("y", "n")
+        if (status != 0 or err or len(flags) != len(paths) or any(f not in shapes for f in flags)
                 or flags.count("y") != len(rest)):
             return None
         answers = iter(rest)
-        return [(0, [next(answers)] if flag == "y" else [], []) for flag in flags]
+        return [(0, [next(answers)], []) if flag == "y" else (0, [], []) if flag == "n" else None for flag in flags]
 
 
 class _DaemonKind:
@@ -414,8 +426,8 @@ class _UnitsKind:
 KINDS = (
     _FileKind(File, "! (test -e ", " || test -L ", 'test -e "$p" || test -L "$p"',
               "stat -c 'user=%U group=%G mode=%A atime=%X mtime=%Y ctime=%Z size=%s %N'"),
-    _FileKind(Sha1File, "test -e ", " && ( sha1sum ", 'test -e "$p"', "sha1sum"),
-    _FileKind(Sha256File, "test -e ", " && ( sha256sum ", 'test -e "$p"', "sha256sum"),
+    _FileKind(Sha1File, "test -e ", " && ( sha1sum ", 'test -e "$p"', "sha1sum", 'test -f "$p"'),
+    _FileKind(Sha256File, "test -e ", " && ( sha256sum ", 'test -e "$p"', "sha256sum", 'test -f "$p"'),
     _UnitsKind(),
 )
 
@@ -474,14 +486,15 @@ def shifted(entry: int | tuple[int, list], by: int) -> int | tuple[int, list]:
 
 def ungroup_one(result: Result, entry: int | tuple[int, list]) -> list[tuple[int, Result]]:
     """One run command's result as (original index, result) pairs: itself, or its group's
-    members; a group whose answer is not exactly what is expected answers none of them."""
+    members (but those its kind leaves to be asked live); a group whose answer is not exactly
+    what is expected answers none of them."""
     if isinstance(entry, int):
         return [(entry, result)]
     kind, members = entry
     answers = KINDS[kind].split(result, [arguments for _, arguments in members])
     if answers is None or len(answers) != len(members):
         return []
-    return [(index, answer) for (index, _), answer in zip(members, answers)]
+    return [(index, answer) for (index, _), answer in zip(members, answers) if answer is not None]
 
 
 class BrokenBatch(Exception):
@@ -672,7 +685,11 @@ class FleetSSHConnector(SSHConnector):
             lines.append(f"timeout {USER_SCRIPT_TIMEOUT} {inner.get_raw_value()} </dev/null")
         root_script = script(root) if root else ""
         if root:
-            lines.append(make_unix_command_for_host(self.state, self.host, StringCommand("sh", "-s"),
+            # bounded on the host as the reader is here: a fact that never ends (a read from a
+            # stalled mount) is killed with its lane when the reader gives up, not left running
+            # as root after the run; timeout runs as root, so it may signal the whole group
+            lines.append(make_unix_command_for_host(self.state, self.host,
+                                                    StringCommand("timeout", str(BATCH_TIMEOUT), "sh", "-s"),
                                                     _sudo=True).get_raw_value())
         try:
             stdin, stdout, stderr = self.client.exec_command("; ".join(lines))

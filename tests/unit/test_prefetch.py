@@ -139,6 +139,22 @@ def test_a_user_script_that_hangs_is_cut_off_and_roots_answers_still_come():
     assert found == {i + 1: run_live(command) for i, command in enumerate(root)}
 
 
+def test_roots_script_that_hangs_is_killed_with_its_lanes_when_its_time_is_up():
+    """Root's script runs under timeout as the connector sends it (less sudo): a fact that
+    does not end in time is killed with its lane and the script; nothing is left running."""
+    hang = f"sleep 8.{os.getpid()}{time.monotonic_ns() % 1000:03d}"  # a name no other process has
+    root = [hang, "echo quick"]
+    started = time.monotonic()
+    done = subprocess.run(["sh", "-c", "timeout 1 sh -s"], input=batch_script(root, "tok-5"), capture_output=True,
+                          text=True, timeout=20)
+    assert time.monotonic() - started < 5
+    assert done.returncode == 124
+    left = subprocess.run(["pgrep", "-f", hang], capture_output=True, text=True)
+    assert left.stdout == "", f"still running: {left.stdout}"
+    reader = BatchReader("tok-5", 2)
+    assert [got for got in map(reader.feed, done.stdout.splitlines()) if got is not None] == [(1, run_live(root[1]))]
+
+
 def test_a_user_section_cut_off_mid_print_leaves_roots_unanswered_never_wrong():
     """The user's script killed while its printer was halfway through a section: root's
     sections after it are read as that section's body, which never ends; nothing is used."""
@@ -204,7 +220,7 @@ class FakeClient:
         words = shlex.split(command)
         user = (words[4] if words[:4] == ["timeout", str(mod.USER_SCRIPT_TIMEOUT), "sh", "-c"]
                 and words[5].startswith("</dev/null") else None)
-        root = command.endswith("sudo -H -n sh -c 'sh -s'")
+        root = command.endswith(f"sudo -H -n sh -c 'timeout {mod.BATCH_TIMEOUT} sh -s'")
         assert user is not None or root, command
         client = self
 
@@ -304,7 +320,7 @@ def test_the_ssh_users_facts_and_roots_share_one_channel(conn, monkeypatch):
     conn.record.write_text(json.dumps({"commands": {key(conn, "cat /a"): 0, user: 0, key(conn, "cat /b"): 0}}))
     conn._prefetch()
     [command] = conn.client.commands
-    assert command.startswith("timeout 20 sh -c ") and command.endswith(" </dev/null; sudo -H -n sh -c 'sh -s'"), command
+    assert command.startswith("timeout 20 sh -c ") and command.endswith(" </dev/null; sudo -H -n sh -c 'timeout 120 sh -s'"), command
     assert ask(conn, monkeypatch, "cat /a")[1].stdout_lines == ["prefetched 1"]
     assert ask(conn, monkeypatch, "cat /b")[1].stdout_lines == ["prefetched 2"]
     assert ask(conn, monkeypatch, "echo \"$SSH_CONNECTION\"", _sudo=False)[1].stdout_lines == ["prefetched 0"]
@@ -441,17 +457,28 @@ def test_guesses_are_batched_in_groups_of_their_own_and_kept_only_when_asked(con
     assert json.loads(conn.record.read_text()) == {"commands": {guesses[0]: 0, asked_before: 1}}
 
 
-def test_a_guess_that_breaks_its_group_costs_the_recorded_facts_nothing(tmp_path):
-    """A guessed checksum of a path that is now a directory makes its group's sha1sum fail:
-    the guesses are asked live, the recorded checksums still come from the batch."""
+def failing_tool(tmp_path, monkeypatch, tool: str, bad: str) -> None:
+    """`tool` on PATH failing (exit 1, as on a read error) when one of its paths ends in `bad`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / tool
+    script.write_text(f'#!/bin/sh\n# test double: {tool} that cannot read one file\n'
+                      f'for p in "$@"; do case "$p" in *{bad}) exit 1 ;; esac; done\nexec /usr/bin/{tool} "$@"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_a_guess_that_breaks_its_group_costs_the_recorded_facts_nothing(tmp_path, monkeypatch):
+    """A guessed checksum whose file sha1sum cannot read makes its group's sha1sum fail: the
+    guesses are asked live, the recorded checksums still come from the batch."""
     from pyinfra.facts.files import Sha1File
 
     from fleet.converge.connector import group_facts
 
-    (tmp_path / "plain").write_text("x")
-    (tmp_path / "other").write_text("y")
-    (tmp_path / "dir").mkdir()
-    commands = [Sha1File().command(str(tmp_path / n)).get_raw_value() for n in ("plain", "dir", "other")]
+    for name in ("plain", "unreadable", "other"):
+        (tmp_path / name).write_text(name)
+    failing_tool(tmp_path, monkeypatch, "sha1sum", "unreadable")
+    commands = [Sha1File().command(str(tmp_path / n)).get_raw_value() for n in ("plain", "unreadable", "other")]
     run, plan = group_facts(commands, apart=frozenset({1, 2}))
     assert len(run) == 2
     results = ungroup_facts(run_batch(run), plan)
@@ -601,19 +628,48 @@ def test_file_facts_grouped_answer_as_each_fact_alone(tmp_path):
         assert results[index] == run_live(command), command
 
 
-def test_a_group_that_cannot_answer_exactly_answers_none_of_its_facts(tmp_path):
-    """A directory makes sha1sum fail: none of that kind is prefetched (asked live instead)."""
+def test_a_group_that_cannot_answer_exactly_answers_none_of_its_facts(tmp_path, monkeypatch):
+    """sha1sum failing on one file: none of that kind is prefetched (asked live instead)."""
     from pyinfra.facts.files import Sha1File
 
     from fleet.converge.connector import group_facts
 
     files, _ = _file_fact_commands(tmp_path)
-    sums = [Sha1File().command(str(tmp_path / n)).get_raw_value() for n in ("plain", "dir")]
+    failing_tool(tmp_path, monkeypatch, "sha1sum", "link")
+    sums = [Sha1File().command(str(tmp_path / n)).get_raw_value() for n in ("plain", "link")]
     commands = [*files, *sums]
     run, plan = group_facts(commands)
     results = ungroup_facts(run_batch(run), plan)
     assert sorted(results) == list(range(len(files)))
     for index in results:
+        assert results[index] == run_live(commands[index])
+
+
+def test_a_checksum_of_what_is_not_a_regular_file_is_left_to_its_own_command(tmp_path):
+    """A FIFO or a character device where a managed file was is not read by the batch (its
+    reader would wait for a writer, or read without end, holding up its lane): the batch ends,
+    its other checksums are answered as each fact alone, and those paths are asked live. So
+    is a directory, which sha1sum cannot hash."""
+    from pyinfra.facts.files import Sha1File, Sha256File
+
+    from fleet.converge.connector import group_facts
+
+    (tmp_path / "plain").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "to-fifo").symlink_to(tmp_path / "fifo")
+    (tmp_path / "to-plain").symlink_to(tmp_path / "plain")
+    paths = [str(tmp_path / n) for n in ("plain", "fifo", "missing", "to-fifo", "to-plain", "dir")] + ["/dev/zero"]
+    commands = [fact().command(p).get_raw_value() for fact in (Sha1File, Sha256File) for p in paths]
+    run, plan = group_facts(commands)
+    assert len(run) == 2
+    started = time.monotonic()
+    done = subprocess.run(["sh", "-s"], input=batch_script(run, "tok-9"), capture_output=True, text=True, timeout=30)
+    assert time.monotonic() - started < 10
+    results = ungroup_facts(parse_batch(done.stdout.splitlines(), "tok-9", len(run)), plan)
+    regular = [i for i, c in enumerate(commands) if "/plain " in c or "/missing " in c or "/to-plain " in c]
+    assert sorted(results) == regular
+    for index in regular:
         assert results[index] == run_live(commands[index])
 
 
