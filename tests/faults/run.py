@@ -427,6 +427,31 @@ def scenarios(seed: int) -> list[Scenario]:
 
     out.append(Scenario("stale-candidate", "pi5-gamma", stale_candidate, check=candidate_gone))
 
+    # 9a. a FIFO put by hand where a secret file was: the fact batch, which checksums the file
+    #     every run, must not wait on it (a reader of a FIFO waits for a writer), and the
+    #     converge puts a regular file back; no process of the batch is left on the host
+    fifo_host, fifo_path = "pi0-epsilon", "/etc/tailscale/authkey"
+
+    def fifo_in_place():
+        sh(fifo_host, f"rm -f {fifo_path} && mkfifo -m 600 {fifo_path}")
+
+    def fifo_first(s):
+        run = converge("secret-file-fifo-1", fifo_host, timeout=300)
+        s.note["seconds"] = run["seconds"]
+        return run
+
+    def fifo_replaced(s):
+        if s.note["seconds"] > 60:
+            raise AssertionError(f"the run over the FIFO took {s.note['seconds']} s: something waited on it")
+        kind = sh(fifo_host, f"stat -c '%F %a %U' {fifo_path}").stdout.strip()
+        if kind != "regular file 600 root":
+            raise AssertionError(f"{fifo_path} is now: {kind}")
+        left = sh(fifo_host, "pgrep -a -x sha256sum || true").stdout.strip()
+        if left:
+            raise AssertionError(f"left running on the host: {left}")
+
+    out.append(Scenario("secret-file-fifo", fifo_host, fifo_in_place, first=fifo_first, check=fifo_replaced))
+
     # 9b. an app's rollout SIGKILLed while its new container waits for the health gate (the
     #     live container was removed, so the converge must roll web out again); and an
     #     app's proxy site edited by hand: restored with a reload, the container untouched
