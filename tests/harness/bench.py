@@ -219,6 +219,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be 1 or more")
+    if args.spec_workers < 0:
+        parser.error("--spec-workers must be 0 (none) or more")
     if not 0 <= args.extra_hosts <= EXTRA_MAX:
         parser.error(f"--extra-hosts must be 0 to {EXTRA_MAX}")
     if os.environ.get(EXTRA_ENV):

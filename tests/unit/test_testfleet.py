@@ -265,3 +265,18 @@ def test_fleet_up_starts_afresh_a_host_this_checkouts_key_cannot_log_in_to():
     assert start_over("pi5-alpha", "fleet-testhost:abc <no value>\n", "fleet-testhost", mine)
     arch = start_over("pi5-alpha", f"fleet-testhost-arm64:abc {mine}\n", "fleet-testhost", mine)
     assert arch == "pi5-alpha runs another architecture's image than fleet-testhost"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--spec-workers", "-3"], "--spec-workers must be 0 (none) or more"),
+    (["--runs", "0"], "--runs must be 1 or more"),
+    (["--extra-hosts", "99"], "--extra-hosts must be 0 to {EXTRA_MAX}"),
+])
+def test_the_benchmark_refuses_bad_arguments_in_one_line_before_any_run(argv, message, capsys):
+    from harness.bench import EXTRA_MAX, main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    wanted = message.format(EXTRA_MAX=EXTRA_MAX)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"python tests/harness/bench.py: error: {wanted}"
