@@ -321,7 +321,8 @@ def test_the_ssh_users_facts_and_roots_share_one_channel(conn, monkeypatch):
     conn.record.write_text(json.dumps({"commands": {key(conn, "cat /a"): 0, user: 0, key(conn, "cat /b"): 0}}))
     conn._prefetch()
     [command] = conn.client.commands
-    assert command.startswith("timeout 20 sh -c ") and command.endswith(" </dev/null; sudo -H -n sh -c 'timeout 120 sh -s'"), command
+    assert command.startswith("timeout 20 sh -c "), command
+    assert command.endswith(" </dev/null; sudo -H -n sh -c 'timeout 120 sh -s'"), command
     assert ask(conn, monkeypatch, "cat /a")[1].stdout_lines == ["prefetched 1"]
     assert ask(conn, monkeypatch, "cat /b")[1].stdout_lines == ["prefetched 2"]
     assert ask(conn, monkeypatch, "echo \"$SSH_CONNECTION\"", _sudo=False)[1].stdout_lines == ["prefetched 0"]
