@@ -142,6 +142,8 @@ SUDO_PREFIX = ("sudo", "-H", "-n", "sh", "-c")
 ROOT_PREFIX = " ".join(SUDO_PREFIX) + " "
 USER_PREFIX = " ".join(SUDO_PREFIX[3:]) + " "
 BATCH_TIMEOUT = 120
+# what the run prints for a host whose batch gave up (a timeout, a stray line): the rest asked live
+GAVE_UP = "fact prefetch gave no usable answer"
 # The SSH user's script runs before root's on the same channel: a user fact that hangs (a home
 # directory on a stalled network mount) is killed after this long, and root's script starts.
 USER_SCRIPT_TIMEOUT = 20
@@ -272,7 +274,7 @@ class _FileKind:
                 or flags.count("y") != len(rest)):
             return None
         answers = iter(rest)
-        return [(0, [next(answers)], []) if flag == "y" else (0, [], []) if flag == "n" else None for flag in flags]
+        return [None if flag == "x" else (0, [next(answers)] if flag == "y" else [], []) for flag in flags]
 
 
 class _DaemonKind:
@@ -726,7 +728,7 @@ class FleetSSHConnector(SSHConnector):
             if reader.seen != set(plan):
                 raise BrokenBatch(f"{len(reader.seen)} of {len(plan)} sections")
         except (BrokenBatch, OSError, SSHException, EOFError, TimeoutError) as exc:
-            logger.warning(f"{self.host.print_prefix}fact prefetch gave no usable answer after {answered} "
+            logger.warning(f"{self.host.print_prefix}{GAVE_UP} after {answered} "
                            f"({type(exc).__name__}: {exc}); the rest are asked one by one")
         finally:
             for event in events.values():  # anything unanswered is asked live

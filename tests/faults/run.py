@@ -430,6 +430,8 @@ def scenarios(seed: int) -> list[Scenario]:
     # 9a. a FIFO put by hand where a secret file was: the fact batch, which checksums the file
     #     every run, must not wait on it (a reader of a FIFO waits for a writer), and the
     #     converge puts a regular file back; no process of the batch is left on the host
+    from fleet.converge.connector import BATCH_TIMEOUT, GAVE_UP
+
     fifo_host, fifo_path = "pi0-epsilon", "/etc/tailscale/authkey"
 
     def fifo_in_place():
@@ -438,15 +440,13 @@ def scenarios(seed: int) -> list[Scenario]:
     def fifo_first(s):
         run = converge("secret-file-fifo-1", fifo_host, timeout=300)
         s.note["seconds"] = run["seconds"]
-        s.note["batch gave up"] = "fact prefetch gave no usable answer" in run["output"]
+        s.note["batch gave up"] = GAVE_UP in run["output"]
         return run
 
     def fifo_replaced(s):
         # waiting on the FIFO shows as the batch's reader giving up, at BATCH_TIMEOUT (the run
         # then takes longer than that); a run slow for any other reason (CI's parallel lanes)
         # is not this fault
-        from fleet.converge.connector import BATCH_TIMEOUT
-
         if s.note["batch gave up"] or s.note["seconds"] >= BATCH_TIMEOUT:
             raise AssertionError(f"the run over the FIFO took {s.note['seconds']} s and its fact batch "
                                  f"{'gave up' if s.note['batch gave up'] else 'ended'}: something waited on it")

@@ -459,15 +459,19 @@ def test_guesses_are_batched_in_groups_of_their_own_and_kept_only_when_asked(con
     assert json.loads(conn.record.read_text()) == {"commands": {guesses[0]: 0, asked_before: 1}}
 
 
-def failing_tool(tmp_path, monkeypatch, tool: str, bad: str) -> None:
-    """`tool` on PATH failing (exit 1, as on a read error) when one of its paths ends in `bad`."""
+def on_path(tmp_path, monkeypatch, tool: str, script: str) -> None:
+    """`script` as the command `tool`, first on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    script = bin_dir / tool
-    script.write_text(f'#!/bin/sh\n# test double: {tool} that cannot read one file\n'
-                      f'for p in "$@"; do case "$p" in *{bad}) exit 1 ;; esac; done\nexec /usr/bin/{tool} "$@"\n')
-    script.chmod(0o755)
+    (bin_dir / tool).write_text(script)
+    (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def failing_tool(tmp_path, monkeypatch, tool: str, bad: str) -> None:
+    """`tool` on PATH failing (exit 1, as on a read error) when one of its paths ends in `bad`."""
+    on_path(tmp_path, monkeypatch, tool, f'#!/bin/sh\n# test double: {tool} that cannot read one file\n'
+            f'for p in "$@"; do case "$p" in *{bad}) exit 1 ;; esac; done\nexec /usr/bin/{tool} "$@"\n')
 
 
 def test_a_guess_that_breaks_its_group_costs_the_recorded_facts_nothing(tmp_path, monkeypatch):
@@ -720,11 +724,7 @@ done
 
 
 def fake_systemctl(tmp_path, monkeypatch, script: str = FAKE_SYSTEMCTL) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text(script)
-    (bin_dir / "systemctl").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    on_path(tmp_path, monkeypatch, "systemctl", script)
 
 
 def test_daemon_states_grouped_answer_as_each_alone(tmp_path, monkeypatch):
