@@ -117,7 +117,10 @@ def verified_download(src: str, dest: str, sha256: str, mode: str = "644"):
     q = shlex.quote
     stamp = q(stamp_of(dest))
     record = stamp_command(dest, sha256)
-    if host.get_fact(Sha256File, path=dest) == sha256:
+    # File first, as pyinfra's own file operations do: Sha256File's sha256sum would wait
+    # forever on a FIFO left at `dest`. Anything else there (a FIFO, a link) is replaced by the
+    # download; a directory fails the rename (mv -T), so no stamp is ever recorded for one
+    if host.get_fact(File, path=dest) and host.get_fact(Sha256File, path=dest) == sha256:
         yield StringCommand(record)  # verified now: only the stamp was missing or stale
         return
     candidate = f"{dest}.fleet-candidate"
@@ -125,7 +128,7 @@ def verified_download(src: str, dest: str, sha256: str, mode: str = "644"):
     yield StringCommand(
         f"rm -f {stamp} && curl -fsSL --retry 3 --max-time 300 -o {q(candidate)} {q(src)}"
         f" && echo {q(sha256 + '  ' + candidate)} | sha256sum --check --quiet --strict"
-        f" && chmod {q(mode)} {q(candidate)} && mv -f {q(candidate)} {q(dest)} && {record}"
+        f" && chmod {q(mode)} {q(candidate)} && mv -fT {q(candidate)} {q(dest)} && {record}"
         f" || {{ rm -f {q(candidate)}; echo {q(f'checksum or download failed for {src}: {dest} left unchanged')} >&2; exit 1; }}"
     )
 
