@@ -427,37 +427,41 @@ def scenarios(seed: int) -> list[Scenario]:
 
     out.append(Scenario("stale-candidate", "pi5-gamma", stale_candidate, check=candidate_gone))
 
-    # 9a. a FIFO put by hand where a secret file was: the fact batch, which checksums the file
-    #     every run, must not wait on it (a reader of a FIFO waits for a writer), and the
-    #     converge puts a regular file back; no process of the batch is left on the host
+    # 9a. FIFOs put by hand where a secret file and a verified download were: the fact batch,
+    #     which checksums the secret every run, must not wait on it (a reader of a FIFO waits
+    #     for a writer), nor must the download's own check; the converge puts regular files
+    #     back, and no process of the run is left on the host
     from fleet.converge.connector import BATCH_TIMEOUT, GAVE_UP
 
-    fifo_host, fifo_path = "pi0-epsilon", "/etc/tailscale/authkey"
+    fifo_host = "pi0-epsilon"
+    fifo_files = {"/etc/tailscale/authkey": "600", "/etc/apt/keyrings/tailscale-archive-keyring.gpg": "644"}
 
     def fifo_in_place():
-        sh(fifo_host, f"rm -f {fifo_path} && mkfifo -m 600 {fifo_path}")
+        for path, mode in fifo_files.items():
+            sh(fifo_host, f"rm -f {path} && mkfifo -m {mode} {path}")
 
     def fifo_first(s):
-        run = converge("secret-file-fifo-1", fifo_host, timeout=300)
+        run = converge("fifo-in-place-1", fifo_host, timeout=300)
         s.note["seconds"] = run["seconds"]
         s.note["batch gave up"] = GAVE_UP in run["output"]
         return run
 
     def fifo_replaced(s):
-        # waiting on the FIFO shows as the batch's reader giving up, at BATCH_TIMEOUT (the run
-        # then takes longer than that); a run slow for any other reason (CI's parallel lanes)
-        # is not this fault
+        # waiting on a FIFO shows as the batch's reader giving up at BATCH_TIMEOUT, or as a run
+        # that never ends (killed at its timeout); either takes longer than BATCH_TIMEOUT. A
+        # run slow for any other reason (CI's parallel lanes) is not this fault
         if s.note["batch gave up"] or s.note["seconds"] >= BATCH_TIMEOUT:
-            raise AssertionError(f"the run over the FIFO took {s.note['seconds']} s and its fact batch "
-                                 f"{'gave up' if s.note['batch gave up'] else 'ended'}: something waited on it")
-        kind = sh(fifo_host, f"stat -c '%F %a %U' {fifo_path}").stdout.strip()
-        if kind != "regular file 600 root":
-            raise AssertionError(f"{fifo_path} is now: {kind}")
+            raise AssertionError(f"the run over the FIFOs took {s.note['seconds']} s and its fact batch "
+                                 f"{'gave up' if s.note['batch gave up'] else 'ended'}: something waited on one")
+        for path, mode in fifo_files.items():
+            kind = sh(fifo_host, f"stat -c '%F %a %U' {path}").stdout.strip()
+            if kind != f"regular file {mode} root":
+                raise AssertionError(f"{path} is now: {kind}")
         left = sh(fifo_host, "pgrep -a -x sha256sum || true").stdout.strip()
         if left:
             raise AssertionError(f"left running on the host: {left}")
 
-    out.append(Scenario("secret-file-fifo", fifo_host, fifo_in_place, first=fifo_first, check=fifo_replaced))
+    out.append(Scenario("fifo-in-place", fifo_host, fifo_in_place, first=fifo_first, check=fifo_replaced))
 
     # 9b. an app's rollout SIGKILLed while its new container waits for the health gate (the
     #     live container was removed, so the converge must roll web out again); and an
