@@ -14,6 +14,19 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider -o testpaths= -rs
 # SPEC_WORKERS=0 runs them in-process.
 SPEC_WORKERS ?= 4
 
+# What a target is given on the command line is checked before its command runs; a bad value
+# stops make with one line (`Makefile:N: *** WHAT. Fix: HOW.  Stop.`).
+# A yes/no switch (FORCE=1, DELETE=1, ...): 1, yes or true turn it on; 0, no, false or leaving
+# it out keep it off; anything else is refused, so FORCE=0 or DELETE=no never means yes.
+switch = $(if $(or $(word 2,$($(1))),$(filter-out 1 yes true 0 no false,$($(1)))),$(error $(1)=$($(1)) is not a \
+	yes/no value. Fix: $(1)=1 to turn it on, or leave $(1) out),$(if $(filter 1 yes true,$($(1))),$(2)))
+# SPEC_WORKERS: a whole number
+digitless = $(strip $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,$(subst 7,,$(subst 8,, \
+	$(subst 9,,$(1))))))))))))
+workers = $(if $(or $(word 2,$(SPEC_WORKERS)),$(call digitless,$(SPEC_WORKERS)),$(if $(SPEC_WORKERS),,none)),$(error \
+	SPEC_WORKERS=$(SPEC_WORKERS) is not a number of spec workers. Fix: a whole number (SPEC_WORKERS=4; 0 runs \
+	the specs in-process)),$(SPEC_WORKERS))
+
 .PHONY: help setup lock check plan converge verify llm-check backup restore backups rollback rebuild fleet-up fleet-down demo test unit faults bench docs phase1 phase2 phase3 phase4 vault-init vault-edit edge-plan edge-apply apikey tailnet-plan tailnet-apply test-arm64
 
 help: ## list the targets
@@ -56,7 +69,7 @@ converge: setup ## converge every host (pyinfra inventory.py deploys/site.py)
 	$(BIN)/pyinfra -y inventory.py deploys/site.py
 
 verify: setup ## run the testinfra specs against FLEET_TARGET (hosts in parallel: SPEC_WORKERS)
-	$(PYTEST) -n $(SPEC_WORKERS) tests/specs
+	$(PYTEST) -n $(workers) tests/specs
 
 vault-init: setup ## create secrets/fleet.vault (asks a passphrase) and generate host keys
 	FLEET_TARGET=fleet $(PY) -m fleet vault init
@@ -69,7 +82,7 @@ edge-plan: setup ## Cloudflare: show what edge-apply would change (tunnels, DNS,
 	$(PY) -m fleet edge plan
 
 edge-apply: setup ## Cloudflare: apply the plan; DELETE=1 also deletes unlisted Workers/KV
-	$(PY) -m fleet edge apply $(if $(DELETE),--delete-unlisted,)
+	$(PY) -m fleet edge apply $(call switch,DELETE,--delete-unlisted)
 
 apikey: setup ## a new API key for NAME (e.g. NAME=partner-x): printed once, only its SHA-256 stored in KV (AUTH)
 	$(PY) -m fleet apikey create "$(NAME)"
@@ -78,22 +91,26 @@ tailnet-plan: setup ## Tailscale: diff the live tailnet policy against the one g
 	$(PY) -m fleet tailnet plan
 
 tailnet-apply: setup ## Tailscale: validate and write the generated policy; FORCE=1 replaces a console edit
-	$(PY) -m fleet tailnet apply $(if $(FORCE),--force,)
+	$(PY) -m fleet tailnet apply $(call switch,FORCE,--force)
 
 llm-check: setup ## one chat completion on the llm host's endpoint; VIA=pi5-alpha sends it from that host
-	$(PY) -m fleet llm-check $(if $(VIA),--via $(VIA),)
+	$(PY) -m fleet llm-check $(if $(VIA),--via "$(VIA)",)
 
 backup: setup ## one backup now on HOST (e.g. HOST=pi5-gamma); prints the snapshot
-	$(PY) -m fleet backup $(HOST)
+	$(PY) -m fleet backup "$(HOST)"
 
+# restore replaces the live databases only when told CONFIRM=yes, the word itself
+confirm = $(if $(CONFIRM),$(if $(or $(word 2,$(CONFIRM)),$(filter-out yes,$(CONFIRM))),$(error CONFIRM=$(CONFIRM) is \
+	not yes. Fix: CONFIRM=yes to replace the live databases, or leave CONFIRM out to restore beside them),--confirm))
 restore: setup ## restore HOST [SNAPSHOT=id] [DATABASE=name] into a side cluster; CONFIRM=yes replaces the live one
-	$(PY) -m fleet restore $(HOST) $(if $(SNAPSHOT),--snapshot $(SNAPSHOT),) $(if $(DATABASE),--database $(DATABASE),) $(if $(filter yes,$(CONFIRM)),--confirm,)
+	$(PY) -m fleet restore "$(HOST)" $(if $(SNAPSHOT),--snapshot "$(SNAPSHOT)",) \
+		$(if $(DATABASE),--database "$(DATABASE)",) $(confirm)
 
 rollback: setup ## switch APP (e.g. APP=web) back to its previous image through the health gate; HOST=... only there
-	$(PY) -m fleet rollback "$(APP)" $(if $(HOST),--host $(HOST),)
+	$(PY) -m fleet rollback "$(APP)" $(if $(HOST),--host "$(HOST)",)
 
 rebuild: setup ## a freshly flashed HOST back to its full role and data (refuses a healthy host unless FORCE=1)
-	$(PY) -m fleet rebuild "$(HOST)" $(if $(FORCE),--force,)
+	$(PY) -m fleet rebuild "$(HOST)" $(call switch,FORCE,--force)
 
 backups: setup ## every backed-up host's snapshots: count, latest, age, size
 	$(PY) -m fleet backups
@@ -132,7 +149,7 @@ docs: setup ## regenerate docs/settings.md, docs/fleet.md and docs/runbook.md fr
 
 # The guide's setup checklist, one phase at a time (fleet/checklist.py): converge what the
 # phase needs, then one line per item. LIMIT=hosts,groups; CHECK_ONLY=1 verifies only.
-PHASE_ARGS = $(if $(LIMIT),--limit $(LIMIT),) $(if $(CHECK_ONLY),--check-only,) --workers $(SPEC_WORKERS)
+PHASE_ARGS = $(if $(LIMIT),--limit "$(LIMIT)",) $(call switch,CHECK_ONLY,--check-only) --workers $(workers)
 phase1: setup ## checklist phase 1 (Foundation): converge, verify each item; LIMIT=..., CHECK_ONLY=1
 	$(PY) -m fleet phase 1 $(PHASE_ARGS)
 phase2: setup ## checklist phase 2 (Services)
@@ -143,7 +160,7 @@ phase4: setup ## checklist phase 4 (Cleanup)
 	$(PY) -m fleet phase 4 $(PHASE_ARGS)
 
 bench: setup ## time the floor, no-op converges (site, base, per host), specs -> bench.json (FRESH=1: fleet-up + first converge too)
-	$(PY) tests/harness/bench.py --out bench.json $(if $(FRESH),--fresh,)
+	$(PY) tests/harness/bench.py --out bench.json $(call switch,FRESH,--fresh)
 
 test-arm64: setup ## the rebuild test with pi5-gamma on arm64 under qemu-user (HOST=..., KEEP=1): not in make test (~40 min)
-	$(PY) tests/harness/arm64.py $(if $(HOST),--host $(HOST),) $(if $(KEEP),--keep,)
+	$(PY) tests/harness/arm64.py $(if $(HOST),--host "$(HOST)",) $(call switch,KEEP,--keep)

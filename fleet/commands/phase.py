@@ -219,11 +219,27 @@ def render(item: dict, outcome: dict) -> list[str]:
     return lines
 
 
+def spec_workers(given: int | None, env: str | None) -> int:
+    """--workers, else $SPEC_WORKERS, else SPEC_WORKERS; a whole number, or a PhaseError."""
+    if given is not None:
+        if given < 0:
+            raise PhaseError(f"--workers {given} is not a number of spec workers. "
+                             "Fix: a whole number (0 runs the specs in-process).")
+        return given
+    if not env:
+        return SPEC_WORKERS
+    if not env.strip().isdigit():
+        raise PhaseError(f"SPEC_WORKERS={env} is not a number of spec workers. "
+                         f"Fix: a whole number (SPEC_WORKERS={SPEC_WORKERS}; 0 runs the specs in-process).")
+    return int(env)
+
+
 def run(args) -> int:
     repo = Path(args.repo)
     target = target_from_env()
     if args.phase not in PHASES:
         raise PhaseError(f"phase {args.phase} does not exist. Fix: use one of {', '.join(map(str, PHASES))}.")
+    args.workers = spec_workers(args.workers, os.environ.get("SPEC_WORKERS"))
     started = time.monotonic()
     hosts, test_fleet = read_inventory_data(repo / "inventory.py")
     entries, fleet = prepare(hosts, test_fleet, str(repo / "inventory.py"))
@@ -270,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("phase", type=int, help="1-4")
     parser.add_argument("--limit", help="hosts and/or groups, comma-separated (default: every host)")
     parser.add_argument("--check-only", action="store_true", help="verify without converging")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("SPEC_WORKERS") or SPEC_WORKERS),
-                        help="spec workers (pytest-xdist); 0 runs them in-process")
+    parser.add_argument("--workers", type=int, default=None,
+                        help=f"spec workers (pytest-xdist); 0 runs them in-process (default: $SPEC_WORKERS, "
+                             f"else {SPEC_WORKERS})")
     parser.add_argument("--repo", default=str(REPO), help=argparse.SUPPRESS)
     args = cli.parse(parser, argv)
     if isinstance(args, int):
