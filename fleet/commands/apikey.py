@@ -46,7 +46,20 @@ def _namespace(client, fleet, account: str) -> tuple[str, str]:
     return title, found
 
 
+def check_names(args) -> None:
+    """NAME (and --user) before anything is opened: a key needs a name its owner can be told by."""
+    for flag, value in (("NAME", getattr(args, "name", None)), ("--user", getattr(args, "user", None))):
+        if value is None and flag == "--user":
+            continue
+        if not (value or "").strip() or not value.isprintable() or len(value) > 100:
+            shown = repr(value) if value else "(none)"
+            raise edge.EdgeError(f"{flag}={shown} is not a name for a key. Fix: 1-100 printable characters "
+                                 "naming who or what the key is for (e.g. NAME=partner-x).")
+
+
 def run(args) -> int:
+    if args.command == "create":
+        check_names(args)
     fleet = cli.load_data(Path(args.repo))
     account = str(fleet.all_data.get("edge_account_id") or "").strip()
     if not account:

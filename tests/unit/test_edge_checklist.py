@@ -71,6 +71,17 @@ def test_no_auth_namespace_is_one_line(world, capsys):
     assert err.count("\n") == 1 and "no KV namespace titled AUTH" in err and "Fix:" in err
 
 
+@pytest.mark.parametrize("argv,shown", [(["create", ""], "NAME=(none)"), (["create", "  "], "NAME='  '"),
+                                        (["create", "a\nb"], "NAME='a\\nb'"), (["create", "x" * 101], "NAME='xxx"),
+                                        (["create", "ok", "--user", "\x1b[2J"], "--user='\\x1b[2J'")])
+def test_a_bad_name_is_one_line_before_anything_is_asked(world, capsys, argv, shown):
+    repo, fake = world
+    assert apikey.main(["--repo", str(repo), *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"apikey: {shown}") and "Fix: 1-100 printable characters" in err
+    assert not fake.requests, "the API was asked before NAME was checked"
+
+
 def test_edge_items_fail_before_apply_and_are_done_after(world, capsys):
     repo, fake = world
     before = context(repo)
