@@ -183,6 +183,6 @@ COMPONENT = Component(
     defaults=DEFAULTS,
     groups=("gateway", "llm", "failover"),
     secrets=credentials,
-    rules=(check_tunnels, check_catch_all, check_user, aptsource.rule("cloudflared_apt")),
+    rules=(check_tunnels, check_catch_all, check_user, aptsource.rule("cloudflared_apt", version="cloudflared_version")),
     after=("tailscale",),  # what its tunnel routes to says before=("cloudflared",)
 )

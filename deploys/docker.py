@@ -254,6 +254,7 @@ COMPONENT = Component(
     defaults=DEFAULTS,
     when=enabled,
     rules=(check_enabled, check_pools, check_source, check_cmdline_tokens,
-           aptsource.rule("docker_apt", when=lambda data: data.get("docker_source") == "docker-ce")),
+           aptsource.rule("docker_apt", when=lambda data: data.get("docker_source") == "docker-ce",
+                          version="docker_ce_version")),
     after=("tailscale",),
 )

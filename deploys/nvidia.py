@@ -48,7 +48,7 @@ COMPONENT = Component(
     deploy=nvidia,
     defaults=DEFAULTS,
     groups=("gpu",),
-    rules=(aptsource.rule("nvidia_apt"),),
+    rules=(aptsource.rule("nvidia_apt", version="nvidia_container_toolkit_version"),),
     after=("tailscale",),
     before=("docker",),  # docker's daemon.json names its runtime
 )

@@ -162,6 +162,6 @@ COMPONENT = Component(
     deploy=tailscale,
     defaults=DEFAULTS,
     secrets=auth_key,
-    rules=(check_tags, aptsource.rule("tailscale_apt")),
+    rules=(check_tags, aptsource.rule("tailscale_apt", version="tailscale_version")),
     after=("base",),
 )

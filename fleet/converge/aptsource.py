@@ -78,17 +78,34 @@ def check_spec(name: str, spec: dict) -> None:
         raise ValueError(f"{name} apt source: key_file must end in .gpg (binary) or .asc (armored)")
 
 
-def rule(key: str, when=None):
+# A Debian package version as apt takes it after `name=`: [epoch:]upstream[-revision], the
+# upstream part starting with a digit (Debian Policy 5.6.12). A pin that is not one (None, a
+# typo, a value with spaces) would only fail in apt-get on each host, mid-converge.
+DEB_VERSION = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~-]*")
+
+
+def rule(key: str, when=None, version: str | None = None):
     """A validation rule (fleet.converge.component) for the apt source spec in data `key`:
-    every problem check_spec would raise at converge time, reported before any host is touched.
+    every problem check_spec would raise at converge time, reported before any host is touched;
+    and, with `version`, that data key's package pin is a Debian version.
     `when(data)`: only hosts where the source is used."""
     from fleet.converge.component import Problem
 
     def check_apt_source(fleet, hosts):
         problems = []
+        bad_pins = set()
         for h in hosts:
             if when is not None and not when(h.data):
                 continue
+            pin = h.data.get(version) if version else "0"
+            if not isinstance(pin, str) or not DEB_VERSION.fullmatch(pin):
+                where = fleet.where_set(h, version)
+                if (where, repr(pin)) not in bad_pins:  # one line for a pin all.py gives every host
+                    bad_pins.add((where, repr(pin)))
+                    problems.append(Problem("all" if where == "group_data/all.py" else h.name, version,
+                                            f"{pin!r} is not a Debian package version.",
+                                            f"pin the version as `apt-cache policy` shows it (e.g. '1.2.3-1'), "
+                                            f"in {where}."))
             spec = h.data.get(key)
             try:
                 if not isinstance(spec, dict):

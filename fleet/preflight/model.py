@@ -82,6 +82,16 @@ class Fleet:
     def hosts_with(self, component: str) -> list[Host]:
         return [h for h in self.hosts.values() if h.runs(component)]
 
+    def where_set(self, host: Host, key: str) -> str:
+        """The data file a host's value of `key` comes from (for the Fix: part of a message)."""
+        if key in host.entry_keys:
+            return "its entry in inventory.py"
+        if key in host.group_sources:
+            return ", ".join(f"group_data/{g}.py" for g in host.group_sources[key])
+        if key in self.all_py_keys:
+            return "group_data/all.py"
+        return "the data"
+
 
 def _public(namespace: dict[str, Any]) -> dict[str, Any]:
     return {

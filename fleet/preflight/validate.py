@@ -38,17 +38,6 @@ class InventoryError(Exception):
         super().__init__("\n".join(lines))
 
 
-def where_set(fleet: Fleet, host, key: str) -> str:
-    """The data file a host's value of `key` comes from (for the Fix: part of a message)."""
-    if key in host.entry_keys:
-        return "its entry in inventory.py"
-    if key in host.group_sources:
-        return ", ".join(f"group_data/{g}.py" for g in host.group_sources[key])
-    if key in fleet.all_py_keys:
-        return "group_data/all.py"
-    return "the data"
-
-
 def check_hosts(fleet: Fleet) -> list[Problem]:
     if not fleet.hosts:
         return [Problem("inventory.py", "HOSTS", "is empty: there is no host to converge.",
@@ -91,7 +80,7 @@ def check_setting_types(fleet: Fleet) -> list[Problem]:
                     problems.append(Problem(
                         host.name, key, f"{value!r} is {_a(type(value).__name__)}, but it must be "
                         f"{_type_names(tuple(types))} (default: {default!r}).",
-                        f"correct it in {where_set(fleet, host, key)}."))
+                        f"correct it in {fleet.where_set(host, key)}."))
     return problems
 
 
@@ -376,7 +365,7 @@ def check_checklist(fleet: Fleet) -> list[Problem]:
     for host in fleet.hosts.values():
         on = host.data.get("checklist_public_https", True)
         reason = host.data.get("checklist_public_https_reason")
-        where = where_set(fleet, host, "checklist_public_https")
+        where = fleet.where_set(host, "checklist_public_https")
         if not isinstance(on, bool):
             problems.append(Problem(host.name, "checklist_public_https", f"{on!r} is {_a(type(on).__name__)}, "
                                     "not True or False.", f"set it to True or False in {where}."))

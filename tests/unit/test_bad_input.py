@@ -106,6 +106,30 @@ def test_an_apt_source_with_a_quote_is_refused(data):
     assert len(found) == 7 and "must be one line of text without quotes" in found[0]
 
 
+@pytest.mark.parametrize("key, value", [
+    ("tailscale_version", "1.102.4; rm -rf /"), ("tailscale_version", None), ("cloudflared_version", " 2026.7.1"),
+    ("nvidia_container_toolkit_version", 1.2), ("cloudflared_version", "latest"),
+])
+def test_a_package_pin_that_is_not_a_debian_version_is_one_line(data, key, value):
+    data.all_data[key] = value
+    assert one_line(p for p in problems(data.fleet()) if p.key == key) == [
+        f"all: {key}: {value!r} is not a Debian package version. Fix: pin the version as `apt-cache policy` "
+        "shows it (e.g. '1.2.3-1'), in group_data/all.py."]
+
+
+@pytest.mark.parametrize("pin", ["1.102.4", "5:29.8.2-1~debian.12~bookworm", "1.20.1-1", "2026.7.1+ds1"])
+def test_a_debian_version_pin_passes(data, pin):
+    data.all_data["tailscale_version"] = pin
+    assert not [p for p in problems(data.fleet()) if p.key == "tailscale_version"]
+
+
+def test_a_pin_set_for_one_host_names_that_host(data):
+    data.hosts["jetson-prime"]["nvidia_container_toolkit_version"] = "1.20.1 -1"
+    assert one_line(p for p in problems(data.fleet()) if p.key == "nvidia_container_toolkit_version") == [
+        "jetson-prime: nvidia_container_toolkit_version: '1.20.1 -1' is not a Debian package version. Fix: pin the "
+        "version as `apt-cache policy` shows it (e.g. '1.2.3-1'), in its entry in inventory.py."]
+
+
 def test_a_negative_apt_lock_timeout_is_one_line(data):
     data.hosts["pi5-beta"]["base_apt_lock_timeout"] = -5
     assert one_line(p for p in problems(data.fleet()) if p.key == "base_apt_lock_timeout") == [
