@@ -12,6 +12,7 @@ password from the vault: pruning needs memory a Pi should not spend.
 
 from __future__ import annotations
 
+import re
 from io import StringIO
 
 from pyinfra import host
@@ -19,8 +20,9 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd
 
 from fleet.converge import component as registry
+from fleet.converge import accounts
 from fleet.converge.accounts import account
-from fleet.converge.component import Component, Problem
+from fleet.converge.component import Component, Problem, matches
 from fleet.converge.daemons import unit_loaded
 from fleet.converge.keys import public_host_key, secret
 from fleet.converge.ops import secret_file
@@ -115,11 +117,24 @@ def check_keep(fleet, hosts) -> list[Problem]:
     return problems
 
 
+# restic check --read-data-subset: a fraction n/t, a percentage, or a size (restic's forms)
+SUBSET = re.compile(r"[1-9][0-9]*/[1-9][0-9]*|[0-9]+(\.[0-9]+)?%|[1-9][0-9]*[KMGT]?")
+# A schedule goes into a timer's OnCalendar=: one line, not empty
+SCHEDULE = re.compile(r"[^\x00-\x1f]*[^\x00-\x20][^\x00-\x1f]*")
+SCHEDULE_FIX = 'use one line, e.g. "daily" or "Sun *-*-* 03:00:00" (systemd.time).'
+
+
 COMPONENT = Component(
     name="backup_repository",
     deploy=backup_repository,
     defaults=DEFAULTS,
     when=lambda data: bool(data.get("backup_repository_enabled")),
-    rules=(check_keep,),
+    rules=(check_keep,
+           matches("backup_repository_check_subset", SUBSET, "a restic data subset",
+                   "use a percentage ('10%'), a fraction ('1/5') or a size ('500M')."),
+           matches("backup_repository_prune_schedule", SCHEDULE, "one line of a schedule", SCHEDULE_FIX),
+           matches("backup_repository_check_schedule", SCHEDULE, "one line of a schedule", SCHEDULE_FIX),
+           accounts.account_name("backup_repository_user"),
+           accounts.own_directory("backup_repository_dir")),
     after=("tailscale",),
 )

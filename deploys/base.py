@@ -16,7 +16,7 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
 from fleet.converge.accounts import account
-from fleet.converge.component import Component, Problem, SecretFile
+from fleet.converge.component import Component, Problem, SecretFile, matches
 from fleet.converge.keys import host_key_name, public_host_key, secret
 from fleet.converge.daemons import keep_running
 from fleet.converge.ops import secret_file, validated_file
@@ -422,6 +422,11 @@ def check_lock_timeout(fleet, hosts) -> list[Problem]:
             and not 0 <= h.data["base_apt_lock_timeout"] <= 3600]
 
 
+# A zoneinfo name (UTC, Europe/Berlin, Etc/GMT-3): /etc/localtime links to it under
+# /usr/share/zoneinfo, so no empty part, no `..` and no space.
+ZONE = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
+
+
 def check_sshd_settings(fleet, hosts) -> list[Problem]:
     """Each setting becomes one `Key value` line of sshd_config: one line each, no comments."""
     problems = []
@@ -439,6 +444,8 @@ COMPONENT = Component(
     deploy=base,
     defaults=DEFAULTS,
     secrets=host_key,
-    rules=(check_admin, check_sshd_settings, check_lock_timeout),
+    rules=(check_admin, check_sshd_settings, check_lock_timeout,
+           matches("base_timezone", ZONE, "a timezone name", "use a name from /usr/share/zoneinfo, like 'UTC' or "
+                   "'Europe/Berlin' (timedatectl list-timezones).")),
     types={"base_time_sync_running": (bool, type(None))},
 )

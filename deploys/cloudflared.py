@@ -19,6 +19,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files
 
 from fleet.converge import aptsource
+from fleet.converge import accounts
 from fleet.converge.accounts import account
 from fleet.converge.aptsource import vendor_apt_source
 from fleet.converge.component import Component, Problem, SecretFile
@@ -165,12 +166,6 @@ def check_tunnels(fleet, hosts) -> list[Problem]:
     return problems
 
 
-def check_user(fleet, hosts) -> list[Problem]:
-    return [Problem(h.name, "cloudflared_user", f"{h.data.get('cloudflared_user')!r} is not a system user name.",
-                    "use lowercase letters, digits, '-' and '_', starting with a letter (e.g. 'cloudflared').")
-            for h in hosts if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", str(h.data.get("cloudflared_user")))]
-
-
 def check_catch_all(fleet, hosts) -> list[Problem]:
     return [Problem(h.name, "cloudflared_catch_all_service", "is empty, but cloudflared requires a "
                     "catch-all rule last.", "set it to e.g. 'http_status:404'.")
@@ -183,6 +178,7 @@ COMPONENT = Component(
     defaults=DEFAULTS,
     groups=("gateway", "llm", "failover"),
     secrets=credentials,
-    rules=(check_tunnels, check_catch_all, check_user, aptsource.rule("cloudflared_apt", version="cloudflared_version")),
+    rules=(check_tunnels, check_catch_all, accounts.account_name("cloudflared_user"),
+           aptsource.rule("cloudflared_apt", version="cloudflared_version")),
     after=("tailscale",),  # what its tunnel routes to says before=("cloudflared",)
 )

@@ -21,7 +21,7 @@ from pyinfra.operations import apt, files
 from fleet.converge import aptsource
 from fleet.converge.accounts import account
 from fleet.converge.aptsource import vendor_apt_source
-from fleet.converge.component import Component, Problem, component
+from fleet.converge.component import Component, Problem, Problems, component, matches
 from fleet.converge.daemons import keep_running
 from fleet.converge.ops import validated_file
 from fleet.converge.render import source
@@ -237,6 +237,22 @@ def check_cmdline_tokens(fleet, hosts) -> list[Problem]:
             if not isinstance(value, list) or not all(isinstance(t, str) and TOKEN.fullmatch(t) for t in value)]
 
 
+# The json-file log driver's max-size: a number with an optional k, m or g unit.
+LOG_SIZE = re.compile(r"[1-9][0-9]*[kmg]?")
+
+
+def check_logs(fleet, hosts) -> list[Problem]:
+    """dockerd refuses a daemon.json with a bad log option and would not start again. (A value
+    of the wrong type is reported by the check of every setting's type.)"""
+    found = Problems(fleet)
+    for h in hosts:
+        count = h.data.get("docker_log_max_file")
+        if isinstance(count, int) and count < 1:
+            found.add(h, "docker_log_max_file", f"{count!r} is not a number of log files.",
+                      "use a whole number from 1, e.g. 3.")
+    return found
+
+
 def check_enabled(fleet, hosts) -> list[Problem]:
     return [Problem(h.name, "docker_enabled", f"{h.data.get('docker_enabled')!r} is not True or False.",
                     "write docker_enabled = True or False in the group's data.")
@@ -253,7 +269,8 @@ COMPONENT = Component(
     deploy=docker,
     defaults=DEFAULTS,
     when=enabled,
-    rules=(check_enabled, check_pools, check_source, check_cmdline_tokens,
+    rules=(check_enabled, check_pools, check_source, check_cmdline_tokens, check_logs,
+           matches("docker_log_max_size", LOG_SIZE, "a log file size", "use a number with k, m or g, e.g. '10m'."),
            aptsource.rule("docker_apt", when=lambda data: data.get("docker_source") == "docker-ce",
                           version="docker_ce_version")),
     after=("tailscale",),

@@ -35,7 +35,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, OperationError, StringCommand, deploy, operation
 from pyinfra.operations import apt, files
 
-from fleet.converge import aptsource
+from fleet.converge import accounts, aptsource
 from fleet.converge.aptsource import vendor_apt_source
 from fleet.converge.component import Component, Problem, SecretFile
 from fleet.converge.daemons import keep_running
@@ -429,10 +429,6 @@ def check_settings(fleet, hosts) -> list[Problem]:
         if not LOGIN.match(str(user)):
             problems.append(Problem(h.name, "grafana_admin_user", f"{user!r} is not a usable login.",
                                     "use letters, digits, '.', '_', '@' and '-' (e.g. 'admin')."))
-        for key in ("grafana_data_dir", "grafana_logs_dir"):
-            if not re.fullmatch(r"/[A-Za-z0-9._/-]*", str(d.get(key))):
-                problems.append(Problem(h.name, key, f"{d.get(key)!r} is not an absolute path.",
-                                        "use a path like /var/lib/grafana (letters, digits, '.', '_', '-', '/')."))
         if not str(d.get("grafana_dashboard_title") or "").strip() or any(
                 ord(c) < 32 for c in str(d.get("grafana_dashboard_title"))):
             problems.append(Problem(h.name, "grafana_dashboard_title", "is empty or not one line.",
@@ -460,6 +456,8 @@ COMPONENT = Component(
     groups=("monitoring",),
     secrets=admin_password_file,
     # an unpinned key gets check_key_pin's one line (how to pin it), not aptsource's as well
-    rules=(check_key_pin, aptsource.rule("grafana_apt", when=_pin_given), check_settings),
+    rules=(check_key_pin, aptsource.rule("grafana_apt", when=_pin_given), check_settings,
+           accounts.own_directory("grafana_data_dir"),
+           accounts.own_directory("grafana_logs_dir")),
     after=("tailscale", "prometheus"),
 )

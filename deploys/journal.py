@@ -18,6 +18,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd
 
+from fleet.converge import accounts
 from fleet.converge.component import Component, Problem
 from fleet.converge.daemons import keep_running
 from fleet.converge.render import render
@@ -115,10 +116,6 @@ def check_settings(fleet, hosts) -> list[Problem]:
         if isinstance(retry, int) and not isinstance(retry, bool) and not 1 <= retry <= 3600:  # (type: checked for all keys)
             problems.append(Problem(h.name, "journal_upload_retry_seconds", f"{retry!r} is not a whole number of "
                                     "seconds from 1 to 3600.", "write it like 15."))
-        path = str(h.data.get("journal_remote_dir"))
-        if not path.startswith("/") or any(c.isspace() for c in path):
-            problems.append(Problem(h.name, "journal_remote_dir", f"{path!r} is not an absolute path.",
-                                    "use a path like /var/log/journal/remote."))
     return problems
 
 
@@ -127,6 +124,6 @@ COMPONENT = Component(
     deploy=journal,
     defaults=DEFAULTS,
     groups=("all",),
-    rules=(check_settings,),
+    rules=(check_settings, accounts.own_directory("journal_remote_dir")),
     after=("tailscale",),
 )

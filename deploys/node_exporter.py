@@ -16,6 +16,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files
 
+from fleet.converge import accounts
 from fleet.converge.component import Component, Problem
 from fleet.converge.daemons import keep_running
 from fleet.converge.render import render
@@ -68,10 +69,6 @@ def node_exporter():
 def check_collectors(fleet, hosts) -> list[Problem]:
     problems = []
     for h in hosts:
-        textfile = h.data.get("node_exporter_textfile_dir")
-        if not isinstance(textfile, str) or not textfile.startswith("/") or any(c.isspace() for c in textfile):
-            problems.append(Problem(h.name, "node_exporter_textfile_dir", f"{textfile!r} is not an absolute path.",
-                                    "use a path like /var/lib/prometheus/node-exporter (no spaces)."))
         units = h.data.get("node_exporter_systemd_units")
         try:
             re.compile(units)
@@ -93,6 +90,6 @@ COMPONENT = Component(
     deploy=node_exporter,
     defaults=DEFAULTS,
     groups=("all",),
-    rules=(check_collectors,),
+    rules=(check_collectors, accounts.own_directory("node_exporter_textfile_dir")),
     after=("tailscale",),
 )

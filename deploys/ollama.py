@@ -28,8 +28,9 @@ from pyinfra.facts.server import Arch, Groups
 from pyinfra.operations import apt, files, systemd
 
 from deploys.llm import engine_is
+from fleet.converge import accounts
 from fleet.converge.accounts import account
-from fleet.converge.component import Component, Problem
+from fleet.converge.component import Component, Problem, Problems
 from fleet.converge.daemons import keep_running
 from fleet.converge.ops import verified_download
 from fleet.converge.render import render
@@ -223,13 +224,24 @@ def ollama():
 
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# A release's version (it names the download and the install directory) and where releases
+# are downloaded from: an http(s) URL without spaces or quotes, with {version} in it.
+VERSION = re.compile(r"[0-9]+(\.[0-9]+)*(-rc[0-9]+)?")
+RELEASE_URL = re.compile(r"https?://[^\s'\"\\]*\{version\}[^\s'\"\\]*")
 
 
 def check_release(fleet, hosts) -> list[Problem]:
-    """The release is never installed unchecked; models are a list of names."""
-    problems = []
+    """The release is never installed unchecked; it is named by a version and a URL; models
+    are a list of names."""
+    problems = Problems(fleet)
     for h in hosts:
         data = h.data
+        if not VERSION.fullmatch(str(data.get("ollama_version"))):
+            problems.add(h, "ollama_version", f"{data.get('ollama_version')!r} is not an Ollama release version.",
+                         "write it as the release's tag shows it without the v, e.g. '0.34.4'.")
+        if not RELEASE_URL.fullmatch(str(data.get("ollama_release_url"))):
+            problems.add(h, "ollama_release_url", f"{data.get('ollama_release_url')!r} is not a release URL.",
+                         f"use an http(s) URL with {{version}} in it, e.g. {DEFAULTS['ollama_release_url']!r}.")
         asset = f"ollama-linux-{data.get('arch')}.tar.zst"
         sums = data.get("ollama_sha256")
         if not isinstance(sums, dict) or not SHA256.fullmatch(str(sums.get(asset, ""))):
@@ -252,7 +264,7 @@ COMPONENT = Component(
     defaults=DEFAULTS,
     groups=("llm",),
     when=engine_is("ollama"),
-    rules=(check_release,),
+    rules=(check_release, accounts.account_name("ollama_user"), accounts.own_directory("ollama_home")),
     after=("llm",),
     before=("cloudflared",),  # serve before the tunnel routes to it
 )

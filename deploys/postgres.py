@@ -27,7 +27,7 @@ from pyinfra.facts.files import File
 from pyinfra.facts.server import Home
 from pyinfra.operations import apt, files, systemd
 
-from fleet.converge.component import Component, Problem, SecretFile
+from fleet.converge.component import Component, Problem, Problems, SecretFile
 from fleet.converge.daemons import keep_running
 from fleet.converge.ops import secret_file, validated_file
 from fleet.converge.render import render, source
@@ -445,6 +445,26 @@ def check_roles(fleet, hosts) -> list[Problem]:
     return problems
 
 
+def check_server(fleet, hosts) -> list[Problem]:
+    """The version names Debian's packages and the cluster's paths; the exporter's role goes
+    into pg_hba.conf and SQL; max_connections below 1 stops the server at its restart. (A value
+    of the wrong type is reported by the check of every setting's type.)"""
+    found = Problems(fleet)
+    for h in hosts:
+        version, connections = h.data.get("postgres_version"), h.data.get("postgres_max_connections")
+        if isinstance(version, int) and not 10 <= version <= 99:
+            found.add(h, "postgres_version", f"{version!r} is not a PostgreSQL major version.",
+                      "use the major version Debian ships, e.g. 15 on bookworm.")
+        if isinstance(connections, int) and not 1 <= connections <= 10000:
+            found.add(h, "postgres_max_connections", f"{connections!r} is not a number of connections.",
+                      "use a whole number from 1 (keep it small on a Pi, e.g. 50).")
+        role = h.data.get("postgres_exporter_role")
+        if isinstance(role, str) and not NAME.match(role):
+            found.add(h, "postgres_exporter_role", f"{role!r} is not a plain PostgreSQL name.",
+                      "use lower-case letters, digits and _ (63 at most), starting with a letter or _.")
+    return found
+
+
 COMPONENT = Component(
     name="postgres",
     deploy=postgres,
@@ -453,6 +473,6 @@ COMPONENT = Component(
     secrets=secret_files,
     state=state,
     vault_keys=lambda name, data: [password_key(role) for role in login_roles(data)],
-    rules=(check_roles,),
+    rules=(check_roles, check_server),
     after=("tailscale",),
 )

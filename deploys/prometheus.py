@@ -28,6 +28,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files
 
+from fleet.converge import accounts
 from fleet.converge.component import Component, Problem
 from fleet.converge.daemons import keep_running
 from fleet.converge.ops import validated_file
@@ -275,8 +276,6 @@ def check_settings(fleet, hosts) -> list[Problem]:
         if not SIZE.match(str(d.get("prometheus_retention_size"))):
             problems.append(Problem(h.name, "prometheus_retention_size", f"{d.get('prometheus_retention_size')!r} is not a size.",
                                     "write it like '4GB' or '512MB'."))
-        if not str(d.get("prometheus_data_dir", "")).startswith("/"):
-            problems.append(Problem(h.name, "prometheus_data_dir", "is not an absolute path.", "use a path like /var/lib/prometheus/metrics2."))
         t = d.get("prometheus_alert_thresholds") or {}
         unknown = set(t) - set(DEFAULTS["prometheus_alert_thresholds"])
         if unknown:
@@ -318,6 +317,6 @@ COMPONENT = Component(
     defaults=DEFAULTS,
     groups=("monitoring",),
     vault_keys=lambda name, data: webhook_keys(data),
-    rules=(check_settings,),
+    rules=(check_settings, accounts.own_directory("prometheus_data_dir")),
     after=("node_exporter",),
 )

@@ -17,7 +17,7 @@ from pyinfra.operations import apt, files
 
 from fleet.converge import aptsource
 from fleet.converge.aptsource import vendor_apt_source
-from fleet.converge.component import Component, Problem, SecretFile
+from fleet.converge.component import Component, Problem, Problems, SecretFile
 from fleet.converge.daemons import keep_running
 from fleet.converge.ops import secret_file
 from fleet.converge.render import render
@@ -157,11 +157,34 @@ def check_tags(fleet, hosts) -> list[Problem]:
     return problems
 
 
+# One tailscaled flag: --name or --name=value, the value with nothing the unit's word
+# splitting or a shell would read (no space, quote, backslash, $ or ;).
+DAEMON_FLAG = re.compile(r"--?[a-z][a-z0-9-]*(=[^\s\"'\\$;`]*)?")
+
+
+def check_daemon(fleet, hosts) -> list[Problem]:
+    """tailscaled's port and flags: a bad value stops tailscaled at its restart, and with it the
+    tailnet the operator may be connected over, so it is refused before any host is touched.
+    (A value of the wrong type is reported by the check of every setting's type.)"""
+    found = Problems(fleet)
+    for h in hosts:
+        port = h.data.get("tailscale_port")
+        if isinstance(port, int) and not 0 <= port <= 65535:
+            found.add(h, "tailscale_port", f"{port!r} is not a UDP port.",
+                      "use an integer 1-65535 (0: tailscaled picks one), e.g. 41641.")
+        flags = h.data.get("tailscale_daemon_flags")
+        bad = [f for f in flags.split() if not DAEMON_FLAG.fullmatch(f)] if isinstance(flags, str) else []
+        if bad:
+            found.add(h, "tailscale_daemon_flags", f"{', '.join(map(repr, bad))} is not a tailscaled flag.",
+                      "write flags like '--verbose=1 --no-logs-no-support', space-separated, or '' for none.")
+    return found
+
+
 COMPONENT = Component(
     name="tailscale",
     deploy=tailscale,
     defaults=DEFAULTS,
     secrets=auth_key,
-    rules=(check_tags, aptsource.rule("tailscale_apt", version="tailscale_version")),
+    rules=(check_tags, check_daemon, aptsource.rule("tailscale_apt", version="tailscale_version")),
     after=("base",),
 )

@@ -125,12 +125,25 @@ def api_key(name: str, data) -> list[SecretFile]:
 
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# Docker's rule for a container's or a named volume's name. A volume given as a path (`/`)
+# would bind-mount that host directory into the container instead.
+DOCKER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 
 
 def check_settings(fleet, hosts) -> list[Problem]:
     problems = []
     for h in hosts:
         data = h.data
+        for key in ("vllm_image", "vllm_model", "vllm_served_model_name"):  # arguments of `docker run`
+            value = data.get(key)
+            if isinstance(value, str) and (not value or any(c.isspace() or ord(c) < 32 for c in value)):
+                problems.append(Problem(h.name, key, f"{value!r} is empty or has a space.",
+                                        f"write one word, e.g. {DEFAULTS[key]!r}."))
+        for key, what in (("vllm_container", "container"), ("vllm_cache_volume", "named volume")):
+            if not DOCKER_NAME.fullmatch(str(data.get(key))):
+                problems.append(Problem(h.name, key, f"{data.get(key)!r} is not a Docker {what} name.",
+                                        f"use letters, digits, '_', '.' and '-', starting with a letter or digit "
+                                        f"(e.g. {DEFAULTS[key]!r})."))
         if data.get("vllm_image_archive_url") and not SHA256.fullmatch(str(data.get("vllm_image_archive_sha256", ""))):
             problems.append(Problem(h.name, "vllm_image_archive_sha256",
                                     "is missing or not a SHA-256, but vllm_image_archive_url is set.",

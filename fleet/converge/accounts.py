@@ -15,12 +15,34 @@ sites' arguments and account states.
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from pyinfra import host
 from pyinfra.api import FactBase, QuoteString, StringCommand, operation
 from pyinfra.facts.server import Groups
 from pyinfra.operations import files
+
+from fleet.converge.component import matches
+
+# A system account's name, as Debian's adduser takes it by default.
+ACCOUNT_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# A directory a component creates and hands to a service's account (chown, chmod): an
+# absolute path of plain names, two or more deep, so `/`, `/etc`, `/srv` or a `..` is never
+# given away by a typo in the data.
+OWN_DIRECTORY = re.compile(r"(/[A-Za-z0-9_][A-Za-z0-9._-]*){2,}")
+
+
+def account_name(key: str):
+    """A validation rule: the setting `key` names a system account."""
+    return matches(key, ACCOUNT_NAME, "a system account name", "use lower-case letters, digits, '_' and '-' (32 at "
+                   "most), starting with a letter or '_' (e.g. 'backup').")
+
+
+def own_directory(key: str):
+    """A validation rule: the setting `key` is a directory a component may create and own."""
+    return matches(key, OWN_DIRECTORY, "a directory a service may own", "use an absolute path two or more levels "
+                   "deep, of letters, digits, '.', '_' and '-' (e.g. /var/lib/<service>).")
 
 
 class Account(FactBase):

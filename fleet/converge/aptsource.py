@@ -89,23 +89,18 @@ def rule(key: str, when=None, version: str | None = None):
     every problem check_spec would raise at converge time, reported before any host is touched;
     and, with `version`, that data key's package pin is a Debian version.
     `when(data)`: only hosts where the source is used."""
-    from fleet.converge.component import Problem
+    from fleet.converge.component import Problem, Problems
 
     def check_apt_source(fleet, hosts):
-        problems = []
-        bad_pins = set()
+        problems = Problems(fleet)
         for h in hosts:
             if when is not None and not when(h.data):
                 continue
             pin = h.data.get(version) if version else "0"
             if not isinstance(pin, str) or not DEB_VERSION.fullmatch(pin):
-                where = fleet.where_set(h, version)
-                if (where, repr(pin)) not in bad_pins:  # one line for a pin all.py gives every host
-                    bad_pins.add((where, repr(pin)))
-                    problems.append(Problem("all" if where == "group_data/all.py" else h.name, version,
-                                            f"{pin!r} is not a Debian package version.",
-                                            f"pin the version as `apt-cache policy` shows it (e.g. '1.2.3-1'), "
-                                            f"in {where}."))
+                problems.add(h, version, f"{pin!r} is not a Debian package version.",
+                             f"pin the version as `apt-cache policy` shows it (e.g. '1.2.3-1'), "
+                             f"in {fleet.where_set(h, version)}.")
             spec = h.data.get(key)
             try:
                 if not isinstance(spec, dict):

@@ -59,6 +59,42 @@ class Problem:
         return f"{self.host}: {self.key}: {self.message} Fix: {self.fix}"
 
 
+class Problems(list):
+    """A rule's problems, one per bad value: a value group_data/all.py gives every host is
+    reported once, as host `all`, not once per host (the fleet model says where a value is set).
+
+        found = Problems(fleet)
+        found.add(h, "tailscale_port", f"{port!r} is not a UDP port.", "use an integer 1-65535.")
+    """
+
+    def __init__(self, fleet):
+        super().__init__()
+        self.fleet = fleet
+
+    def add(self, host, key: str, message: str, fix: str) -> None:
+        where = self.fleet.where_set(host, key)
+        problem = Problem("all" if where == "group_data/all.py" else host.name, key, message, fix)
+        if problem not in self:
+            self.append(problem)
+
+
+def matches(key: str, pattern, what: str, fix: str):
+    """A validation rule: the setting `key`, where it is text, is all of `pattern` (a compiled
+    regular expression); else `key: 'value' is not <what>. Fix: <fix>`, once per value. A value
+    that is not text is the check of every setting's type to report."""
+
+    def check(fleet, hosts):
+        found = Problems(fleet)
+        for h in hosts:
+            value = h.data.get(key)
+            if isinstance(value, str) and not pattern.fullmatch(value):
+                found.add(h, key, f"{value!r} is not {what}.", fix)
+        return found
+
+    check.__name__ = f"check_{key}"
+    return check
+
+
 @dataclass(frozen=True)
 class SecretFile:
     """A secret a component installs on a host: vault key -> file, owner, mode 0600."""

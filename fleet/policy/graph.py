@@ -287,7 +287,8 @@ def _policy_settings(fleet: Fleet, graph: ServiceGraph) -> list[Problem]:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             problems.append(Problem("all", key, f"{value!r} is not a list of names.",
                                     "write it like ['alice@example.com'] in group_data/all.py."))
-    bad = [a for a in data.get("tailnet_policy_admins") or [] if isinstance(a, str) and not LOGIN.match(a)]
+    admins = data.get("tailnet_policy_admins")
+    bad = [a for a in admins if isinstance(a, str) and not LOGIN.match(a)] if isinstance(admins, list) else []
     if bad:
         problems.append(Problem("all", "tailnet_policy_admins", f"{', '.join(map(repr, bad))} is not a Tailscale "
                                 "login (user@domain).", "use the login shown in the admin console's Users page."))

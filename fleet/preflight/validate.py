@@ -12,7 +12,7 @@ import re
 
 import ipaddress
 
-from fleet.converge.component import Problem, components
+from fleet.converge.component import Problem, Problems, components
 from fleet.converge.services import SCOPES
 from fleet.policy.graph import check_service_graph
 from fleet.preflight.model import Fleet
@@ -67,8 +67,9 @@ def _has_type(value, types: tuple) -> bool:
 
 
 def check_setting_types(fleet: Fleet) -> list[Problem]:
-    """Every component setting has the type of its default (or one its component allows)."""
-    problems = []
+    """Every component setting has the type of its default (or one its component allows);
+    one line for a value group_data/all.py gives every host."""
+    problems = Problems(fleet)
     for component in components():
         for key, default in component.defaults.items():
             types = component.types.get(key) or (type(default),)
@@ -77,10 +78,9 @@ def check_setting_types(fleet: Fleet) -> list[Problem]:
             for host in fleet.hosts.values():
                 value = host.data.get(key)
                 if not _has_type(value, tuple(types)):
-                    problems.append(Problem(
-                        host.name, key, f"{value!r} is {_a(type(value).__name__)}, but it must be "
-                        f"{_type_names(tuple(types))} (default: {default!r}).",
-                        f"correct it in {fleet.where_set(host, key)}."))
+                    problems.add(host, key, f"{value!r} is {_a(type(value).__name__)}, but it must be "
+                                 f"{_type_names(tuple(types))} (default: {default!r}).",
+                                 f"correct it in {fleet.where_set(host, key)}.")
     return problems
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deploys import tailscale
+from deploys import tailscale, vllm
 from fleet.converge.render import dquote, systemd_env
 from fleet.preflight.inventory import FleetConfigError, read_inventory_data
 from fleet.preflight.model import DataFileError, load_group_data
@@ -128,6 +128,91 @@ def test_a_pin_set_for_one_host_names_that_host(data):
     assert one_line(p for p in problems(data.fleet()) if p.key == "nvidia_container_toolkit_version") == [
         "jetson-prime: nvidia_container_toolkit_version: '1.20.1 -1' is not a Debian package version. Fix: pin the "
         "version as `apt-cache policy` shows it (e.g. '1.2.3-1'), in its entry in inventory.py."]
+
+
+def fleet_wide(data, key, value) -> list[str]:
+    """The problems about `key` when group_data/all.py sets it to `value` for every host."""
+    data.all_data[key] = value
+    for layer in (*data.group_data.values(), *data.hosts.values()):
+        layer.pop(key, None)
+    return one_line(p for p in problems(data.fleet()) if p.key == key)
+
+
+@pytest.mark.parametrize("key", ["backup_repository_dir", "grafana_data_dir", "grafana_logs_dir", "journal_remote_dir",
+                                 "node_exporter_textfile_dir", "prometheus_data_dir", "ollama_home"])
+@pytest.mark.parametrize("value", ["/", "/etc", "/var/../etc", "relative/dir", "", "/srv/my data"])
+def test_a_directory_a_service_owns_is_never_a_system_one(data, key, value):
+    # each is created and chowned to the service's account: `/` or `/etc` would be given away
+    assert fleet_wide(data, key, value) == [
+        f"all: {key}: {value!r} is not a directory a service may own. Fix: use an absolute path two or more "
+        "levels deep, of letters, digits, '.', '_' and '-' (e.g. /var/lib/<service>)."]
+
+
+@pytest.mark.parametrize("key", ["backup_repository_user", "cloudflared_user", "ollama_user"])
+@pytest.mark.parametrize("value", ["", "root;id", "Backup"])
+def test_a_service_account_is_a_plain_name(data, key, value):
+    [line] = fleet_wide(data, key, value)
+    assert line.startswith(f"all: {key}: {value!r} is not a system account name. Fix:")
+
+
+@pytest.mark.parametrize("key", ["backup_repository_user", "ollama_home", "tailscale_port", "postgres_version"])
+def test_a_value_of_the_wrong_type_is_one_line_not_two(data, key):
+    [line] = fleet_wide(data, key, None)
+    assert line.startswith(f"all: {key}: None is a NoneType, but it must be")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("tailscale_port", -1, "-1 is not a UDP port."), ("tailscale_port", 70000, "70000 is not a UDP port."),
+    ("tailscale_daemon_flags", "verbose=1", "'verbose=1' is not a tailscaled flag."),
+    ("tailscale_daemon_flags", "--verbose=1 ; reboot", "';', 'reboot' is not a tailscaled flag."),
+    ("base_timezone", "../../../etc/shadow", "'../../../etc/shadow' is not a timezone name."),
+    ("base_timezone", "", "'' is not a timezone name."),
+    ("postgres_version", -1, "-1 is not a PostgreSQL major version."),
+    ("postgres_max_connections", 0, "0 is not a number of connections."),
+    ("postgres_exporter_role", "exporter; drop", "'exporter; drop' is not a plain PostgreSQL name."),
+    ("docker_log_max_size", "10 m", "'10 m' is not a log file size."),
+    ("docker_log_max_file", -1, "-1 is not a number of log files."),
+    ("backup_repository_check_subset", "all", "'all' is not a restic data subset."),
+    ("backup_repository_prune_schedule", "", "'' is not one line of a schedule."),
+    ("ollama_version", "latest", "'latest' is not an Ollama release version."),
+    ("ollama_release_url", "ftp://x/{version}", "'ftp://x/{version}' is not a release URL."),
+    ("ollama_release_url", "https://example.org/ollama", "'https://example.org/ollama' is not a release URL."),
+])
+def test_a_value_that_would_fail_on_the_host_is_one_line_first(data, key, value, message):
+    # each would stop a daemon at its restart (tailscaled: the tailnet the operator may use)
+    # or fail in a command mid-converge
+    [line] = fleet_wide(data, key, value)
+    assert line.startswith(f"all: {key}: {message} Fix:")
+
+
+@pytest.mark.parametrize("value", [None, "", "0"])
+def test_the_good_values_pass(data, value):
+    for key, good in (("tailscale_port", 0), ("tailscale_daemon_flags", "--verbose=1 --no-logs-no-support"),
+                      ("base_timezone", "America/Argentina/Buenos_Aires"), ("base_timezone", "Etc/GMT-3"),
+                      ("backup_repository_check_subset", "1/5"), ("backup_repository_check_subset", "2.5%"),
+                      ("backup_repository_dir", "/mnt/ssd-1/backup.d")):
+        assert fleet_wide(data, key, good) == [], (key, good)
+
+
+def test_a_vllm_cache_volume_given_as_a_path_is_refused(data):
+    # `docker run --volume /:/root/.cache/huggingface` would hand the host's root to the container
+    data.hosts["jetson-prime"]["llm_engine"] = "vllm"
+    data.group_data["llm"]["vllm_image"] = "vllm/vllm-openai@sha256:" + "ab" * 32
+    for key, value in (("vllm_cache_volume", "/"), ("vllm_container", "x;y")):
+        data.hosts["jetson-prime"][key] = value
+        assert any(line.startswith(f"jetson-prime: {key}: {value!r} is not a Docker") for line in
+                   one_line(p for p in problems(data.fleet()) if p.key == key))
+    for key, value in (("vllm_image", ""), ("vllm_model", "Qwen/Qwen2.5 7B")):
+        data.hosts["jetson-prime"][key] = value
+        assert one_line(p for p in problems(data.fleet()) if p.key == key) == [
+            f"jetson-prime: {key}: {value!r} is empty or has a space. Fix: write one word, e.g. "
+            f"{vllm.DEFAULTS[key]!r}."]
+
+
+def test_tailnet_admins_of_the_wrong_type_is_one_line_not_a_traceback(data):
+    assert fleet_wide(data, "tailnet_policy_admins", -1) == [
+        "all: tailnet_policy_admins: -1 is not a list of names. Fix: write it like ['alice@example.com'] in "
+        "group_data/all.py."]
 
 
 def test_a_negative_apt_lock_timeout_is_one_line(data):

@@ -187,7 +187,7 @@ def test_rules_name_the_key_and_the_fix(data):
                    "grafana_version: 'latest' is not a Grafana package version.",
                    "grafana_datasource_uid: 'has space' is not a Grafana uid.",
                    "grafana_dashboard_uid: 'xxxx", "grafana_admin_user: 'admin user' is not a usable login.",
-                   "grafana_data_dir: 'relative/dir' is not an absolute path.",
+                   "grafana_data_dir: 'relative/dir' is not a directory a service may own.",
                    "grafana_temperature_groups: 'pies' is not a group."):
         assert any(wanted in p for p in found), (wanted, found)
     assert all(p.startswith("pi400-delta: ") and " Fix: " in p for p in found)
