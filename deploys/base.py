@@ -16,7 +16,7 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
 from fleet.converge.accounts import account
-from fleet.converge.component import Component, Problem, SecretFile, matches
+from fleet.converge.component import Component, Problem, Problems, SecretFile, matches
 from fleet.converge.keys import host_key_name, public_host_key, secret
 from fleet.converge.daemons import keep_running
 from fleet.converge.ops import secret_file, validated_file
@@ -425,6 +425,22 @@ def check_lock_timeout(fleet, hosts) -> list[Problem]:
 # A zoneinfo name (UTC, Europe/Berlin, Etc/GMT-3): /etc/localtime links to it under
 # /usr/share/zoneinfo, so no empty part, no `..` and no space.
 ZONE = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
+# A kernel parameter (net.ipv4.ip_nonlocal_bind) and its value: each goes into `sysctl` and
+# into a line of the sysctl file that server.sysctl finds by a regular expression.
+SYSCTL_KEY = re.compile(r"[a-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
+SYSCTL_VALUE = re.compile(r"[A-Za-z0-9_.:,-]+( [A-Za-z0-9_.:,-]+)*")
+
+
+def check_sysctls(fleet, hosts) -> list[Problem]:
+    found = Problems(fleet)
+    for h in hosts:
+        sysctls = h.data.get("base_sysctls")
+        for key, value in sysctls.items() if isinstance(sysctls, dict) else ():
+            words = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+            if not SYSCTL_KEY.fullmatch(str(key)) or isinstance(value, bool) or not SYSCTL_VALUE.fullmatch(words):
+                found.add(h, "base_sysctls", f"{key!r}: {value!r} is not a kernel parameter and its value.",
+                          "write it like {'net.ipv4.ip_nonlocal_bind': 1}: a dotted name, and a number or words.")
+    return found
 
 
 def check_sshd_settings(fleet, hosts) -> list[Problem]:
@@ -444,7 +460,7 @@ COMPONENT = Component(
     deploy=base,
     defaults=DEFAULTS,
     secrets=host_key,
-    rules=(check_admin, check_sshd_settings, check_lock_timeout,
+    rules=(check_admin, check_sshd_settings, check_lock_timeout, check_sysctls,
            matches("base_timezone", ZONE, "a timezone name", "use a name from /usr/share/zoneinfo, like 'UTC' or "
                    "'Europe/Berlin' (timedatectl list-timezones).")),
     types={"base_time_sync_running": (bool, type(None))},

@@ -209,6 +209,18 @@ def test_a_vllm_cache_volume_given_as_a_path_is_refused(data):
             f"{vllm.DEFAULTS[key]!r}."]
 
 
+@pytest.mark.parametrize("sysctls", [{"a": 1}, {"vm.swappiness": "10\nkernel.panic = 1"}, {"vm.swappiness": True},
+                                     {"net.ipv4.*": 1}, {"vm.swappiness": "1; reboot"}])
+def test_a_sysctl_is_a_dotted_name_and_a_plain_value(data, sysctls):
+    [line] = fleet_wide(data, "base_sysctls", sysctls)
+    assert "is not a kernel parameter and its value." in line and line.startswith("all: base_sysctls: ")
+
+
+def test_sysctls_of_every_kind_pass(data):
+    assert fleet_wide(data, "base_sysctls", {"net.ipv4.tcp_rmem": "4096 87380 6291456", "vm.swappiness": 10,
+                                             "net.ipv4.conf.eth0-1.forwarding": "1", "kernel.sem": [250, 256000]}) == []
+
+
 def test_tailnet_admins_of_the_wrong_type_is_one_line_not_a_traceback(data):
     assert fleet_wide(data, "tailnet_policy_admins", -1) == [
         "all: tailnet_policy_admins: -1 is not a list of names. Fix: write it like ['alice@example.com'] in "
