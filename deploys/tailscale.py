@@ -162,6 +162,28 @@ def check_tags(fleet, hosts) -> list[Problem]:
 DAEMON_FLAG = re.compile(r"--?[a-z][a-z0-9-]*(=[^\s\"'\\$;`]*)?")
 
 
+# A tailnet machine name: one DNS label (MagicDNS names the machine <name>.<tailnet>.ts.net).
+MACHINE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def check_names(fleet, hosts) -> list[Problem]:
+    """tailnet_name (default: the inventory name) is a DNS label, and no two hosts share one:
+    the second would join as <name>-1 and never match what the fleet looks for."""
+    problems, seen = [], {}
+    for h in hosts:
+        name = h.data.get("tailnet_name")
+        if not isinstance(name, str) or not MACHINE_NAME.fullmatch(name):
+            problems.append(Problem(h.name, "tailnet_name", f"{name!r} is not a tailnet machine name.",
+                                    "use lower-case letters, digits and '-' (63 at most), or leave it out to use the "
+                                    "inventory name."))
+        elif name in seen:
+            problems.append(Problem(h.name, "tailnet_name", f"{name!r} is also {seen[name]}'s.",
+                                    "give each host its own tailnet name."))
+        else:
+            seen[name] = h.name
+    return problems
+
+
 def check_daemon(fleet, hosts) -> list[Problem]:
     """tailscaled's port and flags: a bad value stops tailscaled at its restart, and with it the
     tailnet the operator may be connected over, so it is refused before any host is touched.
@@ -185,6 +207,6 @@ COMPONENT = Component(
     deploy=tailscale,
     defaults=DEFAULTS,
     secrets=auth_key,
-    rules=(check_tags, check_daemon, aptsource.rule("tailscale_apt", version="tailscale_version")),
+    rules=(check_tags, check_names, check_daemon, aptsource.rule("tailscale_apt", version="tailscale_version")),
     after=("base",),
 )

@@ -23,10 +23,8 @@ from pyinfra.api import FactBase, QuoteString, StringCommand, operation
 from pyinfra.facts.server import Groups
 from pyinfra.operations import files
 
-from fleet.converge.component import matches
+from fleet.converge.component import ACCOUNT_NAME, matches
 
-# A system account's name, as Debian's adduser takes it by default.
-ACCOUNT_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # A directory a component creates and hands to a service's account (chown, chmod): an
 # absolute path of plain names, two or more deep, so `/`, `/etc`, `/srv` or a `..` is never
 # given away by a typo in the data.

@@ -30,6 +30,7 @@ import importlib
 import os
 import importlib.util
 import pkgutil
+import re
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -76,6 +77,10 @@ class Problems(list):
         problem = Problem("all" if where == "group_data/all.py" else host.name, key, message, fix)
         if problem not in self:
             self.append(problem)
+
+
+# An account's name, as Debian's adduser takes it by default (the admin's, a service's).
+ACCOUNT_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 def matches(key: str, pattern, what: str, fix: str):

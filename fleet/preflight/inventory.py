@@ -160,6 +160,9 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
         address = entry.get("tailnet_address") if connect == "tailnet" else entry.get("lan_address")
         if isinstance(address, str) and address:
             entry["ssh_hostname"] = address.split("/")[0]
+        # the host's machine name in the tailnet: its inventory name unless the entry says
+        if isinstance(entry, dict):
+            entry.setdefault("tailnet_name", name)
     return hosts
 
 

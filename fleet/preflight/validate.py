@@ -12,7 +12,7 @@ import re
 
 import ipaddress
 
-from fleet.converge.component import Problem, Problems, components
+from fleet.converge.component import ACCOUNT_NAME, Problem, Problems, components
 from fleet.converge.services import SCOPES
 from fleet.policy.graph import check_service_graph
 from fleet.preflight.model import Fleet
@@ -158,6 +158,10 @@ def check_required(fleet: Fleet) -> list[Problem]:
                 problems.append(Problem(host.name, "lan_address",
                                         f"{lan!r} is not an address/prefix.",
                                         "write it like '192.168.1.11/24'."))
+        user = host.data.get("ssh_user")
+        if isinstance(user, str) and user and not ACCOUNT_NAME.fullmatch(user):
+            problems.append(Problem(host.name, "ssh_user", f"{user!r} is not an account name.",
+                                    "use the admin user's login, e.g. 'pi' (lower-case letters, digits, '_', '-')."))
         if host.data.get("ssh_user") == "root":
             problems.append(Problem(host.name, "ssh_user",
                                     "is root, but sshd is hardened to refuse root logins.",

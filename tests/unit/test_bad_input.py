@@ -221,6 +221,32 @@ def test_sysctls_of_every_kind_pass(data):
                                              "net.ipv4.conf.eth0-1.forwarding": "1", "kernel.sem": [250, 256000]}) == []
 
 
+@pytest.mark.parametrize("value, message", [
+    (None, "None is not a tailnet machine name."), ("", "'' is not a tailnet machine name."),
+    ("Pi5 Beta", "'Pi5 Beta' is not a tailnet machine name."), ("pi5-alpha", "'pi5-alpha' is also pi5-alpha's."),
+])
+def test_a_tailnet_name_is_a_dns_label_of_its_own(data, value, message):
+    data.hosts["pi5-beta"]["tailnet_name"] = value
+    [line] = one_line(p for p in problems(data.fleet()) if p.key == "tailnet_name")
+    assert line.startswith(f"pi5-beta: tailnet_name: {message} Fix:")
+
+
+def test_a_host_without_a_tailnet_name_joins_under_its_inventory_name(tmp_path):
+    from fleet.preflight.inventory import apply_target
+    hosts, test_fleet = read_inventory_data(REPO / "inventory.py")
+    del hosts["pi5-beta"]["tailnet_name"]
+    entries = apply_target(hosts, test_fleet, REPO, "fleet")
+    assert entries["pi5-beta"]["tailnet_name"] == "pi5-beta" and entries["pi5-alpha"]["tailnet_name"] == "pi5-alpha"
+
+
+@pytest.mark.parametrize("user", ["pi admin", "Pi", "pi;id"])
+def test_the_ssh_user_is_an_account_name(data, user):
+    data.hosts["pi5-beta"]["ssh_user"] = user
+    assert one_line(p for p in problems(data.fleet()) if p.key == "ssh_user") == [
+        f"pi5-beta: ssh_user: {user!r} is not an account name. Fix: use the admin user's login, e.g. 'pi' "
+        "(lower-case letters, digits, '_', '-')."]
+
+
 def test_tailnet_admins_of_the_wrong_type_is_one_line_not_a_traceback(data):
     assert fleet_wide(data, "tailnet_policy_admins", -1) == [
         "all: tailnet_policy_admins: -1 is not a list of names. Fix: write it like ['alice@example.com'] in "
