@@ -205,8 +205,8 @@ def run(args) -> int:
 
     with steps.step("tailnet", "delete the dead node, so the new one keeps the name"):
         api = Tailscale(fleet)
-        others = tuple(h.data.get("tailnet_name") or h.name for h in fleet.hosts.values() if h.name != name)
-        stale = api.devices(host.data.get("tailnet_name") or name, keep=others)
+        others = tuple(h.data["tailnet_name"] for h in fleet.hosts.values() if h.name != name)
+        stale = api.devices(host.data["tailnet_name"], keep=others)
         for device in stale:
             api.delete(device["id"])
             say(f"  - deleted device {device.get('name') or device.get('hostname')} ({device['id']})")
@@ -222,7 +222,7 @@ def run(args) -> int:
         except (ValueError, KeyError):
             raise RebuildError(f"{name}: `tailscale status` did not answer after the join: "
                                f"{status.stderr.strip()[-200:]}") from None
-        want = host.data.get("tailnet_name") or name
+        want = host.data["tailnet_name"]
         joined_as = str(me.get("DNSName") or me.get("HostName") or "").split(".")[0]
         if joined_as != want:
             raise RebuildError(f"{name} joined the tailnet as {joined_as!r}, not {want!r} (a node of that "

@@ -33,7 +33,7 @@ from fleet.converge import component as registry
 from fleet.converge import keys
 from fleet.converge.vault import VaultError
 from fleet.preflight import validate as validation
-from fleet.preflight.model import DataFileError, Fleet, load_fleet
+from fleet.preflight.model import DataFileError, Fleet, host_defaults, load_fleet
 from fleet.converge.paths import state_dir, test_ssh_key  # noqa: F401 (used and re-exported)
 
 TARGETS = ("fleet", "test")
@@ -160,9 +160,8 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
         address = entry.get("tailnet_address") if connect == "tailnet" else entry.get("lan_address")
         if isinstance(address, str) and address:
             entry["ssh_hostname"] = address.split("/")[0]
-        # the host's machine name in the tailnet: its inventory name unless the entry says
-        if isinstance(entry, dict):
-            entry.setdefault("tailnet_name", name)
+        for key, value in host_defaults(name).items() if isinstance(entry, dict) else ():
+            entry.setdefault(key, value)
     return hosts
 
 

@@ -23,6 +23,12 @@ from fleet.converge.services import HostAddresses, ServiceMap, bare
 HOST_META_KEYS = ("groups",)
 
 
+def host_defaults(name: str) -> dict[str, Any]:
+    """What a host's entry in inventory.py may leave out: its machine name in the tailnet is
+    its inventory name."""
+    return {"tailnet_name": name}
+
+
 @dataclass
 class Host:
     name: str
@@ -160,6 +166,7 @@ def build_fleet(
             for key, value in group_data.get(group, {}).items():
                 sources.setdefault(key, []).append(group)
                 data[key] = value
+        data.update(host_defaults(name))
         data.update({k: v for k, v in entry.items() if k not in HOST_META_KEYS})
         built[name] = Host(name=name, groups=groups, data=data, group_sources=sources,
                            entry_keys=frozenset(entry), entry_error=error)

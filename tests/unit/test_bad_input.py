@@ -231,11 +231,11 @@ def test_a_tailnet_name_is_a_dns_label_of_its_own(data, value, message):
     assert line.startswith(f"pi5-beta: tailnet_name: {message} Fix:")
 
 
-def test_a_host_without_a_tailnet_name_joins_under_its_inventory_name(tmp_path):
+def test_a_host_without_a_tailnet_name_joins_under_its_inventory_name(data):
     from fleet.preflight.inventory import apply_target
-    hosts, test_fleet = read_inventory_data(REPO / "inventory.py")
-    del hosts["pi5-beta"]["tailnet_name"]
-    entries = apply_target(hosts, test_fleet, REPO, "fleet")
+    del data.hosts["pi5-beta"]["tailnet_name"]
+    assert data.fleet().hosts["pi5-beta"].data["tailnet_name"] == "pi5-beta"  # what the commands read
+    entries = apply_target(data.hosts, data.test_fleet, REPO, "fleet")  # what pyinfra's hosts get
     assert entries["pi5-beta"]["tailnet_name"] == "pi5-beta" and entries["pi5-alpha"]["tailnet_name"] == "pi5-alpha"
 
 
