@@ -20,7 +20,7 @@ from __future__ import annotations
 import shlex
 from datetime import datetime, timezone
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra import state as pyinfra_state
 from pyinfra.api import FactBase, StringCommand, operation
 
@@ -103,6 +103,8 @@ class DaemonState(FactBase):
             # the states pyinfra's systemd facts count as running and as enabled
             "running": values.get("SubState") in RUNNING_SUBSTATES,
             "enabled": values.get("UnitFileState") in ENABLED_FILE_STATES,
+            # `systemctl mask` by hand: the unit is linked to /dev/null and cannot start
+            "masked": values.get("UnitFileState") in ("masked", "masked-runtime"),
             "needs_daemon_reload": values.get("NeedDaemonReload") == "yes" or bool(unloaded_dropins),
             "applied": applied,
             "inputs_changed": max(changes, default=None),
@@ -155,6 +157,11 @@ def enabled_and_running(unit: str, inputs: tuple[str, ...] = ()):
         host.noop(f"{unit} is enabled and running")
         return
     q = shlex.quote(unit)
+    if state.get("masked"):
+        # masked by hand: the deploys own this daemon (to stop it for good, turn its component
+        # off in the data), so it is unmasked, with a line in the output saying so
+        host.log(f"{unit} was masked; unmasking it", logger.warning)
+        yield StringCommand(f"systemctl unmask {q}")
     if not state["running"]:
         yield StringCommand(f"systemctl start {q}")
     if not state["enabled"]:

@@ -121,3 +121,44 @@ def test_the_connector_sets_keepalive_timeout_and_nodelay():
 
 def test_the_connector_keeps_the_inventory_name():
     assert list(connector.FleetSSHConnector.make_names_data("pi5-alpha")) == [("pi5-alpha", {}, [])]
+
+
+class StateHost:
+    """Answers DaemonState from fixed lines; records what the operation logs."""
+
+    def __init__(self, lines):
+        self.lines, self.logged = lines, []
+
+    def get_fact(self, fact, **kwargs):
+        assert fact is DaemonState
+        return state(self.lines)
+
+    def noop(self, text):
+        self.logged.append(("noop", text))
+
+    def log(self, text, log_func=None):
+        self.logged.append(("log", text))
+
+
+def commands(lines) -> tuple[list[str], list]:
+    from pyinfra.context import ctx_host
+
+    from fleet.converge.daemons import enabled_and_running
+    fake = StateHost(lines)
+    with ctx_host.use(fake):
+        return [str(c.get_raw_value()) for c in enabled_and_running._inner(unit="node-exporter.service")], fake.logged
+
+
+def test_a_unit_masked_by_hand_is_unmasked_then_started_and_enabled():
+    masked = ["LoadState=masked", "ActiveState=inactive", "SubState=dead", "UnitFileState=masked", *stamp()]
+    sent, logged = commands(masked)
+    assert sent == ["systemctl unmask node-exporter.service", "systemctl start node-exporter.service",
+                    "systemctl enable node-exporter.service"]
+    assert logged == [("log", "node-exporter.service was masked; unmasking it")]
+
+
+@pytest.mark.parametrize("file_state, sent", [
+    ("enabled", []), ("disabled", ["systemctl enable node-exporter.service"]),
+])
+def test_a_running_unit_is_only_enabled_where_it_is_not(file_state, sent):
+    assert commands([*UP, "SubState=running", f"UnitFileState={file_state}", *stamp()])[0] == sent
