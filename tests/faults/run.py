@@ -507,6 +507,21 @@ def scenarios(seed: int) -> list[Scenario]:
     out.append(Scenario("firewall-table-deleted", "pi400-delta",
                         lambda: sh("pi400-delta", "nft delete table inet fleet_firewall")))
 
+    # 9d. a daemon the deploys own, stopped and masked by hand (`systemctl mask`, which links
+    #     its unit to /dev/null): the converge unmasks, starts and enables it
+    masked_host, masked_unit = "pi0-epsilon", "prometheus-node-exporter.service"
+
+    def unit_masked():
+        sh(masked_host, f"systemctl stop {masked_unit} && systemctl mask {masked_unit}")
+
+    def unit_back(s):
+        states = sh(masked_host, f"systemctl is-enabled {masked_unit}; systemctl is-active {masked_unit}",
+                    check=False).stdout.split()
+        if states != ["enabled", "active"]:
+            raise AssertionError(f"{masked_unit} is {' and '.join(states)}, not enabled and active")
+
+    out.append(Scenario("daemon-masked", masked_host, unit_masked, check=unit_back))
+
     # 10. a host rebooted in the middle of its converge; its container comes back
     def with_a_container():
         sh("pi5-alpha", "deps=$(ldd /usr/bin/sleep | grep -o '/[^ ]*'); tar -ch /usr/bin/sleep $deps 2>/dev/null"
