@@ -10,7 +10,6 @@ on a command line: cloudflared reads the credentials file itself.
 """
 
 import json
-import re
 from io import StringIO
 
 import yaml
@@ -18,8 +17,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files
 
-from fleet.converge import aptsource
-from fleet.converge import accounts
+from fleet.converge import accounts, aptsource
 from fleet.converge.accounts import account
 from fleet.converge.aptsource import vendor_apt_source
 from fleet.converge.component import Component, Problem, SecretFile

@@ -160,7 +160,7 @@ def apply_target(hosts: dict, test_fleet: dict, repo: Path, target: str) -> dict
         address = entry.get("tailnet_address") if connect == "tailnet" else entry.get("lan_address")
         if isinstance(address, str) and address:
             entry["ssh_hostname"] = address.split("/")[0]
-        for key, value in host_defaults(name).items() if isinstance(entry, dict) else ():
+        for key, value in host_defaults(name).items():
             entry.setdefault(key, value)
     return hosts
 
