@@ -22,6 +22,7 @@ import copy
 import ipaddress
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -293,13 +294,19 @@ def prepare(hosts: dict, test_fleet: dict, inventory_file: str, target: str | No
     return entries, fleet
 
 
+# A secret written inside other text (an env file's KEY=value line, a JSON string) must not
+# end that text early: no line break, other control character, quote or backslash.
+INSIDE_TEXT = re.compile(r'[^\x00-\x1f\x7f"\\]*')
+
+
 def check_vault(fleet: Fleet) -> None:
-    """The vault opens, and holds every secret the fleet's hosts get."""
+    """The vault opens, and holds every secret the fleet's hosts get; a secret that goes inside
+    other text fits in it. A message names the secret, never its value."""
     try:
         data = keys.current()
     except VaultError as exc:
         raise FleetConfigError(f"vault: {exc}. No host was touched.") from None
-    found = []
+    found, told = [], set()
     for host in fleet.hosts.values():
         for key in registry.vault_keys(host.name, host.groups, host.data):
             if key not in data:
@@ -308,6 +315,16 @@ def check_vault(fleet: Fleet) -> None:
                 found.append(validation.Problem(
                     host.name, f"vault[{key!r}]",
                     f"is missing from {keys.vault_path()}.", f"run `{how}`."))
+        for spec in registry.secret_files(host.name, host.groups, host.data):
+            value = data.get(spec.key)
+            if spec.fmt != "{value}" and isinstance(value, str) and not INSIDE_TEXT.fullmatch(value) \
+                    and spec.key not in told:
+                told.add(spec.key)
+                found.append(validation.Problem(
+                    "all", f"vault[{spec.key!r}]",
+                    f"has a line break, control character, quote or backslash, and it is written inside "
+                    f"{spec.path} (e.g. a trailing newline from `echo`).",
+                    f"store it as one line: `printf %s \"$VALUE\" | python -m fleet vault set {spec.key}`."))
     if found:
         raise validation.InventoryError(found)
 

@@ -337,3 +337,27 @@ def test_the_maintenance_message_with_a_quote_renders_a_valid_unit():
     unit = render("etc/systemd/system/maintenance-page.service.j2", "maintenance", script="/s", address="127.0.0.1",
                   port=8080, message='Back "soon"')
     assert 'Environment="MAINTENANCE_MESSAGE=Back \\"soon\\""' in unit
+
+
+@pytest.mark.parametrize("value", ["s3cr3t-canary\n", "s3cr3t-canary\nLD_PRELOAD=/tmp/x.so", 's3cr3t-"canary'])
+def test_a_secret_written_inside_an_env_file_must_fit_in_one_line(data, tmp_path, monkeypatch, value):
+    # vLLM's key goes into /etc/fleet/vllm.env as VLLM_API_KEY=<value>: a line break would end
+    # the line (`echo` adds one), and what follows would be another variable
+    from fakes.operator import use_vault
+    from fleet.converge import component as registry
+    from fleet.preflight.inventory import check_vault
+    from fleet.preflight.validate import InventoryError
+
+    data.hosts["jetson-prime"]["llm_engine"] = "vllm"
+    fleet = data.fleet()
+    values = {k: "x" for h in fleet.hosts.values() for k in registry.vault_keys(h.name, h.groups, h.data)}
+    use_vault(tmp_path / "ok.vault", "pp", values, monkeypatch)
+    check_vault(fleet)  # one-line values: nothing to say
+    use_vault(tmp_path / "bad.vault", "pp", {**values, "vllm_api_key": value}, monkeypatch)
+    with pytest.raises(InventoryError) as refused:
+        check_vault(fleet)
+    lines = one_line(refused.value.problems)
+    assert lines == ["all: vault['vllm_api_key']: has a line break, control character, quote or backslash, and it "
+                     "is written inside /etc/fleet/vllm.env (e.g. a trailing newline from `echo`). Fix: store it as "
+                     "one line: `printf %s \"$VALUE\" | python -m fleet vault set vllm_api_key`."]
+    assert "canary" not in str(refused.value)
