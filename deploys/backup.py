@@ -24,7 +24,7 @@ from pyinfra.operations import apt, files
 
 from fleet.converge import component as registry
 from fleet.converge.component import Component, Problem, SecretFile
-from fleet.converge.daemons import unit_loaded
+from fleet.converge.daemons import enabled_and_running, unit_loaded
 from fleet.converge.keys import host_key_name, public_host_key, secret
 from fleet.converge.ops import secret_file
 from fleet.converge.render import render, source
@@ -195,9 +195,8 @@ def backup():
             f"etc/systemd/system/{unit}.j2", "backup", data=data)), dest=f"/etc/systemd/system/{unit}", mode="644")
     for unit in UNITS:
         unit_loaded(name=f"Load the current {unit} definition into systemd", unit=unit)
-    from pyinfra.operations import systemd
     for timer in ("fleet-backup.timer", "fleet-restore-drill.timer"):
-        systemd.service(name=f"Enable {timer}", service=timer, running=True, enabled=True)
+        enabled_and_running(name=f"Enable {timer}", unit=timer)
     repository_ready(name="Initialise the repository; first backup and drill", textfile_dir=data.node_exporter_textfile_dir)
 
 

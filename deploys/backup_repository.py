@@ -17,13 +17,13 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files
 
 from fleet.converge import component as registry
 from fleet.converge import accounts
 from fleet.converge.accounts import account
 from fleet.converge.component import Component, Problem, matches
-from fleet.converge.daemons import unit_loaded
+from fleet.converge.daemons import enabled_and_running, unit_loaded
 from fleet.converge.keys import public_host_key, secret
 from fleet.converge.ops import secret_file
 from fleet.converge.render import render, source
@@ -102,7 +102,7 @@ def backup_repository():
     for unit in UNITS:
         unit_loaded(name=f"Load the current {unit} definition into systemd", unit=unit)
     for timer in ("fleet-backup-prune.timer", "fleet-backup-check.timer"):
-        systemd.service(name=f"Enable {timer}", service=timer, running=True, enabled=True)
+        enabled_and_running(name=f"Enable {timer}", unit=timer)
 
 
 def check_keep(fleet, hosts) -> list[Problem]:

@@ -18,7 +18,7 @@ from pyinfra.operations import apt, files, server, systemd
 from fleet.converge.accounts import account
 from fleet.converge.component import Component, Problem, Problems, SecretFile, matches
 from fleet.converge.keys import host_key_name, public_host_key, secret
-from fleet.converge.daemons import keep_running
+from fleet.converge.daemons import enabled_and_running, keep_running
 from fleet.converge.ops import secret_file, validated_file
 from fleet.converge.render import render, source
 from fleet.converge.services import ServiceMap
@@ -286,12 +286,7 @@ def _unattended_upgrades():
         dest="/etc/apt/apt.conf.d/52fleet-unattended-upgrades",
         mode="644",
     )
-    systemd.service(
-        name="Enable the daily upgrade timer",
-        service="apt-daily-upgrade.timer",
-        enabled=True,
-        running=True,
-    )
+    enabled_and_running(name="Enable the daily upgrade timer", unit="apt-daily-upgrade.timer")
 
 
 def _admin_user():

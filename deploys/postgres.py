@@ -25,10 +25,10 @@ from pyinfra.api import FactBase, OperationError, FileUploadCommand, StringComma
 from pyinfra.facts.hardware import Memory
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Home
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files
 
 from fleet.converge.component import Component, Problem, Problems, SecretFile
-from fleet.converge.daemons import keep_running
+from fleet.converge.daemons import enabled_and_running, keep_running
 from fleet.converge.ops import secret_file, validated_file
 from fleet.converge.render import render, source
 from fleet.converge.services import ServiceMap, Unreachable
@@ -342,7 +342,7 @@ def postgres():
     check = files.put(name="Install the config checker", src=source("postgres", "usr/local/lib/fleet/postgres-check"),
                       dest=CHECK, mode="755", create_remote_dir=True)
     hba_put_back(name="Put back the pg_hba.conf an interrupted check set aside", hba=p["hba"])
-    systemd.service(name="Start the cluster", service=p["unit"], running=True, enabled=True)
+    enabled_and_running(name="Start the cluster", unit=p["unit"])
 
     ram = host.get_fact(Memory) or 1024
     conf = validated_file(name="Install the fleet's PostgreSQL settings", content=render(
