@@ -522,36 +522,6 @@ def scenarios(seed: int) -> list[Scenario]:
 
     out.append(Scenario("daemon-masked", masked_host, unit_masked, check=unit_back))
 
-    # 9e. another process took a stopped daemon's port (node-exporter's, on the tailnet address):
-    #     the run must fail naming the daemon, not report it started; once that process is
-    #     gone, a rerun starts the daemon again (systemd's start limit reset)
-    taken_host = "droplet-failover"
-    taken_unit = masked_unit
-    taken = ("python3 -c 'import socket,time; s=socket.socket();"
-             " s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
-             " s.bind((\"{address}\", 9100)); s.listen(); time.sleep(300)'")
-
-    def port_taken():
-        # the address node-exporter listens on (the port map's: the tailnet address)
-        address = sh(taken_host, "ss -Htln 'sport = :9100'").stdout.split()[3].rsplit(":", 1)[0]
-        sh(taken_host, f"systemctl stop {taken_unit} && (setsid {taken.format(address=address)} >/dev/null 2>&1 &)"
-                       " && sleep 0.5 && ss -Htln 'sport = :9100' | grep -q 9100")
-
-    def taken_first(s):
-        run = converge("port-taken-1", taken_host, timeout=300)
-        s.note["named"] = f"{taken_unit} stopped again right after its start" in run["output"]
-        return run
-
-    def port_freed():
-        sh(taken_host, "pkill -f 'time[.]sleep[(]300' || true")  # (a pattern its own shell's line does not match)
-
-    def daemon_named(s):
-        if not s.note["named"]:
-            raise AssertionError(f"the failed run did not say that {taken_unit} stopped again right after its start")
-
-    out.append(Scenario("port-taken", taken_host, port_taken, first=taken_first, restore=port_freed,
-                        check=daemon_named, must_fail_first=True))
-
     # 10. a host rebooted in the middle of its converge; its container comes back
     def with_a_container():
         sh("pi5-alpha", "deps=$(ldd /usr/bin/sleep | grep -o '/[^ ]*'); tar -ch /usr/bin/sleep $deps 2>/dev/null"
