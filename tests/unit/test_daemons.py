@@ -123,33 +123,6 @@ def test_the_connector_keeps_the_inventory_name():
     assert list(connector.FleetSSHConnector.make_names_data("pi5-alpha")) == [("pi5-alpha", {}, [])]
 
 
-START = ("systemctl reset-failed node-exporter.service; systemctl start node-exporter.service"
-         " && p=$(systemctl show -p MainPID --value node-exporter.service) && ")
-
-
-def test_a_daemon_that_stops_right_after_its_start_fails_the_operation(tmp_path):
-    # the start command run against a systemctl double: the daemon starts, then is gone
-    sent, _ = commands(["LoadState=loaded", "ActiveState=inactive", "SubState=dead", "UnitFileState=enabled",
-                        *stamp()])
-    assert len(sent) == 1 and sent[0].startswith(START)
-    fake = tmp_path / "systemctl"
-    # MainPID: the pids systemd reports, one per call (a file counts the calls)
-    fake.write_text('#!/bin/sh\ncase "$1" in reset-failed|start) exit 0;; is-active) exit "$ACTIVE";;\n'
-                    'show) n=$(($(cat "$0.n" 2>/dev/null || echo 0) + 1)); echo $n > "$0.n";'
-                    ' echo "$PIDS" | cut -d" " -f$n; exit 0;; esac\nexit 1\n')
-    fake.chmod(0o755)
-    cases = [("0", "4242 4242", 0),  # up, and the same process a second later
-             ("3", "4242 4242", 1),  # gone
-             ("0", "4242 4300", 1),  # restarted in between (Restart=on-failure, a crash loop)
-             ("3", "0 0", 1)]        # between two of its restarts both times
-    for active, pids, rc in cases:
-        (tmp_path / "systemctl.n").unlink(missing_ok=True)
-        run = subprocess.run(["sh", "-c", sent[0]], capture_output=True, text=True, timeout=10,
-                             env={"PATH": f"{tmp_path}:/usr/bin:/bin", "ACTIVE": active, "PIDS": pids})
-        assert run.returncode == rc, (active, pids, run.stderr)
-    assert "node-exporter.service stopped again right after its start" in run.stderr and "ss -ltnp" in run.stderr
-
-
 class StateHost:
     """Answers DaemonState from fixed lines; records what the operation logs."""
 
@@ -179,8 +152,8 @@ def commands(lines) -> tuple[list[str], list]:
 def test_a_unit_masked_by_hand_is_unmasked_then_started_and_enabled():
     masked = ["LoadState=masked", "ActiveState=inactive", "SubState=dead", "UnitFileState=masked", *stamp()]
     sent, logged = commands(masked)
-    assert sent[0] == "systemctl unmask node-exporter.service" and sent[1].startswith(START)
-    assert sent[2:] == ["systemctl enable node-exporter.service"]
+    assert sent == ["systemctl unmask node-exporter.service", "systemctl start node-exporter.service",
+                    "systemctl enable node-exporter.service"]
     assert logged == [("log", "node-exporter.service was masked; unmasking it")]
 
 
