@@ -89,7 +89,7 @@ def rule(key: str, when=None, version: str | None = None):
     every problem check_spec would raise at converge time, reported before any host is touched;
     and, with `version`, that data key's package pin is a Debian version.
     `when(data)`: only hosts where the source is used."""
-    from fleet.converge.component import Problem, Problems
+    from fleet.converge.component import Problems
 
     def check_apt_source(fleet, hosts):
         problems = Problems(fleet)
@@ -107,8 +107,8 @@ def rule(key: str, when=None, version: str | None = None):
                     raise ValueError(f"{spec!r} is not a dict")
                 check_spec(key, spec)
             except ValueError as exc:
-                problems.append(Problem(h.name, key, f"{exc}.",
-                                        f"write it like the default in docs/settings.md ({', '.join(REQUIRED)})."))
+                problems.add(h, key, f"{exc}.",
+                             f"write it like the default in docs/settings.md ({', '.join(REQUIRED)}).")
         return problems
 
     return check_apt_source
