@@ -4,6 +4,8 @@ and any change to it (rewrite, truncation, in-place edit, replacement) voids the
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 
 import pytest
@@ -51,13 +53,20 @@ def test_any_change_voids_the_stamp(stamped, change):
 
 class LocalHost:
     """Answers each fact by running its own command here, bounded: a fact that waits (on a
-    FIFO, say) fails the test instead of hanging it."""
+    FIFO, say) fails the test instead of hanging it, and is killed with its whole process
+    group, so no reader is left blocked after the test."""
 
     def get_fact(self, fact, **kwargs):
         fact = fact()  # one instance: some facts keep their arguments for process()
-        out = subprocess.run(["sh", "-c", str(fact.command(**kwargs))], capture_output=True, text=True,
-                             timeout=5, start_new_session=True)
-        lines = out.stdout.splitlines()
+        proc = subprocess.Popen(["sh", "-c", str(fact.command(**kwargs))], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        try:
+            stdout, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+        lines = stdout.splitlines()
         return fact.process(lines) if lines else fact.default()
 
     def noop(self, _text):
