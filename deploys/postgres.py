@@ -27,7 +27,7 @@ from pyinfra.facts.files import File
 from pyinfra.facts.server import Home
 from pyinfra.operations import apt, files
 
-from fleet.converge.component import Component, Problem, Problems, SecretFile
+from fleet.converge.component import Component, Problem, Problems, SecretFile, matches
 from fleet.converge.daemons import enabled_and_running, keep_running
 from fleet.converge.ops import secret_file, validated_file
 from fleet.converge.render import render, source
@@ -68,6 +68,7 @@ EXPORTER_DROPIN = f"/etc/systemd/system/{EXPORTER_UNIT}.d/fleet.conf"
 EXPORTER_ENV = "/etc/fleet/postgres-exporter.env"
 EXPORTER_PASSWORD = "/etc/fleet/postgres-exporter.password"
 NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+NAME_FIX = "use lower-case letters, digits and _ (63 at most), starting with a letter or _."
 # Settings the deploy owns: listening, files and authentication are not data overrides.
 OWNED = {"listen_addresses", "port", "hba_file", "ident_file", "data_directory", "config_file",
          "password_encryption", "include", "include_dir", "unix_socket_directories"}
@@ -395,7 +396,7 @@ def check_roles(fleet, hosts) -> list[Problem]:
             for item in names:
                 if not NAME.match(str(item)):
                     problems.append(Problem(h.name, f"{kind}[{item!r}]", "is not a plain PostgreSQL name.",
-                                            "use lower-case letters, digits and _ (63 at most), starting with a letter or _."))
+                                            NAME_FIX))
         for db, spec in databases.items():
             owner = spec.get("owner") if isinstance(spec, dict) else None
             if owner not in roles:
@@ -446,9 +447,9 @@ def check_roles(fleet, hosts) -> list[Problem]:
 
 
 def check_server(fleet, hosts) -> list[Problem]:
-    """The version names Debian's packages and the cluster's paths; the exporter's role goes
-    into pg_hba.conf and SQL; max_connections below 1 stops the server at its restart. (A value
-    of the wrong type is reported by the check of every setting's type.)"""
+    """The version names Debian's packages and the cluster's paths; max_connections below 1
+    stops the server at its restart. (A value of the wrong type is reported by the check of
+    every setting's type.)"""
     found = Problems(fleet)
     for h in hosts:
         version, connections = h.data.get("postgres_version"), h.data.get("postgres_max_connections")
@@ -458,10 +459,6 @@ def check_server(fleet, hosts) -> list[Problem]:
         if isinstance(connections, int) and not 1 <= connections <= 10000:
             found.add(h, "postgres_max_connections", f"{connections!r} is not a number of connections.",
                       "use a whole number from 1 (keep it small on a Pi, e.g. 50).")
-        role = h.data.get("postgres_exporter_role")
-        if isinstance(role, str) and not NAME.match(role):
-            found.add(h, "postgres_exporter_role", f"{role!r} is not a plain PostgreSQL name.",
-                      "use lower-case letters, digits and _ (63 at most), starting with a letter or _.")
     return found
 
 
@@ -473,6 +470,7 @@ COMPONENT = Component(
     secrets=secret_files,
     state=state,
     vault_keys=lambda name, data: [password_key(role) for role in login_roles(data)],
-    rules=(check_roles, check_server),
+    # the exporter's role goes into pg_hba.conf and SQL, like the roles check_roles checks
+    rules=(check_roles, check_server, matches("postgres_exporter_role", NAME, "a plain PostgreSQL name", NAME_FIX)),
     after=("tailscale",),
 )
