@@ -142,6 +142,8 @@ SUDO_PREFIX = ("sudo", "-H", "-n", "sh", "-c")
 ROOT_PREFIX = " ".join(SUDO_PREFIX) + " "
 USER_PREFIX = " ".join(SUDO_PREFIX[3:]) + " "
 BATCH_TIMEOUT = 120
+# how long the run's end waits for a closed batch's reader (it returns on paramiko's end-of-file)
+CLOSE_WAIT = 5
 # what the run prints for a host whose batch gave up (a timeout, a stray line): the rest asked live
 GAVE_UP = "fact prefetch gave no usable answer"
 # The SSH user's script runs before root's on the same channel: a user fact that hangs (a home
@@ -639,7 +641,8 @@ class FleetSSHConnector(SSHConnector):
         self._asked: dict[str, None] = {}
         self._prefetched: dict[str, tuple[int, list, list]] = {}
         self._waiting: dict[str, gevent.event.Event] = {}
-        self._readers: list[gevent.Greenlet] = []
+        self._readers: list[tuple[object, gevent.Greenlet]] = []  # (its channel, its reader)
+        self._closing = False
         self._missing: dict[str, tuple[str, dict]] = {}  # File facts answered "no such path"
         self._previous, guesses = self._read_record()
         if _state["changed"]:
@@ -704,36 +707,59 @@ class FleetSSHConnector(SSHConnector):
             return
         events = {key: gevent.event.Event() for key in keys}
         self._waiting.update(events)
-        self._readers.append(gevent.spawn(self._read_batch, stdout, stderr, BatchReader(token, len(plan)),
-                                          dict(plan), keys, events))
+        self._readers.append((stdout.channel, gevent.spawn(self._read_batch, stdout, stderr,
+                                                           BatchReader(token, len(plan)), dict(plan), keys, events)))
 
     def _read_batch(self, stdout, stderr, reader: BatchReader, plan: dict, keys: list[str],
                     events: dict[str, gevent.event.Event]) -> None:
+        """Read the batch's sections as they come. Its time limit and the end of the run close
+        the channel; nothing is killed or interrupted (gevent.Timeout) while paramiko reads.
+
+        Under gevent a Condition's notify() switches greenlets with its lock held (gevent's
+        failed non-blocking acquire sleeps, and Condition._is_owned makes one), so paramiko's
+        transport feeding a channel can hold the pipe's lock while a reader, woken by the last
+        feed, waits to take it back. An exception thrown into that reader then has paramiko's
+        BufferedPipe.read release a lock it does not hold: "RuntimeError: Semaphore released
+        too many times" and a traceback at the end of the run (CI saw it once, on a host whose
+        run failed while its batch was still streaming). Closing the channel ends the reads
+        with end-of-file, through paramiko's own path."""
+        channel = stdout.channel
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            channel.close()
+
+        timer = gevent.get_hub().loop.timer(BATCH_TIMEOUT)
+        timer.start(gevent.spawn, expire)
         drain = gevent.spawn(lambda: list(stderr))  # the script itself prints nothing there
         answered = 0
         try:
-            with gevent.Timeout(BATCH_TIMEOUT, TimeoutError(f"no end after {BATCH_TIMEOUT} s")):
-                for raw in stdout:
-                    got = reader.feed((raw.decode() if isinstance(raw, bytes) else raw).rstrip("\n"))
-                    if got is None:
-                        continue
-                    entry = plan[got[0]]
-                    for index, result in ungroup_one(got[1], entry):
-                        if not any("\r" in line for line in result[1] + result[2]):
-                            self._prefetched[keys[index]] = result
-                            answered += 1
-                    # answered, or (a group of the wrong shape) to be asked live: either way now
-                    for index in ([entry] if isinstance(entry, int) else [i for i, _ in entry[1]]):
-                        events[keys[index]].set()
+            for raw in stdout:
+                got = reader.feed((raw.decode() if isinstance(raw, bytes) else raw).rstrip("\n"))
+                if got is None:
+                    continue
+                entry = plan[got[0]]
+                for index, result in ungroup_one(got[1], entry):
+                    if not any("\r" in line for line in result[1] + result[2]):
+                        self._prefetched[keys[index]] = result
+                        answered += 1
+                # answered, or (a group of the wrong shape) to be asked live: either way now
+                for index in ([entry] if isinstance(entry, int) else [i for i, _ in entry[1]]):
+                    events[keys[index]].set()
             if reader.seen != set(plan):
-                raise BrokenBatch(f"{len(reader.seen)} of {len(plan)} sections")
-        except (BrokenBatch, OSError, SSHException, EOFError, TimeoutError) as exc:
-            logger.warning(f"{self.host.print_prefix}{GAVE_UP} after {answered} "
-                           f"({type(exc).__name__}: {exc}); the rest are asked one by one")
+                raise BrokenBatch(f"no end after {BATCH_TIMEOUT} s" if expired
+                                  else f"{len(reader.seen)} of {len(plan)} sections")
+        except (BrokenBatch, OSError, SSHException, EOFError) as exc:
+            if not self._closing:  # at the run's end an unfinished batch is simply not needed
+                logger.warning(f"{self.host.print_prefix}{GAVE_UP} after {answered} "
+                               f"({type(exc).__name__}: {exc}); the rest are asked one by one")
         finally:
+            timer.close()
             for event in events.values():  # anything unanswered is asked live
                 event.set()
-            drain.kill()
+            channel.close()  # done or given up: the host's side ends, and stderr's read with it
+            drain.join(CLOSE_WAIT)
         logger.debug(f"{self.host.print_prefix}prefetched {answered} fact commands")
 
     def _write_record(self) -> None:
@@ -768,7 +794,12 @@ class FleetSSHConnector(SSHConnector):
         self._prefetch()
 
     def disconnect(self) -> None:
-        gevent.killall(getattr(self, "_readers", []))
+        # a batch still running is closed, not killed: see _read_batch
+        self._closing = True
+        readers = getattr(self, "_readers", [])
+        for channel, _ in readers:
+            channel.close()
+        gevent.joinall([greenlet for _, greenlet in readers], timeout=CLOSE_WAIT)
         self._write_record()
         super().disconnect()
 
