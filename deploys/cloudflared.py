@@ -130,7 +130,8 @@ def cloudflared():
         mode="644",
     )
     keep_running("cloudflared", "cloudflared.service", inputs=[CONFIG, CREDENTIALS_FILE, UNIT],
-                 why="for its new config or credentials", changed=(config, credentials, unit), unit_files=True)
+                 why="for its new config or credentials", changed=(config, credentials, unit), unit_files=True,
+                 service="cloudflared-metrics")
 
 
 def credentials(name: str, data) -> list[SecretFile]:

@@ -379,7 +379,8 @@ def grafana():
     # The binary and the package's environment file too: an upgrade the package did not
     # restart into (its postinst restarts only a running server) is restarted here.
     keep_running("grafana", UNIT, inputs=[INI, DATASOURCES, PROVIDERS, DASHBOARD, PASSWORD_FILE, ENV_FILE, BINARY],
-                 why="for its new config, provisioning or release", changed=changed, unit_files=False)
+                 why="for its new config, provisioning or release", changed=changed, unit_files=False,
+                 service="grafana")
     admin_password(name="Apply the vault's admin password to Grafana (only if Grafana refuses it)",
                    address=str(services.bind("grafana", name, "tailnet")), user=data.grafana_admin_user,
                    password_file=PASSWORD_FILE, unit=UNIT)

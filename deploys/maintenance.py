@@ -42,7 +42,7 @@ def maintenance():
         mode="644",
     )
     keep_running("the maintenance page", "maintenance-page.service", inputs=[SCRIPT, UNIT], why="",
-                 changed=(script, unit), unit_files=True)
+                 changed=(script, unit), unit_files=True, service="maintenance")
 
 
 COMPONENT = Component(

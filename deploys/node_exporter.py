@@ -63,7 +63,7 @@ def node_exporter():
     files.directory(name="Create the textfile collector's directory", path=data.node_exporter_textfile_dir,
                     mode="755")
     keep_running("node exporter", UNIT, inputs=[DROPIN, ENV], why="for its new arguments",
-                 changed=(dropin, env), unit_files=True)
+                 changed=(dropin, env), unit_files=True, service="node-exporter")
 
 
 def check_collectors(fleet, hosts) -> list[Problem]:

@@ -217,7 +217,8 @@ def ollama():
         mode="644",
     )
     keep_running("ollama", "ollama.service", inputs=[binary, UNIT, OVERRIDE],
-                 why="for its new release or settings", changed=(unpacked, unit, override), unit_files=True)
+                 why="for its new release or settings", changed=(unpacked, unit, override), unit_files=True,
+                 service="llm")
     for model in data.ollama_models:
         ollama_model(name=f"Pull the {model} model (only if absent)", model=model,
                      address=address, binary=binary)

@@ -361,14 +361,15 @@ def postgres():
         "# Managed", "#!/bin/bash\n# Managed", 1)), dest=HOOK, mode="755", create_remote_dir=True)
     files.directory(name="Create the dump directory", path=DUMPS, user="postgres", group="postgres", mode="700")
     keep_running("PostgreSQL", p["unit"], inputs=[p["fleet_conf"], p["hba"]], why="for its new settings",
-                 changed=(conf, hba, check), reload=True)
+                 changed=(conf, hba, check), reload=True, service="postgres")
     restarted_if_pending(name="Restart PostgreSQL for settings that need it", unit=p["unit"])
     catalog(name="Set roles, passwords, databases and grants", version=data.postgres_version)
 
     password = secret_file(name="Install the exporter's password", key=password_key(data.postgres_exporter_role),
                            dest=EXPORTER_PASSWORD, user="prometheus", group="prometheus")
     keep_running("the PostgreSQL exporter", EXPORTER_UNIT, inputs=[EXPORTER_DROPIN, EXPORTER_ENV, EXPORTER_PASSWORD],
-                 why="for its new settings", changed=(dropin, env, password), unit_files=True)
+                 why="for its new settings", changed=(dropin, env, password), unit_files=True,
+                 service="postgres-exporter")
 
 
 def drill_checks(data) -> list[tuple[str, str, int]]:

@@ -255,7 +255,7 @@ def prometheus():
                         validate="amtool check-config {path} >/dev/null")
     for daemon, unit in UNITS.items():
         keep_running(daemon, unit, inputs=[dropin(unit), env_file(daemon)], why="for its new arguments",
-                     changed=changed[daemon], unit_files=True)
+                     changed=changed[daemon], unit_files=True, service=daemon)
     keep_running("Prometheus's config", UNITS["prometheus"], inputs=[CONFIG, RULES], why="for its new config and rules",
                  changed=(config, rules), reload=True)
     keep_running("Alertmanager's config", UNITS["alertmanager"], inputs=[AM_CONFIG], why="for its new config",

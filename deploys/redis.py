@@ -92,7 +92,7 @@ def redis():
         "etc/systemd/system/redis-server.service.d/fleet.conf.j2", "redis", private_users=data.redis_private_users)),
         dest=DROPIN, mode="644", create_remote_dir=True)
     keep_running("Redis", "redis-server.service", inputs=[CONF, ACL, DROPIN], why="for its new config",
-                 changed=(acl, conf, dropin), unit_files=True)
+                 changed=(acl, conf, dropin), unit_files=True, service="redis")
 
 
 def state(name: str, data) -> list[str]:

@@ -17,6 +17,7 @@ when that run dies before the restart; hence this module.
 
 from __future__ import annotations
 
+import re
 import shlex
 from datetime import datetime, timezone
 
@@ -122,6 +123,99 @@ class NewestChange(FactBase):
         return max((t for t in (_float(line.strip()) for line in output) if t is not None), default=None)
 
 
+class PortHolders(FactBase):
+    """The TCP listeners on `ports`, each (address, port, process name, pid or None, cgroup).
+    `ss -e` reads each socket's cgroup from the kernel, so a listener is placed even where
+    its process is not visible to `ss -p` (root without CAP_SYS_PTRACE, as in a container,
+    sees no other user's file descriptors): "/system.slice/<unit>" for a system service."""
+
+    default = list
+
+    def command(self, ports: tuple[int, ...]) -> str:
+        wanted = " or ".join(f"sport = :{int(p)}" for p in ports)
+        return f"ss -Htlnpe '( {wanted} )' 2>/dev/null || true"
+
+    def process(self, output):
+        found = []
+        for line in output:
+            fields = line.split()
+            if len(fields) < 5:
+                continue
+            address, _, port = fields[3].rpartition(":")
+            extra = fields[5:]
+            users = re.match(r'users:\(\("(.*?)",pid=(\d+)', next((f for f in extra if f.startswith("users:")), ""))
+            uid = next((f[len("uid:"):] for f in extra if f.startswith("uid:")), "0")
+            cgroup = next((f[len("cgroup:"):] for f in extra if f.startswith("cgroup:")), "")
+            if port.isdigit():
+                found.append((address.strip("[]").split("%")[0], int(port),
+                              users[1] if users else f"a process of uid {uid}", int(users[2]) if users else None, cgroup))
+        return found
+
+
+WILDCARDS = ("0.0.0.0", "::", "*")
+
+
+def service_of(cgroup: str) -> str | None:
+    """The system service a socket's process runs in, from its cgroup (".../system.slice/
+    x.service", nested slices and a container's prefix allowed), or "systemd" for PID 1's own
+    sockets (socket activation); None for anything else: a login session, `docker exec`, a
+    container."""
+    if cgroup == "/init.scope" or cgroup.endswith("/init.scope"):
+        return "systemd"
+    found = re.search(r"(?:^|/)system\.slice/(?:[^/]+\.slice/)*([^/]+\.service)(?:/|$)", cgroup)
+    return found[1] if found else None
+
+
+def port_blockers(unit: str, listens: tuple[str, ...], holders: list) -> tuple[list[str], list[str]]:
+    """(what stops `unit` binding `listens` that no service of the host started: the run stops,
+    what another service holds: a warning, as that may move in this run, e.g. two daemons
+    swapping ports). A listener on the same port blocks an address when either is a wildcard."""
+    stop, warn = [], []
+    for wanted in listens:
+        address, _, port = wanted.rpartition(":")
+        for held, held_port, name, pid, cgroup in holders:
+            if held_port != int(port) or not (held == address or held in WILDCARDS or address in WILDCARDS):
+                continue
+            service = service_of(cgroup)
+            if service == unit:
+                continue
+            who = f"{name}, pid {pid}" if pid is not None else name
+            where = f"{held}:{held_port}"
+            if service is None or service == "ssh.service":  # started by hand, over SSH or docker exec
+                stop.append(f"{wanted} is held by {who} (on {where}, in no service: cgroup {cgroup or 'unknown'})")
+            else:
+                warn.append(f"{wanted} is held by {service} ({who}, on {where})")
+    return stop, warn
+
+
+def listens_of(service: str | None) -> tuple[str, ...]:
+    """address:port of everything the port map's `service` binds on this host."""
+    if service is None:
+        return ()
+    from fleet.converge.services import ServiceMap
+
+    return tuple(str(e) for e in ServiceMap.of_pyinfra(host).binds(service, host.name))
+
+
+def _free_to_start(unit: str, listens: tuple[str, ...]):
+    """The commands that stop this host's run, before `unit` is (re)started, when a process
+    nothing of the host's services started holds an address:port it binds: the daemon would
+    only fail to start, over and over, while the run reported it started. A port another
+    service holds is a warning line (it may move later in the run). Empty when free."""
+    if not listens:
+        return []
+    holders = host.get_fact(PortHolders, ports=tuple(sorted({int(w.rpartition(":")[2]) for w in listens})))
+    stop, warn = port_blockers(unit, listens, holders)
+    for line in warn:
+        host.log(f"{unit} may not start: {line}", logger.warning)
+    if not stop:
+        return []
+    message = (f"{host.name}: {unit} cannot listen: {'; '.join(stop)}. Nothing was started. Fix: stop that "
+               "process (or move it to another port), then rerun; the port map (fleet_services in "
+               "group_data/all.py) gives this port to the fleet.")
+    return [StringCommand(f"echo {shlex.quote(message)} >&2; exit 1")]
+
+
 def owed(state: dict) -> bool:
     """Whether the running daemon predates a change of its inputs."""
     if not state["active"] or state["applied"] is None or state["inputs_changed"] is None:
@@ -144,17 +238,21 @@ def unit_loaded(unit: str, inputs: tuple[str, ...] = ()):
 
 
 @operation()
-def enabled_and_running(unit: str, inputs: tuple[str, ...] = ()):
+def enabled_and_running(unit: str, inputs: tuple[str, ...] = (), listens: tuple[str, ...] = ()):
     """`unit` is enabled and running: what pyinfra's systemd.service(running=True,
     enabled=True) does, read from the same fact as `unit_loaded` and `applied`, so a
     daemon's three checks are one command on the host, not four.
 
     + unit: the systemd unit
     + inputs: as for `applied`
+    + listens: the address:port it binds; a process started by hand holding one stops the run
     """
     state = host.get_fact(DaemonState, unit=unit, inputs=tuple(inputs))
     if state["running"] and state["enabled"]:
         host.noop(f"{unit} is enabled and running")
+        return
+    if not state["running"] and (blocked := _free_to_start(unit, tuple(listens))):
+        yield from blocked
         return
     q = shlex.quote(unit)
     if state.get("masked"):
@@ -169,7 +267,7 @@ def enabled_and_running(unit: str, inputs: tuple[str, ...] = ()):
 
 
 @operation()
-def applied(unit: str, inputs: list[str], reload: bool = False, changed: tuple = ()):
+def applied(unit: str, inputs: list[str], reload: bool = False, changed: tuple = (), listens: tuple[str, ...] = ()):
     """Restart (or reload) `unit` if one of `inputs` changed after its process started (or
     after our last reload of it). Crash-safe: decided from the host's state.
 
@@ -177,6 +275,7 @@ def applied(unit: str, inputs: list[str], reload: bool = False, changed: tuple =
     + inputs: the files and directories the daemon reads at start
     + reload: reload instead of restart, and record when (sshd re-reads its config on SIGHUP)
     + changed: operations that replace inputs in this run (only so a dry run shows the restart)
+    + listens: as for `enabled_and_running` (a restart may move the daemon to a new port)
     """
     state = host.get_fact(DaemonState, unit=unit, inputs=tuple(inputs))
     # While pyinfra plans (the diff before execution), inputs this run will replace have not
@@ -190,12 +289,14 @@ def applied(unit: str, inputs: list[str], reload: bool = False, changed: tuple =
     if reload:
         yield StringCommand(f"systemctl reload {q(unit)} && install -d -m 755 {q(APPLIED_DIR)}"
                             f" && touch {q(stamp_path(unit))}")
+    elif blocked := _free_to_start(unit, tuple(listens)):
+        yield from blocked
     else:
         yield StringCommand(f"systemctl restart {q(unit)}")
 
 
 def keep_running(label: str, unit: str, *, inputs: list[str], why: str, changed=(), reload: bool = False,
-                 unit_files: bool = False):
+                 unit_files: bool = False, service: str | None = None):
     """A daemon the deploys own: enabled and running, and restarted (or reloaded) only when
     its inputs changed after it read them; never otherwise (see the module docstring).
 
@@ -206,10 +307,14 @@ def keep_running(label: str, unit: str, *, inputs: list[str], why: str, changed=
     + changed: the operations that install those inputs in this run (for dry runs)
     + reload: reload instead of restart
     + unit_files: the deploy installs the unit's file or drop-ins (systemd reloads them first)
+    + service: the port map's name for what it serves: before a start or restart, the run
+      stops if a process started by hand holds an address:port it binds (never asked when
+      nothing is started)
     """
+    listens = listens_of(service)
     if unit_files:
         unit_loaded(name=f"Load the current {unit} definition into systemd", unit=unit, inputs=tuple(inputs))
-    enabled_and_running(name=f"Enable {label}", unit=unit, inputs=tuple(inputs))
+    enabled_and_running(name=f"Enable {label}", unit=unit, inputs=tuple(inputs), listens=listens)
     verb = "Reload" if reload else "Restart"
     return applied(name=f"{verb} {label} {why}".strip(), unit=unit, inputs=list(inputs), reload=reload,
-                   changed=tuple(changed))
+                   changed=tuple(changed), listens=() if reload else listens)

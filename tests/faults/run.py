@@ -522,6 +522,41 @@ def scenarios(seed: int) -> list[Scenario]:
 
     out.append(Scenario("daemon-masked", masked_host, unit_masked, check=unit_back))
 
+    # 9e. a process started by hand holds a daemon's address:port while the daemon is down:
+    #     the run stops before the start, naming the port and the process, instead of reporting
+    #     the daemon started while it fails to bind over and over; once the process is gone,
+    #     a plain rerun starts it
+    held_host, held_unit, rogue = "pi5-beta", "prometheus-node-exporter.service", "fleet-rogue-listener"
+
+    def port_held():
+        sh(held_host, f"systemctl stop {held_unit}")
+        subprocess.run(["docker", "exec", "-d", held_host, "python3", "-c",
+                        "import socket, sys, time; s = socket.socket();"  # reuse: scrapes leave TIME_WAIT
+                        " s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], 9100));"
+                        " s.listen(); time.sleep(900)", testfleet.load_inventory()[0][held_host]["tailnet_address"], rogue], check=True, timeout=30)
+        wait_until(lambda: ":9100 " in sh(held_host, "ss -Htln", check=False).stdout + " ",
+                   "the rogue listener", timeout=20)
+
+    def refused_start(s):
+        run = converge(f"{s.name}-1", held_host)
+        text = ANSI.sub("", run["output"])
+        if run["returncode"] == 0 or "cannot listen" not in text or "held by python3" not in text:
+            raise AssertionError(f"the held port was not reported: {text[-800:]}")
+        if sh(held_host, f"systemctl is-active {held_unit}", check=False).stdout.strip() == "active":
+            raise AssertionError(f"{held_unit} was started while its port was held")
+        s.note["first"] = "failed: node exporter's port held by python3, not started"
+        return run
+
+    def rogue_gone():
+        sh(held_host, f"pkill -f '[{rogue[0]}]{rogue[1:]}'; true", check=False)  # not this shell
+
+    def listening_again(s):
+        if sh(held_host, f"systemctl is-active {held_unit}", check=False).stdout.strip() != "active":
+            raise AssertionError(f"{held_unit} is not active after the rerun")
+
+    out.append(Scenario("port-held-by-hand", held_host, port_held, first=refused_start, restore=rogue_gone,
+                        check=listening_again, must_fail_first=True))
+
     # 10. a host rebooted in the middle of its converge; its container comes back
     def with_a_container():
         sh("pi5-alpha", "deps=$(ldd /usr/bin/sleep | grep -o '/[^ ]*'); tar -ch /usr/bin/sleep $deps 2>/dev/null"

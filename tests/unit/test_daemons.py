@@ -5,6 +5,7 @@ after its process started (or after our last reload of it)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 
@@ -162,3 +163,126 @@ def test_a_unit_masked_by_hand_is_unmasked_then_started_and_enabled():
 ])
 def test_a_running_unit_is_only_enabled_where_it_is_not(file_state, sent):
     assert commands([*UP, "SubState=running", f"UnitFileState={file_state}", *stamp()])[0] == sent
+
+
+# --- a port held by another process, before a start ------------------------------------------
+from fleet.converge.daemons import PortHolders, port_blockers, service_of  # noqa: E402
+
+NODE = "prometheus-node-exporter.service"
+
+
+def test_the_port_holders_fact_reads_this_machines_listeners():
+    """The fact's own command, run here: a listener this test opens is found with its process
+    and the cgroup the kernel gives its socket (ss -p names processes only to root, as the
+    converge runs it)."""
+    if os.geteuid() != 0 or not shutil.which("ss"):
+        pytest.skip("needs root and ss (iproute2) to see listening processes")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        out = subprocess.run(["sh", "-c", PortHolders().command((port,))], capture_output=True, text=True, check=True)
+        found = PortHolders().process(out.stdout.splitlines())
+    assert [(a, p, pid) for a, p, _, pid, _ in found] == [("127.0.0.1", port, os.getpid())]
+    own = [line.split("0::", 1)[1].strip() for line in open("/proc/self/cgroup") if line.startswith("0::")]
+    assert found[0][4] == (own[0] if own else found[0][4])
+
+
+def test_a_listener_whose_process_ss_cannot_see_is_still_placed_by_its_cgroup():
+    line = ("LISTEN 0 4096 100.100.0.2:9100 0.0.0.0:* uid:102 ino:22061029 sk:4e89"
+            " cgroup:/docker/62261ced/system.slice/prometheus-node-exporter.service <->")
+    assert PortHolders().process([line]) == [("100.100.0.2", 9100, "a process of uid 102", None,
+                                              "/docker/62261ced/system.slice/prometheus-node-exporter.service")]
+    assert PortHolders().process(["LISTEN 0 4096 [::]:9093 [::]:* users:((\"alertmanager\",pid=7,fd=3))"
+                                  " uid:111 ino:1 sk:2 cgroup:/system.slice/x.service v6only:1 <->"])[0][:4] == (
+        "::", 9093, "alertmanager", 7)
+
+
+@pytest.mark.parametrize("cgroup, service", [
+    ("/system.slice/prometheus-node-exporter.service", NODE),
+    ("/system.slice/system-postgresql.slice/postgresql@15-main.service", "postgresql@15-main.service"),
+    ("/init.scope", "systemd"),
+    ("/user.slice/user-1000.slice/session-3.scope", None),
+    ("/", None),
+    ("/system.slice/docker-0123abcd.scope", None),
+    ("/docker/62261ced/system.slice/prometheus-node-exporter.service", NODE),  # a test host on cgroup v1
+    ("/docker/62261ced", None),  # docker exec in a test host
+    ("/docker/62261ced/init.scope", "systemd"),
+])
+def test_a_process_is_told_by_its_cgroup(cgroup, service):
+    assert service_of(cgroup) == service
+
+
+@pytest.mark.parametrize("holder, stop, warn", [
+    (("100.100.0.5", 9100, "python3", 812, "/"), 1, 0),  # docker exec
+    (("0.0.0.0", 9100, "nc", 9, "/user.slice/user-1000.slice/session-2.scope"), 1, 0),  # a login, any address
+    (("::", 9100, "nc", 9, "/system.slice/ssh.service"), 1, 0),  # over SSH on a host without pam_systemd
+    (("100.100.0.5", 9100, "alertmanager", 7, "/system.slice/prometheus-alertmanager.service"), 0, 1),
+    (("0.0.0.0", 9100, "prometheus-node", 5, f"/system.slice/{NODE}"), 0, 0),  # itself
+    (("127.0.0.1", 9100, "nc", 9, "/"), 0, 0),  # another address
+    (("100.100.0.5", 9101, "nc", 9, "/"), 0, 0),  # another port
+])
+def test_who_holds_the_port_decides_between_stopping_and_a_warning(holder, stop, warn):
+    found = port_blockers(NODE, ("100.100.0.5:9100",), [holder])
+    assert (len(found[0]), len(found[1])) == (stop, warn)
+
+
+class PortsHost(StateHost):
+    def __init__(self, lines, holders):
+        super().__init__(lines)
+        self.holders, self.name = holders, "pi0-epsilon"
+
+    def get_fact(self, fact, **kwargs):
+        if fact is PortHolders:
+            assert kwargs == {"ports": (9100,)}
+            return self.holders
+        return super().get_fact(fact, **kwargs)
+
+
+def start_with(holders) -> tuple[list[str], list]:
+    from pyinfra.context import ctx_host
+
+    from fleet.converge.daemons import enabled_and_running
+    fake = PortsHost(["LoadState=loaded", "ActiveState=failed", "SubState=failed", "UnitFileState=enabled",
+                      *stamp()], holders)
+    with ctx_host.use(fake):
+        return ([str(c.get_raw_value()) for c in enabled_and_running._inner(unit=NODE, listens=("100.100.0.5:9100",))],
+                fake.logged)
+
+
+def test_a_port_held_by_hand_stops_the_run_before_the_start():
+    sent, _ = start_with([("100.100.0.5", 9100, "python3", 812, "/")])
+    assert len(sent) == 1 and sent[0].endswith(">&2; exit 1") and "systemctl" not in sent[0]
+    assert ("pi0-epsilon: prometheus-node-exporter.service cannot listen: 100.100.0.5:9100 is held by python3, "
+            "pid 812 (on 100.100.0.5:9100, in no service: cgroup /)") in sent[0]
+
+
+def test_a_port_another_service_holds_is_a_warning_and_the_start_goes_on():
+    sent, logged = start_with([("0.0.0.0", 9100, "alertmanager", 7, "/system.slice/prometheus-alertmanager.service")])
+    assert sent == [f"systemctl start {NODE}"]
+    assert logged == [("log", f"{NODE} may not start: 100.100.0.5:9100 is held by prometheus-alertmanager.service "
+                              "(alertmanager, pid 7, on 0.0.0.0:9100)")]
+
+
+def test_a_free_port_starts_as_before():
+    assert start_with([])[0] == [f"systemctl start {NODE}"]
+
+
+def test_a_restart_onto_a_port_held_by_hand_stops_the_run_instead():
+    """A restart owed for new inputs (the port moved in the data) onto a port held by hand."""
+    from pyinfra.context import ctx_host
+
+    from fleet.converge.daemons import applied
+    owed_lines = ["LoadState=loaded", "ActiveState=active", "SubState=running", "UnitFileState=enabled",
+                  "ExecMainStartTimestamp=Wed 2026-12-02 13:05:01.000000 UTC", *stamp(),
+                  "Times=1700000000.0 1900000000.0 /etc/fleet/node-exporter.env"]
+    fake = PortsHost(owed_lines, [("100.100.0.5", 9100, "nc", 40, "/")])
+    with ctx_host.use(fake):
+        sent = [str(c.get_raw_value()) for c in applied._inner(unit=NODE, inputs=["/etc/fleet/node-exporter.env"],
+                                                               listens=("100.100.0.5:9100",))]
+    assert len(sent) == 1 and "cannot listen" in sent[0] and sent[0].endswith("exit 1")
+    fake.holders = []
+    with ctx_host.use(fake):
+        assert [str(c.get_raw_value()) for c in applied._inner(unit=NODE, inputs=["/etc/fleet/node-exporter.env"],
+                                                               listens=("100.100.0.5:9100",))] == [
+            f"systemctl restart {NODE}"]
