@@ -101,6 +101,8 @@ class DaemonState(FactBase):
         return {
             "loaded": values.get("LoadState") == "loaded",
             "active": values.get("ActiveState") == "active",
+            # failed, possibly at its start limit ("Start request repeated too quickly")
+            "failed": values.get("ActiveState") == "failed",
             # the states pyinfra's systemd facts count as running and as enabled
             "running": values.get("SubState") in RUNNING_SUBSTATES,
             "enabled": values.get("UnitFileState") in ENABLED_FILE_STATES,
@@ -261,6 +263,10 @@ def enabled_and_running(unit: str, inputs: tuple[str, ...] = (), listens: tuple[
         host.log(f"{unit} was masked; unmasking it", logger.warning)
         yield StringCommand(f"systemctl unmask {q}")
     if not state["running"]:
+        if state.get("failed"):
+            # a daemon that failed its way to systemd's start limit (its port was taken, say)
+            # would refuse this start for a while after the cause is gone: its count is reset
+            yield StringCommand(f"systemctl reset-failed {q}")
         yield StringCommand(f"systemctl start {q}")
     if not state["enabled"]:
         yield StringCommand(f"systemctl enable {q}")

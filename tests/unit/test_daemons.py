@@ -259,13 +259,23 @@ def test_a_port_held_by_hand_stops_the_run_before_the_start():
 
 def test_a_port_another_service_holds_is_a_warning_and_the_start_goes_on():
     sent, logged = start_with([("0.0.0.0", 9100, "alertmanager", 7, "/system.slice/prometheus-alertmanager.service")])
-    assert sent == [f"systemctl start {NODE}"]
+    assert sent == [f"systemctl reset-failed {NODE}", f"systemctl start {NODE}"]
     assert logged == [("log", f"{NODE} may not start: 100.100.0.5:9100 is held by prometheus-alertmanager.service "
                               "(alertmanager, pid 7, on 0.0.0.0:9100)")]
 
 
 def test_a_free_port_starts_as_before():
-    assert start_with([])[0] == [f"systemctl start {NODE}"]
+    assert start_with([])[0] == [f"systemctl reset-failed {NODE}", f"systemctl start {NODE}"]
+
+
+def test_a_failed_unit_has_its_start_limit_reset_before_the_start():
+    """systemd refuses starts for a while after a unit failed too often ("Start request
+    repeated too quickly"), even once the cause is gone; a merely stopped one is just started."""
+    assert commands(["LoadState=loaded", "ActiveState=failed", "SubState=failed", "UnitFileState=enabled",
+                     *stamp()])[0] == ["systemctl reset-failed node-exporter.service",
+                                       "systemctl start node-exporter.service"]
+    assert commands(["LoadState=loaded", "ActiveState=inactive", "SubState=dead", "UnitFileState=enabled",
+                     *stamp()])[0] == ["systemctl start node-exporter.service"]
 
 
 def test_a_restart_onto_a_port_held_by_hand_stops_the_run_instead():
