@@ -149,8 +149,8 @@ class PortHolders(FactBase):
             uid = next((f[len("uid:"):] for f in extra if f.startswith("uid:")), "0")
             cgroup = next((f[len("cgroup:"):] for f in extra if f.startswith("cgroup:")), "")
             if port.isdigit():
-                found.append((address.strip("[]").split("%")[0], int(port),
-                              users[1] if users else f"a process of uid {uid}", int(users[2]) if users else None, cgroup))
+                name, pid = (users[1], int(users[2])) if users else (f"a process of uid {uid}", None)
+                found.append((address.strip("[]").split("%")[0], int(port), name, pid, cgroup))
         return found
 
 
@@ -212,7 +212,7 @@ def _free_to_start(unit: str, listens: tuple[str, ...]):
         host.log(f"{unit} may not start: {line}", logger.warning)
     if not stop:
         return []
-    message = (f"{host.name}: {unit} cannot listen: {'; '.join(stop)}. Nothing was started. Fix: stop that "
+    message = (f"{host.name}: {unit} cannot listen: {'; '.join(stop)}. It was not (re)started. Fix: stop that "
                "process (or move it to another port), then rerun; the port map (fleet_services in "
                "group_data/all.py) gives this port to the fleet.")
     return [StringCommand(f"echo {shlex.quote(message)} >&2; exit 1")]

@@ -530,10 +530,11 @@ def scenarios(seed: int) -> list[Scenario]:
 
     def port_held():
         sh(held_host, f"systemctl stop {held_unit}")
+        address = testfleet.load_inventory()[0][held_host]["tailnet_address"]
         subprocess.run(["docker", "exec", "-d", held_host, "python3", "-c",
                         "import socket, sys, time; s = socket.socket();"  # reuse: scrapes leave TIME_WAIT
                         " s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], 9100));"
-                        " s.listen(); time.sleep(900)", testfleet.load_inventory()[0][held_host]["tailnet_address"], rogue], check=True, timeout=30)
+                        " s.listen(); time.sleep(900)", address, rogue], check=True, timeout=30)
         wait_until(lambda: ":9100 " in sh(held_host, "ss -Htln", check=False).stdout + " ",
                    "the rogue listener", timeout=20)
 
