@@ -190,22 +190,22 @@ def port_blockers(unit: str, listens: tuple[str, ...], holders: list) -> tuple[l
     return stop, warn
 
 
-def listens_of(service: str | None) -> tuple[str, ...]:
+def listens_of(service: str) -> tuple[str, ...]:
     """address:port of everything the port map's `service` binds on this host."""
-    if service is None:
-        return ()
     from fleet.converge.services import ServiceMap
 
     return tuple(str(e) for e in ServiceMap.of_pyinfra(host).binds(service, host.name))
 
 
-def _free_to_start(unit: str, listens: tuple[str, ...]):
+def _free_to_start(unit: str, service: str | None):
     """The commands that stop this host's run, before `unit` is (re)started, when a process
-    nothing of the host's services started holds an address:port it binds: the daemon would
-    only fail to start, over and over, while the run reported it started. A port another
-    service holds is a warning line (it may move later in the run). Empty when free."""
-    if not listens:
+    nothing of the host's services started holds an address:port the port map's `service`
+    binds: the daemon would only fail to start, over and over, while the run reported it
+    started. A port another service holds is a warning line (it may move later in the run).
+    Empty when free. The port map is read here, only when something is started."""
+    if service is None:
         return []
+    listens = listens_of(service)
     holders = host.get_fact(PortHolders, ports=tuple(sorted({int(w.rpartition(":")[2]) for w in listens})))
     stop, warn = port_blockers(unit, listens, holders)
     for line in warn:
@@ -240,20 +240,21 @@ def unit_loaded(unit: str, inputs: tuple[str, ...] = ()):
 
 
 @operation()
-def enabled_and_running(unit: str, inputs: tuple[str, ...] = (), listens: tuple[str, ...] = ()):
+def enabled_and_running(unit: str, inputs: tuple[str, ...] = (), service: str | None = None):
     """`unit` is enabled and running: what pyinfra's systemd.service(running=True,
     enabled=True) does, read from the same fact as `unit_loaded` and `applied`, so a
     daemon's three checks are one command on the host, not four.
 
     + unit: the systemd unit
     + inputs: as for `applied`
-    + listens: the address:port it binds; a process started by hand holding one stops the run
+    + service: the port map's name for what it serves; a process started by hand holding one
+      of its address:ports stops the run before the start
     """
     state = host.get_fact(DaemonState, unit=unit, inputs=tuple(inputs))
     if state["running"] and state["enabled"]:
         host.noop(f"{unit} is enabled and running")
         return
-    if not state["running"] and (blocked := _free_to_start(unit, tuple(listens))):
+    if not state["running"] and (blocked := _free_to_start(unit, service)):
         yield from blocked
         return
     q = shlex.quote(unit)
@@ -273,7 +274,7 @@ def enabled_and_running(unit: str, inputs: tuple[str, ...] = (), listens: tuple[
 
 
 @operation()
-def applied(unit: str, inputs: list[str], reload: bool = False, changed: tuple = (), listens: tuple[str, ...] = ()):
+def applied(unit: str, inputs: list[str], reload: bool = False, changed: tuple = (), service: str | None = None):
     """Restart (or reload) `unit` if one of `inputs` changed after its process started (or
     after our last reload of it). Crash-safe: decided from the host's state.
 
@@ -281,7 +282,7 @@ def applied(unit: str, inputs: list[str], reload: bool = False, changed: tuple =
     + inputs: the files and directories the daemon reads at start
     + reload: reload instead of restart, and record when (sshd re-reads its config on SIGHUP)
     + changed: operations that replace inputs in this run (only so a dry run shows the restart)
-    + listens: as for `enabled_and_running` (a restart may move the daemon to a new port)
+    + service: as for `enabled_and_running` (a restart may move the daemon to a new port)
     """
     state = host.get_fact(DaemonState, unit=unit, inputs=tuple(inputs))
     # While pyinfra plans (the diff before execution), inputs this run will replace have not
@@ -295,7 +296,7 @@ def applied(unit: str, inputs: list[str], reload: bool = False, changed: tuple =
     if reload:
         yield StringCommand(f"systemctl reload {q(unit)} && install -d -m 755 {q(APPLIED_DIR)}"
                             f" && touch {q(stamp_path(unit))}")
-    elif blocked := _free_to_start(unit, tuple(listens)):
+    elif blocked := _free_to_start(unit, service):
         yield from blocked
     else:
         yield StringCommand(f"systemctl restart {q(unit)}")
@@ -317,10 +318,9 @@ def keep_running(label: str, unit: str, *, inputs: list[str], why: str, changed=
       stops if a process started by hand holds an address:port it binds (never asked when
       nothing is started)
     """
-    listens = listens_of(service)
     if unit_files:
         unit_loaded(name=f"Load the current {unit} definition into systemd", unit=unit, inputs=tuple(inputs))
-    enabled_and_running(name=f"Enable {label}", unit=unit, inputs=tuple(inputs), listens=listens)
+    enabled_and_running(name=f"Enable {label}", unit=unit, inputs=tuple(inputs), service=service)
     verb = "Reload" if reload else "Restart"
     return applied(name=f"{verb} {label} {why}".strip(), unit=unit, inputs=list(inputs), reload=reload,
-                   changed=tuple(changed), listens=() if reload else listens)
+                   changed=tuple(changed), service=None if reload else service)
