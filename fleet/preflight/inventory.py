@@ -274,6 +274,10 @@ def prepare(hosts: dict, test_fleet: dict, inventory_file: str, target: str | No
     repo = Path(inventory_file).resolve().parent
     target = target or target_from_env()
     hosts, test_fleet = extra_test_hosts(hosts, test_fleet, target)
+    # the command line first: a mistyped --limit is named even where the data has problems too
+    check_patterns(cli_patterns(), list(hosts), sorted({"all"} | {
+        group for entry in hosts.values() if isinstance(entry, dict) and isinstance(entry.get("groups"), list)
+        for group in entry["groups"] if isinstance(group, str)}))
     select_vault(repo, test_fleet, target)
     keys.open_early()  # the key derivation runs while the data below is validated
     try:
@@ -353,6 +357,33 @@ def pyinfra_groups(hosts: dict, test_fleet: dict, inventory_file: str) -> dict[s
             groups.setdefault(group, []).append((f"{CONNECTOR}{name}", data))
     groups["all"] = ([f"{CONNECTOR}{name}" for name in fleet.hosts], copy.deepcopy(registry.defaults()))
     return groups
+
+
+def cli_patterns() -> dict[str, tuple[str, ...]]:
+    """The --limit and --exclude patterns of the pyinfra command line loading this inventory,
+    as click parsed them; none when the inventory is loaded some other way (the API, tests)."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    return {option: tuple(ctx.params.get(option) or ()) for option in ("limit", "exclude")}
+
+
+def check_patterns(patterns: dict[str, tuple[str, ...]], hosts: list[str], groups: list[str]) -> None:
+    """Each --limit and --exclude pattern names a group or matches a host name, as pyinfra
+    matches them (a group name, else a shell pattern over host names). pyinfra only warns
+    about one that matches nothing and goes on: a mistyped --limit then runs on no host and
+    exits 0, and a mistyped --exclude runs on the very host it was meant to leave out."""
+    from fnmatch import fnmatch
+
+    for option, given in patterns.items():
+        for pattern in given:
+            if pattern not in groups and not any(fnmatch(name, pattern) for name in hosts):
+                raise FleetConfigError(
+                    f"--{option} {pattern!r} matches no host and no group; nothing was run. Fix: use names "
+                    f"from inventory.py ({', '.join(hosts)}) or groups ({', '.join(groups)}); a shell "
+                    f"pattern such as 'pi5-*' matches host names.")
 
 
 def main(argv: list[str]) -> int:

@@ -13,7 +13,7 @@ import pytest
 
 from deploys import tailscale, vllm
 from fleet.converge.render import dquote, systemd_env
-from fleet.preflight.inventory import FleetConfigError, read_inventory_data
+from fleet.preflight.inventory import FleetConfigError, check_patterns, read_inventory_data
 from fleet.preflight.model import DataFileError, load_group_data
 from fleet.preflight.validate import problems
 
@@ -363,3 +363,35 @@ def test_a_secret_written_inside_an_env_file_must_fit_in_one_line(data, tmp_path
                      "is written inside /etc/fleet/vllm.env (e.g. a trailing newline from `echo`). Fix: store it as "
                      "one line: `printf %s \"$VALUE\" | python -m fleet vault set vllm_api_key`."]
     assert "canary" not in str(refused.value)
+
+
+@pytest.mark.parametrize("option, pattern", [("limit", "pi5-alpah"), ("exclude", "pi0-*x"), ("limit", "gpus")])
+def test_a_limit_or_exclude_that_matches_nothing_is_one_line(option, pattern):
+    """pyinfra itself only warns: a mistyped --limit ran on no host and exited 0, and a
+    mistyped --exclude ran on the host it was meant to leave out."""
+    hosts, groups = ["pi5-alpha", "pi0-epsilon"], ["all", "gpu", "pis"]
+    with pytest.raises(FleetConfigError) as exc:
+        check_patterns({"limit": ("pis",), option: (pattern,)}, hosts, groups)
+    assert one_line([exc.value]) and str(exc.value).startswith(f"--{option} {pattern!r} matches no host and no group")
+
+
+@pytest.mark.parametrize("patterns", [{}, {"limit": ("pi5-alpha",)}, {"limit": ("gpu", "pi0-*"), "exclude": ("pis",)},
+                                      {"limit": ("all",), "exclude": ("pi?-alpha",)}])
+def test_limits_that_name_hosts_groups_or_patterns_pass(patterns):
+    check_patterns(patterns, ["pi5-alpha", "pi0-epsilon"], ["all", "gpu", "pis"])
+
+
+def test_the_cli_refuses_a_mistyped_limit_before_connecting(tmp_path):
+    """End to end: pyinfra's own --limit, read from its command line by the inventory."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(".git", ".venv", ".state", "__pycache__", "tests"))
+    pyinfra = Path(sys.executable).with_name("pyinfra")
+    # the real fleet's data, whose keys and pins are not filled in: the command line is named first
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo), "FLEET_TARGET": "fleet",
+           "FLEET_VAULT_PASSPHRASE": "unused", "HOME": str(tmp_path)}
+    proc = subprocess.run([str(pyinfra), "-y", "inventory.py", "deploys/site.py", "--limit", "pi5-alpah"], cwd=repo,
+                          env=env, text=True, capture_output=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out, out
+    assert "--limit 'pi5-alpah' matches no host and no group; nothing was run. Fix: use names" in out
+    assert "Connecting" not in out and "base_admin_ssh_keys" not in out
