@@ -425,6 +425,11 @@ def test_join_with_auth_key_file(tailnet):
                           "DNSName": "pi5-alpha.tail-test.ts.net.",
                           "Tags": ["tag:fleet", "tag:gateway"], "TailscaleIPs": ["100.100.7.7"]}
     assert st["StandIn"]["Logins"] == 1
+    # --peers=false (what the converge asks): the same status, with "Peer" null
+    alone = json.loads(tailnet.ok("status", "--json", "--peers=false"))
+    assert st["Peer"] == {} and alone == {**st, "Peer": None}
+    bad = tailnet.ts("status", "--peers=maybe")
+    assert bad.returncode == 2 and 'invalid boolean value "maybe" for -peers' in bad.stderr
     assert tailnet.ok("ip", "-4").strip() == "100.100.7.7"
     assert tailnet.ok("status").split()[:2] == ["100.100.7.7", "pi5-alpha"]
     # The daemon holds its UDP port on the wildcard address.
