@@ -250,19 +250,21 @@ def apps():
     apt.packages(name="Install nginx (the apps' proxy)", packages=["nginx"], no_recommends=True)
     for path, mode in ((SPECS, "755"), (PROXY_DIR, "755"), (SITES, "755"), (STATE, "700"), (CACHE, "755"),
                        ("/usr/local/lib/fleet/apps", "755")):
-        files.directory(name=f"Create {path}", path=path, mode=mode)
+        files.directory(name=f"Create {path}", path=path, user="root", group="root", mode=mode)
     script = files.put(name="Install fleet-app (rollout, health gate, rollback)",
-                       src=source("apps", "usr/local/lib/fleet/apps/fleet-app"), dest=SCRIPT, mode="755")
+                       src=source("apps", "usr/local/lib/fleet/apps/fleet-app"), dest=SCRIPT,
+                       user="root", group="root", mode="755")
     conf = validated_file(name="Install the proxy's nginx.conf", dest=MAIN_CONF, validate="nginx -t -q -c {path}",
                           content=render("etc/fleet/apps-proxy/nginx.conf.j2", "apps",
                                          workers=data.apps_proxy_workers, connections=data.apps_proxy_connections,
                                          max_body="16m", read_timeout=120))
-    unit = files.put(name="Install the proxy's unit", dest=UNIT_FILE, mode="644",
+    unit = files.put(name="Install the proxy's unit", dest=UNIT_FILE, user="root", group="root", mode="644",
                      src=StringIO(render("etc/systemd/system/fleet-apps-proxy.service.j2", "apps", conf=MAIN_CONF)))
     keep_running("the apps' proxy", UNIT, inputs=[UNIT_FILE], why="for its new unit", changed=(unit,), unit_files=True)
     keep_running("the apps' proxy", UNIT, inputs=[MAIN_CONF], why="for its new nginx.conf", changed=(conf,), reload=True)
     if data.apps_registry:
-        files.directory(name="Create root's Docker config directory", path="/root/.docker", mode="700")
+        files.directory(name="Create root's Docker config directory", path="/root/.docker",
+                        user="root", group="root", mode="700")
         registry = data.apps_registry["host"]
         secret_file(name=f"Install the {registry} credentials (root's Docker config)", key=data.apps_registry["auth_key"],
                     dest=DOCKER_CONFIG, user="root", group="root",
@@ -280,11 +282,12 @@ def apps():
                                       ("env", spec.get("secret_env") or {}, env_path, None)):
             if keys:
                 files.directory(name=f"Create {app}'s {kind} directory", path=path(app, "x").rsplit("/", 1)[0],
-                                mode="700")
+                                user="root", group="root", mode="700")
             for env, key in sorted(keys.items()):
                 inputs.append(secret_file(name=f"Install {app}'s {env} ({kind} file)", key=key, dest=path(app, env),
                                           user="root", group="root", fmt=fmt or f"{env}={{value}}\n"))
-        written = files.put(name=f"Write {app}'s spec", dest=f"{SPECS}/{app}/app.json", mode="644",
+        written = files.put(name=f"Write {app}'s spec", dest=f"{SPECS}/{app}/app.json",
+                            user="root", group="root", mode="644",
                             create_remote_dir=True,
                             src=StringIO(json.dumps(app_spec(app, name, data, services), indent=1, sort_keys=True) + "\n"))
         app_running(name=f"Run {app} (health-gated rollout when it changed)", app=app,

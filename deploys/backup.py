@@ -172,27 +172,30 @@ def backup():
     repo_host = repository_hosts(services)[0]
     apt.packages(name="Install restic", packages=["restic", "openssh-client"], no_recommends=True)
     for path in (ETC, HOOKS):
-        files.directory(name=f"Create {path}", path=path, mode="700" if path == ETC else "755")
+        files.directory(name=f"Create {path}", path=path,
+                        user="root", group="root", mode="700" if path == ETC else "755")
     secret_file(name="Install the restic password", key=password_key(name), dest=PASSWORD, user="root", group="root")
     secret_file(name="Install the backup SSH key", key=ssh_key_name(name), dest=KEY, user="root", group="root")
     repo_ssh = services.reach("ssh", server=repo_host, client=name)
     host_key = public_host_key(secret(host_key_name(repo_host)))
     address = repo_ssh.address if repo_ssh.port == 22 else f"[{repo_ssh.address}]:{repo_ssh.port}"
     files.put(name="Install the repository host's SSH identity", src=StringIO(f"{address} {host_key}\n"),
-              dest=KNOWN_HOSTS, mode="644")
+              dest=KNOWN_HOSTS, user="root", group="root", mode="644")
     files.put(name="Install the backup environment", src=StringIO(render(
         "etc/fleet/backup/env.j2", "backup", repository=f"rclone:{repo_host}:",
         program=restic_program(name, data, services), password_file=PASSWORD, host=name,
-        textfile_dir=data.node_exporter_textfile_dir, hooks=HOOKS, paths=PATHS)), dest=ENV, mode="600")
+        textfile_dir=data.node_exporter_textfile_dir, hooks=HOOKS, paths=PATHS)), dest=ENV,
+        user="root", group="root", mode="600")
     state = registry.state_paths(name, host.groups, data)
     files.put(name="Install the list of state to back up", src=StringIO("".join(f"{p}\n" for p in state)),
-              dest=PATHS, mode="644")
+              dest=PATHS, user="root", group="root", mode="644")
     for script in SCRIPTS:
         files.put(name=f"Install {script}", src=source("backup", f"usr/local/sbin/{script}"),
-                  dest=f"{BIN}/{script}", mode="755")
+                  dest=f"{BIN}/{script}", user="root", group="root", mode="755")
     for unit in UNITS:
         files.put(name=f"Install {unit}", src=StringIO(render(
-            f"etc/systemd/system/{unit}.j2", "backup", data=data)), dest=f"/etc/systemd/system/{unit}", mode="644")
+            f"etc/systemd/system/{unit}.j2", "backup", data=data)), dest=f"/etc/systemd/system/{unit}",
+            user="root", group="root", mode="644")
     for unit in UNITS:
         unit_loaded(name=f"Load the current {unit} definition into systemd", unit=unit)
     for timer in ("fleet-backup.timer", "fleet-restore-drill.timer"):

@@ -93,12 +93,12 @@ def backup_repository():
         secret_file(name=f"Install {client}'s repository password", key=password_key(client),
                     dest=f"{ETC}/{client}.password", user=user, group=user)
     files.put(name="Install the retention and check script", src=source("backup_repository", "usr/local/sbin/fleet-backup-repository"),
-              dest=SCRIPT, mode="755")
+              dest=SCRIPT, user="root", group="root", mode="755")
     keep = " ".join(f"--keep-{period} {count}" for period, count in sorted(data.backup_repository_keep.items()))
     for unit in UNITS:
         files.put(name=f"Install {unit}", src=StringIO(render(
             f"etc/systemd/system/{unit}.j2", "backup_repository", data=data, keep=keep, script=SCRIPT,
-            etc=ETC)), dest=f"/etc/systemd/system/{unit}", mode="644")
+            etc=ETC)), dest=f"/etc/systemd/system/{unit}", user="root", group="root", mode="644")
     for unit in UNITS:
         unit_loaded(name=f"Load the current {unit} definition into systemd", unit=unit)
     for timer in ("fleet-backup-prune.timer", "fleet-backup-check.timer"):

@@ -233,7 +233,7 @@ def _after_an_interrupted_run():
         src=_text(render("etc/apt/apt.conf.d/50fleet-lock-timeout.j2", "base", comment="//",
                          timeout=int(host.data.base_apt_lock_timeout))),
         dest="/etc/apt/apt.conf.d/50fleet-lock-timeout",
-        mode="644",
+        user="root", group="root", mode="644",
     )
 
 
@@ -261,7 +261,7 @@ def _time():
         name="Record the timezone name",
         src=_text(f"{zone}\n"),
         dest="/etc/timezone",
-        mode="644",
+        user="root", group="root", mode="644",
     )
     systemd.service(
         name="Enable time synchronisation",
@@ -278,13 +278,13 @@ def _unattended_upgrades():
         src=_text(render("etc/apt/apt.conf.d/20auto-upgrades.j2", "base", comment="//",
                          enabled=enabled)),
         dest="/etc/apt/apt.conf.d/20auto-upgrades",
-        mode="644",
+        user="root", group="root", mode="644",
     )
     files.put(
         name="Set the unattended upgrade policy",
         src=source("base", "etc/apt/apt.conf.d/52fleet-unattended-upgrades"),
         dest="/etc/apt/apt.conf.d/52fleet-unattended-upgrades",
-        mode="644",
+        user="root", group="root", mode="644",
     )
     enabled_and_running(name="Enable the daily upgrade timer", unit="apt-daily-upgrade.timer")
 
@@ -340,7 +340,7 @@ def _sshd():
         name="Install the SSH host public key",
         src=_text(public_host_key(secret(host_key_name(host.name)), f"root@{host.name}") + "\n"),
         dest=f"{HOST_KEY}.pub",
-        mode="644",
+        user="root", group="root", mode="644",
     )
     listeners = ServiceMap.of_pyinfra(host).binds("ssh", host.name)
     config = validated_file(

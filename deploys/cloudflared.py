@@ -127,7 +127,7 @@ def cloudflared():
         src=StringIO(render("etc/systemd/system/cloudflared.service.j2", "cloudflared", user=user,
                             config=CONFIG)),
         dest=UNIT,
-        mode="644",
+        user="root", group="root", mode="644",
     )
     keep_running("cloudflared", "cloudflared.service", inputs=[CONFIG, CREDENTIALS_FILE, UNIT],
                  why="for its new config or credentials", changed=(config, credentials, unit), unit_files=True,

@@ -141,14 +141,14 @@ def docker():
         name="Install the daemon.json checker (for engines without --validate)",
         src=source("docker", "usr/local/lib/fleet/check-daemon-json"),
         dest=CHECKER,
-        mode="755",
+        user="root", group="root", mode="755",
     )
     q = shlex.quote
     validate = (
         "if dockerd --help 2>&1 | grep -q -- '--validate'; then dockerd --validate --config-file {path};"
         f" else python3 {q(CHECKER)} {{path}}; fi"
     )
-    files.directory(name="Create /etc/docker", path="/etc/docker", mode="755")
+    files.directory(name="Create /etc/docker", path="/etc/docker", user="root", group="root", mode="755")
     config = validated_file(
         name="Render daemon.json",
         content=render_daemon_json(daemon_config(host.data, host.groups)),

@@ -99,11 +99,11 @@ def firewall():
     source = host.get_fact(SshSource, _sudo=False)
     context = ruleset(name, graph_of(host.inventory), [source] if source else [])
     apt.packages(name="Install nftables", packages=["nftables"], no_recommends=True)
-    files.directory(name="Create /etc/fleet", path="/etc/fleet", mode="755")
+    files.directory(name="Create /etc/fleet", path="/etc/fleet", user="root", group="root", mode="755")
     rules = validated_file(name="Install the firewall's rules (checked with nft -c)", dest=RULES, mode="600",
                            content=render("etc/fleet/firewall.nft.j2", "firewall", **context),
                            validate="nft -c -f {path}")
-    unit = files.put(name="Install fleet-firewall.service", dest=UNIT_FILE, mode="644",
+    unit = files.put(name="Install fleet-firewall.service", dest=UNIT_FILE, user="root", group="root", mode="644",
                      src=StringIO(render("etc/systemd/system/fleet-firewall.service.j2", "firewall", rules=RULES)))
     keep_running("the firewall", UNIT, inputs=[UNIT_FILE], why="for its new unit", changed=(unit,), unit_files=True)
     keep_running("the firewall", UNIT, inputs=[RULES], why="for its new rules", changed=(rules,), reload=True)

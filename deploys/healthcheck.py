@@ -128,7 +128,8 @@ def healthcheck():
     apt.packages(name="Install Python 3 and pg_isready (postgresql-client)",
                  packages=["python3", "postgresql-client"], no_recommends=True)
     JOB.prepare()
-    files.put(name="Install the chat completion check beside it", src=probe_llm.__file__, dest=MODULE, mode="644")
+    files.put(name="Install the chat completion check beside it", src=probe_llm.__file__, dest=MODULE,
+              user="root", group="root", mode="644")
 
     if data.healthcheck_vllm_api_key:
         secret_file(name="Install the vLLM API key for the llm probe", key=API_KEY, dest=KEY_FILE,

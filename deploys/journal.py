@@ -62,10 +62,10 @@ def journal():
         # in place before the package, whose socket would otherwise listen on every address
         socket_dropin = files.put(name="Install journal-remote's socket drop-in", src=template(
             f"etc/systemd/system/{SOCKET}.d/fleet.conf.j2", listen=services.bind("journal-remote", name, "tailnet")),
-            dest=SOCKET_DROPIN, mode="644", create_remote_dir=True)
+            dest=SOCKET_DROPIN, user="root", group="root", mode="644", create_remote_dir=True)
         remote_dropin = files.put(name="Install journal-remote's service drop-in", src=template(
             f"etc/systemd/system/{REMOTE}.d/fleet.conf.j2", output=data.journal_remote_dir),
-            dest=REMOTE_DROPIN, mode="644", create_remote_dir=True)
+            dest=REMOTE_DROPIN, user="root", group="root", mode="644", create_remote_dir=True)
         apt.packages(name="Install systemd-journal-remote", packages=["systemd-journal-remote"], no_recommends=True)
         # what the unit's LogsDirectory= makes of it at every start (so the two agree)
         files.directory(name="Create the received journals' directory", path=data.journal_remote_dir,
@@ -73,7 +73,7 @@ def journal():
         for unit in ("fleet-journal-vacuum.service", "fleet-journal-vacuum.timer"):
             files.put(name=f"Install {unit}", src=template(f"etc/systemd/system/{unit}.j2", output=data.journal_remote_dir,
                                                            max_use=data.journal_remote_max_use),
-                      dest=f"{SD}/{unit}", mode="644")
+                      dest=f"{SD}/{unit}", user="root", group="root", mode="644")
         keep_running("journal-remote's socket", SOCKET, inputs=[SOCKET_DROPIN], why="for its new address",
                      changed=(socket_dropin,), unit_files=True)
         # socket-activated: started by the first upload, restarted only when it owes it
@@ -97,10 +97,10 @@ def journal():
     conf = files.put(name="Point journal-upload at the monitoring host", src=template(
         "etc/systemd/journal-upload.conf.d/fleet.conf.j2",
         url=services.url("journal-remote", server=targets[0], client=name)),
-        dest=UPLOAD_CONF, mode="644", create_remote_dir=True)
+        dest=UPLOAD_CONF, user="root", group="root", mode="644", create_remote_dir=True)
     dropin = files.put(name="Keep journal-upload retrying while the monitoring host is away", src=template(
         f"etc/systemd/system/{UPLOAD}.d/fleet.conf.j2", restart_seconds=data.journal_upload_retry_seconds),
-        dest=UPLOAD_DROPIN, mode="644", create_remote_dir=True)
+        dest=UPLOAD_DROPIN, user="root", group="root", mode="644", create_remote_dir=True)
     apt.packages(name="Install systemd-journal-remote", packages=["systemd-journal-remote"], no_recommends=True)
     keep_running("journal-upload", UPLOAD, inputs=[UPLOAD_CONF, UPLOAD_DROPIN], why="for its new destination",
                  changed=(conf, dropin), unit_files=True)

@@ -31,7 +31,7 @@ def maintenance():
         name="Install the maintenance page server",
         src=source("maintenance", "usr/local/lib/fleet/maintenance-page"),
         dest=SCRIPT,
-        mode="755",
+        user="root", group="root", mode="755",
     )
     unit = files.put(
         name="Install the maintenance page unit",
@@ -39,7 +39,7 @@ def maintenance():
                             script=SCRIPT, address=listen.address, port=listen.port,
                             message=host.data.maintenance_message)),
         dest=UNIT,
-        mode="644",
+        user="root", group="root", mode="644",
     )
     keep_running("the maintenance page", "maintenance-page.service", inputs=[SCRIPT, UNIT], why="",
                  changed=(script, unit), unit_files=True, service="maintenance")

@@ -51,17 +51,18 @@ def args(name: str, data, services: ServiceMap) -> list[str]:
 def node_exporter():
     data, name = host.data, host.name
     services = ServiceMap.of_pyinfra(host)
-    files.directory(name="Create /etc/fleet", path="/etc/fleet", mode="755")
+    files.directory(name="Create /etc/fleet", path="/etc/fleet", user="root", group="root", mode="755")
     dropin = files.put(name="Install node exporter's drop-in", src=StringIO(render(
         f"etc/systemd/system/{UNIT}.d/fleet.conf.j2", "node_exporter", env=ENV)),
-        dest=DROPIN, mode="644", create_remote_dir=True)
+        dest=DROPIN, user="root", group="root", mode="644", create_remote_dir=True)
     env = files.put(name="Install node exporter's arguments", src=StringIO(render(
-        "etc/fleet/node-exporter.env.j2", "node_exporter", args=args(name, data, services))), dest=ENV, mode="644")
+        "etc/fleet/node-exporter.env.j2", "node_exporter", args=args(name, data, services))), dest=ENV,
+        user="root", group="root", mode="644")
     apt.packages(name="Install node exporter", packages=["prometheus-node-exporter"], no_recommends=True)
     # root's: the backups (root) write here; the prober keeps its file in its own directory
     # and links it here, so no other user needs to write
     files.directory(name="Create the textfile collector's directory", path=data.node_exporter_textfile_dir,
-                    mode="755")
+                    user="root", group="root", mode="755")
     keep_running("node exporter", UNIT, inputs=[DROPIN, ENV], why="for its new arguments",
                  changed=(dropin, env), unit_files=True, service="node-exporter")
 

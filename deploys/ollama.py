@@ -199,22 +199,23 @@ def ollama():
         src=StringIO("#!/bin/sh\n" + render("usr/local/bin/ollama.j2", "ollama", binary=binary,
                                              address=address)),
         dest=CLI,
-        mode="755",
+        user="root", group="root", mode="755",
     )
     unit = files.put(
         name="Install the ollama unit",
         src=StringIO(render("etc/systemd/system/ollama.service.j2", "ollama", binary=binary,
                             user=user, home=home)),
         dest=UNIT,
-        mode="644",
+        user="root", group="root", mode="644",
     )
-    files.directory(name="Create the ollama unit's drop-in directory", path=f"{UNIT}.d", mode="755")
+    files.directory(name="Create the ollama unit's drop-in directory", path=f"{UNIT}.d",
+                    user="root", group="root", mode="755")
     override = files.put(
         name="Bind Ollama to the tailnet address (unit override)",
         src=StringIO(render("etc/systemd/system/ollama.service.d/fleet.conf.j2", "ollama",
                             address=address, models=f"{home}/models")),
         dest=OVERRIDE,
-        mode="644",
+        user="root", group="root", mode="644",
     )
     keep_running("ollama", "ollama.service", inputs=[binary, UNIT, OVERRIDE],
                  why="for its new release or settings", changed=(unpacked, unit, override), unit_files=True,

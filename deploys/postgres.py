@@ -327,21 +327,21 @@ def postgres():
 
     # The exporter's listener is set before its package starts it (the package's default is
     # every address): the drop-in reads our environment file after Debian's.
-    files.directory(name="Create /etc/fleet", path="/etc/fleet", mode="755")
+    files.directory(name="Create /etc/fleet", path="/etc/fleet", user="root", group="root", mode="755")
     dropin = files.put(name="Install the exporter's drop-in", src=StringIO(render(
         "etc/systemd/system/prometheus-postgres-exporter.service.d/fleet.conf.j2", "postgres", env=EXPORTER_ENV)),
-        dest=EXPORTER_DROPIN, mode="644", create_remote_dir=True)
+        dest=EXPORTER_DROPIN, user="root", group="root", mode="644", create_remote_dir=True)
     env = files.put(name="Install the exporter's environment", src=StringIO(render(
         "etc/fleet/postgres-exporter.env.j2", "postgres", listen=str(exporter),
         uri=f"127.0.0.1:{services.port('postgres')}/postgres?sslmode=disable",
         user=data.postgres_exporter_role, password_file=EXPORTER_PASSWORD)),
-        dest=EXPORTER_ENV, mode="644")
+        dest=EXPORTER_ENV, user="root", group="root", mode="644")
 
     apt.packages(name="Install PostgreSQL and its exporter",
                  packages=[f"postgresql-{data.postgres_version}", "prometheus-postgres-exporter"],
                  no_recommends=True)
     check = files.put(name="Install the config checker", src=source("postgres", "usr/local/lib/fleet/postgres-check"),
-                      dest=CHECK, mode="755", create_remote_dir=True)
+                      dest=CHECK, user="root", group="root", mode="755", create_remote_dir=True)
     hba_put_back(name="Put back the pg_hba.conf an interrupted check set aside", hba=p["hba"])
     enabled_and_running(name="Start the cluster", unit=p["unit"])
 
@@ -358,7 +358,8 @@ def postgres():
         "etc/fleet/backup.d/postgres.j2", "postgres", comment="#", version=data.postgres_version, dumps=DUMPS,
         unit=p["unit"], data_dir=p["data"], side_port=services.port("postgres-side"),
         drill_port=services.port("postgres-drill"), checks=drill_checks(data)).replace(
-        "# Managed", "#!/bin/bash\n# Managed", 1)), dest=HOOK, mode="755", create_remote_dir=True)
+        "# Managed", "#!/bin/bash\n# Managed", 1)), dest=HOOK,
+        user="root", group="root", mode="755", create_remote_dir=True)
     files.directory(name="Create the dump directory", path=DUMPS, user="postgres", group="postgres", mode="700")
     keep_running("PostgreSQL", p["unit"], inputs=[p["fleet_conf"], p["hba"]], why="for its new settings",
                  changed=(conf, hba, check), reload=True, service="postgres")

@@ -228,22 +228,23 @@ def prometheus():
 
     data, name = host.data, host.name
     services = ServiceMap.of_pyinfra(host)
-    files.directory(name="Create /etc/fleet", path="/etc/fleet", mode="755")
+    files.directory(name="Create /etc/fleet", path="/etc/fleet", user="root", group="root", mode="755")
     changed = {}
     for daemon, unit in UNITS.items():
         args = (prometheus_args if daemon == "prometheus" else alertmanager_args)(name, data, services)
         changed[daemon] = (
             files.put(name=f"Install {daemon}'s drop-in", src=StringIO(render(
                 f"etc/systemd/system/{unit}.d/fleet.conf.j2", "prometheus", env=env_file(daemon))),
-                dest=dropin(unit), mode="644", create_remote_dir=True),
+                dest=dropin(unit), user="root", group="root", mode="644", create_remote_dir=True),
             files.put(name=f"Install {daemon}'s arguments", src=StringIO(render(
-                "etc/fleet/args.env.j2", "prometheus", args=args)), dest=env_file(daemon), mode="644"),
+                "etc/fleet/args.env.j2", "prometheus", args=args)), dest=env_file(daemon),
+                user="root", group="root", mode="644"),
         )
     apt.packages(name="Install Prometheus and Alertmanager", packages=["prometheus", "prometheus-alertmanager"],
                  no_recommends=True)
     files.directory(name="Create Prometheus's data directory", path=data.prometheus_data_dir,
                     user="prometheus", group="prometheus", mode="750")
-    files.directory(name="Create the rules directory", path=RULES_DIR, mode="755")
+    files.directory(name="Create the rules directory", path=RULES_DIR, user="root", group="root", mode="755")
     # Rules first (each candidate checked on its own), then the config that loads them,
     # checked with the rules already in place: a bad rule stops the run before any reload.
     rules = validated_file(name="Install the alert rules", content=dump(alert_rules(data, services)), dest=RULES,

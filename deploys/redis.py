@@ -90,7 +90,7 @@ def redis():
                           validate="grep -q '^aclfile ' {path}")
     dropin = files.put(name="Install the redis-server drop-in", src=StringIO(render(
         "etc/systemd/system/redis-server.service.d/fleet.conf.j2", "redis", private_users=data.redis_private_users)),
-        dest=DROPIN, mode="644", create_remote_dir=True)
+        dest=DROPIN, user="root", group="root", mode="644", create_remote_dir=True)
     keep_running("Redis", "redis-server.service", inputs=[CONF, ACL, DROPIN], why="for its new config",
                  changed=(acl, conf, dropin), unit_files=True, service="redis")
 

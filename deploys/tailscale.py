@@ -107,7 +107,7 @@ def tailscale():
         src=StringIO(render("etc/default/tailscaled.j2", "tailscale",
                             port=host.data.tailscale_port, flags=host.data.tailscale_daemon_flags)),
         dest=DEFAULTS_FILE,
-        mode="644",
+        user="root", group="root", mode="644",
     )
     keep_running("tailscaled", "tailscaled.service", inputs=[DEFAULTS_FILE], why="for its new port or flags",
                  changed=(defaults,))

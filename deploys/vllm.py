@@ -106,7 +106,7 @@ def vllm():
                           src=data.vllm_image_archive_url, dest=archive,
                           sha256=data.vllm_image_archive_sha256)
     docker.image(name=f"Provide the vLLM image {data.vllm_image}", ref=data.vllm_image, archive=archive)
-    files.directory(name="Create /etc/fleet", path="/etc/fleet", mode="755")
+    files.directory(name="Create /etc/fleet", path="/etc/fleet", user="root", group="root", mode="755")
     env_file = secret_file(name="Install the vLLM API key (env file)", key=API_KEY,
                            dest=ENV_FILE, user="root", group="root", fmt=ENV_FORMAT)
     publish = ServiceMap.of_pyinfra(host).bind("llm", host.name, "tailnet")

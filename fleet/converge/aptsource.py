@@ -131,7 +131,7 @@ def vendor_apt_source(name: str, spec: dict, deploy: str, packages: list[str]):
         name=f"Add the {name} apt source",
         src=StringIO(render_source(name, spec, deploy)),
         dest=ours,
-        mode="644",
+        user="root", group="root", mode="644",
     )
     installed = host.get_fact(DebPackages)
     missing = any(p.split("=")[0] not in installed for p in packages)

@@ -78,7 +78,7 @@ class TimerJob:
                         user=self.user, group=self.user, mode="755")
         files.directory(name=f"Create {self.lib}", path=self.lib, user="root", group="root", mode="755")
         files.put(name=f"Install {self.label}", src=source(self.component, self.script.lstrip("/")),
-                  dest=self.script, mode="755")
+                  dest=self.script, user="root", group="root", mode="755")
 
     def finish(self, *, textfile_dir: str, interval: int, output: str, **unit_context) -> None:
         """The metrics link, the two units, the running timer and the first run.
@@ -92,10 +92,10 @@ class TimerJob:
         files.put(name=f"Install {self.service}", src=StringIO(render(
             f"etc/systemd/system/{self.service}.j2", self.component, user=self.user, script=self.script,
             state_dir=self.state_dir, prom=self.prom, **unit_context)),
-            dest=f"{UNIT_DIR}/{self.service}", mode="644")
+            dest=f"{UNIT_DIR}/{self.service}", user="root", group="root", mode="644")
         timer = files.put(name=f"Install {self.timer}", src=StringIO(render(
             f"etc/systemd/system/{self.timer}.j2", self.component, interval=interval)),
-            dest=f"{UNIT_DIR}/{self.timer}", mode="644")
+            dest=f"{UNIT_DIR}/{self.timer}", user="root", group="root", mode="644")
         unit_loaded(name=f"Load the current {self.service} definition into systemd", unit=self.service)
         keep_running(f"the timer of {self.label}", self.timer, inputs=[f"{UNIT_DIR}/{self.timer}"],
                      why="for its new interval", changed=(timer,), unit_files=True)

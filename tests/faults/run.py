@@ -522,6 +522,24 @@ def scenarios(seed: int) -> list[Scenario]:
 
     out.append(Scenario("daemon-masked", masked_host, unit_masked, check=unit_back))
 
+    # 9d'. files the converge installs for root given to the admin user by hand (a unit file, a
+    #     script root's timer runs, a config directory, an apt setting): whoever owns them can
+    #     make root run anything, so the converge gives them back to root
+    owned_host = "pi0-epsilon"
+    owned = ("/etc/systemd/system/fleet-probe.service", "/usr/local/lib/fleet/healthcheck/fleet-probe",
+             "/etc/fleet", "/etc/fleet/node-exporter.env", "/etc/apt/apt.conf.d/52fleet-unattended-upgrades")
+
+    def owner_changed():
+        sh(owned_host, f"chown pi:pi {' '.join(owned)}")
+
+    def owners_back(s):
+        found = sh(owned_host, f"stat -c '%U:%G %n' {' '.join(owned)}").stdout.splitlines()
+        wrong = [line for line in found if not line.startswith("root:root ")]
+        if wrong or len(found) != len(owned):
+            raise AssertionError(f"not given back to root: {wrong or found}")
+
+    out.append(Scenario("owner-changed-by-hand", owned_host, owner_changed, check=owners_back))
+
     # 9e. a process started by hand holds a daemon's address:port while the daemon is down:
     #     the run stops before the start, naming the port and the process, instead of reporting
     #     the daemon started while it fails to bind over and over; once the process is gone,

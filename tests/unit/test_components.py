@@ -205,3 +205,32 @@ def test_fleet_components_naming_no_component_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("FLEET_COMPONENTS", "base,dockr")
     with pytest.raises(registry.ComponentError, match=r"FLEET_COMPONENTS names no component 'dockr'\. Fix: use names"):
         registry.selected()
+
+
+
+def unowned_files(paths) -> list[tuple[str, int]]:
+    """Calls of pyinfra's files.put/template/directory that set a mode but no user or group:
+    pyinfra then sets no owner and never checks it, so an owner changed by hand stays."""
+    found = []
+    for f in paths:
+        for node in ast.walk(ast.parse(f.read_text(), filename=str(f))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "files"
+                    and node.func.attr in ("put", "template", "directory")):
+                given = {k.arg for k in node.keywords}
+                if "mode" in given and not {"user", "group"} <= given:
+                    found.append((f.name, node.lineno))
+    return found
+
+
+def test_every_installed_file_names_its_owner():
+    assert unowned_files(sorted(DEPLOYS.glob("*.py")) + sorted((REPO / "fleet" / "converge").glob("*.py"))) == []
+
+
+def test_the_owner_check_can_fail(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text('files.put(name="x", src="a", dest="/etc/x", mode="644")\n'
+                   'files.directory(name="y", path="/etc/y", user="root", group="root", mode="755")\n'
+                   'files.directory(name="z", path="/var/lib/z")\n'
+                   'files.template(name="t", src="t.j2", dest="/etc/t", user="root", mode="600")\n')
+    assert unowned_files([bad]) == [("bad.py", 1), ("bad.py", 4)]
