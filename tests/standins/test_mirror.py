@@ -428,6 +428,7 @@ def test_join_with_auth_key_file(tailnet):
     # --peers=false (what the converge asks): the same status, with "Peer" null
     alone = json.loads(tailnet.ok("status", "--json", "--peers=false"))
     assert st["Peer"] == {} and alone == {**st, "Peer": None}
+    assert tailnet.ok("status", "--self=false") == ""  # no line for the node itself, and no peers
     bad = tailnet.ts("status", "--peers=maybe")
     assert bad.returncode == 2 and 'invalid boolean value "maybe" for -peers' in bad.stderr
     assert tailnet.ok("ip", "-4").strip() == "100.100.7.7"
