@@ -17,10 +17,12 @@ connector: it aborts the whole run, every host with it. This connector reports i
 SSHException pyinfra handles per host, so only that host fails, named, and the others
 finish.
 
-The options are set on the connected socket through paramiko's public Transport.sock; this
-subclass changes nothing else (no paramiko internals are patched). It is registered as the
-pyinfra connector `fleet` in pyproject.toml, and the inventory names every host
-`@fleet/<name>`: the host is still called `<name>` everywhere (--limit, output, data).
+The options are set on the connected socket through paramiko's public Transport.sock (no
+paramiko internals are patched). The subclass also answers facts from one batch per host
+(below), and installs a file uploaded under sudo by renaming a candidate over it instead of
+writing into it (`_put_as_root`: a link left at the path is replaced, never followed). It is
+registered as the pyinfra connector `fleet` in pyproject.toml, and the inventory names every
+host `@fleet/<name>`: the host is still called `<name>` everywhere (--limit, output, data).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import socket
 import sys
 from pathlib import Path
 
+import click
 import gevent
 import gevent.event
 from paramiko import SSHException
@@ -52,6 +55,8 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from fleet.converge import daemons, opcost
 
 logger = logging.getLogger("pyinfra")
+# Upload arguments that hand the file to a user other than root (pyinfra's own upload does that)
+HANDOVER = ("_sudo_user", "_doas", "_doas_user", "_dzdo", "_dzdo_user", "_su_user")
 # What pyinfra's _get_fact prints when a fact's required command is missing; a pyinfra that
 # changed it sends other commands, which then just are not grouped (_SystemdKind.parse).
 NOCMD = getattr(pyinfra_facts, "_MISSING_COMMAND_MARKER", "##PYINFRA_NOCMD##")
@@ -842,12 +847,50 @@ class FleetSSHConnector(SSHConnector):
     # A file transfer opens the SFTP channel the first time one is needed; when the host has
     # stopped answering by then, pyinfra raises ConnectError, which it does not expect from
     # a transfer either: it ends the whole run. Reported as the per-host SSHException.
-    def put_file(self, *args, **kwargs):
+    def put_file(self, filename_or_io, remote_filename, remote_temp_filename=None, print_output: bool = False,
+                 print_input: bool = False, **arguments):
         _state["changed"] = True
         try:
-            return super().put_file(*args, **kwargs)
+            if arguments.get("_sudo") and not any(arguments.get(key) for key in HANDOVER):
+                return self._put_as_root(filename_or_io, remote_filename, remote_temp_filename, print_output,
+                                         print_input, arguments)
+            return super().put_file(filename_or_io, remote_filename, remote_temp_filename, print_output,
+                                    print_input, **arguments)
         except (EOFError, ConnectError) as exc:
             raise self._lost(exc) from None
+
+    # pyinfra's sudo upload stages the file in /tmp and then runs `cp <temp> <dest>` as root,
+    # which writes into whatever is at <dest>: through a symlink or a hard link left there by
+    # hand, it rewrites the file the link points to (and the chown and chmod that follow
+    # change that file's owner and mode), and it truncates the live file before writing it
+    # (a run killed then leaves it half written). Here root copies the staged file to a
+    # candidate beside <dest> (umask 077: private until the operation's own chmod), then
+    # renames it over <dest>: a link is replaced, never followed, and <dest> is always either
+    # the old file or the new one. A candidate left by a killed run is removed by the base
+    # deploy (*.fleet-candidate). No pyinfra operation or option does this; it is the same
+    # step pyinfra takes, with `cp` to a candidate and `mv -T` in place of `cp` to <dest>.
+    def _put_as_root(self, filename_or_io, remote_filename: str, remote_temp_filename, print_output: bool,
+                     print_input: bool, arguments: dict) -> bool:
+        unprivileged = {key: value for key, value in arguments.items() if key not in ("_sudo", "_chdir")}
+        temp = remote_temp_filename or self.host.get_temp_filename(remote_filename)
+        self._put_file(filename_or_io, temp)
+        q = shlex.quote
+        dest, candidate = q(remote_filename), q(f"{remote_filename}.fleet-candidate")
+        status, output = self.run_shell_command(
+            StringCommand(f"umask 077 && rm -f {candidate} && cp {q(temp)} {candidate} && mv -fT {candidate} {dest}"
+                          f" || {{ rm -f {candidate}; exit 1; }}"),
+            print_output=print_output, print_input=print_input, **arguments)
+        if status is False:
+            logger.error(f"File upload error: {output.stderr}")
+            return False
+        status, output = self.run_shell_command(StringCommand("rm", "-f", temp), print_output=print_output,
+                                                print_input=print_input, **unprivileged)
+        if status is False:
+            logger.error(f"Unable to remove temporary file: {output.stderr}")
+            return False
+        if print_output:
+            click.echo(f"{self.host.print_prefix}file uploaded: {remote_filename}", err=True)
+        return True
 
     def get_file(self, *args, **kwargs):
         try:

@@ -49,7 +49,7 @@ def validated_file(
     yield StringCommand(f"chmod {shlex.quote(mode)} {q_candidate}")
     check = validate.format(path=q_candidate)
     yield StringCommand(
-        f"if {check}; then mv -f {q_candidate} {q_dest}; "
+        f"if {check}; then mv -fT {q_candidate} {q_dest}; "
         f"else rm -f {q_candidate}; echo {shlex.quote(f'validation failed: {dest} left unchanged')} >&2; exit 1; fi"
     )
 
@@ -86,7 +86,7 @@ def secret_file(key: str, dest: str, user: str, group: str, mode: str = "600", f
     yield FileUploadCommand(BytesIO(data), staged, _sudo=False)
     yield StringCommand(
         f"(umask 077 && cp {q(staged)} {q(candidate)} && chown {q(user)}:{q(group)} {q(candidate)}"
-        f" && chmod {q(mode)} {q(candidate)} && mv -f {q(candidate)} {q(dest)}); rc=$?;"
+        f" && chmod {q(mode)} {q(candidate)} && mv -fT {q(candidate)} {q(dest)}); rc=$?;"
         f" rm -f {q(staged)} {q(candidate)}; exit $rc"
     )
 

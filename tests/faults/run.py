@@ -540,6 +540,34 @@ def scenarios(seed: int) -> list[Scenario]:
 
     out.append(Scenario("owner-changed-by-hand", owned_host, owner_changed, check=owners_back))
 
+    # 9d''. links left by hand where the converge installs files: a symlink at a plain file
+    #     (files.put), at a validated config and at a secret file, and a hard link at a unit
+    #     file, each to a file of its own in /root. The converge replaces each link with its
+    #     file and never writes through one: the linked files keep their content, owner and mode
+    linked_host = "pi0-epsilon"
+    linked = {"/etc/fleet/node-exporter.env": "-s", "/etc/fleet/healthcheck/targets.json": "-s",
+              "/etc/tailscale/authkey": "-s", "/etc/systemd/system/fleet-probe.timer": ""}
+
+    def links_in_place():
+        for i, (path, kind) in enumerate(linked.items()):
+            sh(linked_host, f"echo 'not the fleet {i}' > /root/linked-{i} && chown nobody:nogroup /root/linked-{i}"
+                            f" && chmod 640 /root/linked-{i} && rm -f {path} && ln {kind} /root/linked-{i} {path}")
+
+    def links_replaced(s):
+        found = sh(linked_host, "stat -c '%U:%G %a %h %F' " + " ".join(f"/root/linked-{i}" for i in range(len(linked)))
+                   + "; cat " + " ".join(f"/root/linked-{i}" for i in range(len(linked)))
+                   + "; stat -c '%h %F %n' " + " ".join(linked)).stdout.splitlines()
+        n = len(linked)
+        if found[:n] != ["nobody:nogroup 640 1 regular file"] * n:
+            raise AssertionError(f"a linked file's owner, mode or links changed: {found[:n]}")
+        if found[n:2 * n] != [f"not the fleet {i}" for i in range(n)]:
+            raise AssertionError(f"the converge wrote through a link: {found[n:2 * n]}")
+        if [line.split(" ", 2)[:2] for line in found[2 * n:]] != [["1", "regular"]] * n:
+            raise AssertionError(f"a link is still in place: {found[2 * n:]}")
+        sh(linked_host, "rm -f /root/linked-*")
+
+    out.append(Scenario("links-in-place", linked_host, links_in_place, check=links_replaced))
+
     # 9e. a process started by hand holds a daemon's address:port while the daemon is down:
     #     the run stops before the start, naming the port and the process, instead of reporting
     #     the daemon started while it fails to bind over and over; once the process is gone,

@@ -1041,3 +1041,63 @@ def test_the_runs_end_stops_a_streaming_batch_without_a_traceback(tmp_path):
     streaming, errors = map(int, counts.split())
     assert streaming >= 150, f"only {streaming} of 200 runs ended with the batch still streaming"
     assert errors == 0, "\n".join(first)
+
+
+@pytest.fixture
+def local_root(monkeypatch, tmp_path):
+    """A FleetSSHConnector whose 'host' is this machine: the upload lands in a temp file and
+    each command runs in a local shell, so the root upload's own shell step is what runs."""
+    import io
+
+    ran = []
+
+    def run_here(self, command, print_output=False, print_input=False, **arguments):
+        from pyinfra.connectors.util import CommandOutput, OutputLine
+        ran.append((str(command), arguments.get("_sudo", False)))
+        proc = subprocess.run(["sh", "-c", command.get_raw_value()], capture_output=True, text=True, timeout=30)
+        return proc.returncode == 0, CommandOutput([OutputLine("stderr", line) for line in proc.stderr.splitlines()])
+
+    def put_here(self, filename_or_io, remote_filename):
+        Path(remote_filename).write_bytes(filename_or_io.read() if isinstance(filename_or_io, io.BytesIO)
+                                          else Path(filename_or_io).read_bytes())
+
+    monkeypatch.setattr(mod.FleetSSHConnector, "run_shell_command", run_here)
+    monkeypatch.setattr(SSHConnector, "_put_file", put_here)
+    monkeypatch.setattr(mod, "_state", {"changed": False})
+    c = object.__new__(mod.FleetSSHConnector)
+    c.host = SimpleNamespace(name="h", print_prefix="[h] ", get_temp_filename=lambda name: str(tmp_path / "staged"))
+    c.ran = ran
+    return c
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink", "none", "missing"])
+def test_a_root_upload_replaces_a_link_and_never_writes_through_it(local_root, tmp_path, link):
+    import io
+
+    dest, victim = tmp_path / "etc" / "app.conf", tmp_path / "victim"
+    dest.parent.mkdir()
+    victim.write_text("not the fleet's\n")
+    victim.chmod(0o640)
+    if link == "symlink":
+        dest.symlink_to(victim)
+    elif link == "hardlink":
+        os.link(victim, dest)
+    elif link == "none":
+        dest.write_text("old\n")
+    assert local_root.put_file(io.BytesIO(b"new\n"), str(dest), _sudo=True) is True
+    assert dest.read_text() == "new\n" and not dest.is_symlink() and dest.stat().st_nlink == 1
+    assert victim.read_text() == "not the fleet's\n" and victim.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["etc", "victim"]  # no staged copy left
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["app.conf"]  # no candidate left
+    assert dest.stat().st_mode & 0o777 == 0o600  # private until the operation's own chmod
+    (root_step, as_root), (cleanup, cleanup_as_root) = local_root.ran
+    assert as_root and "mv -fT" in root_step and not cleanup_as_root and cleanup.startswith("rm -f ")
+
+
+def test_a_root_upload_that_cannot_be_renamed_fails_and_leaves_nothing(local_root, tmp_path):
+    import io
+
+    dest = tmp_path / "etc" / "app.conf"
+    dest.mkdir(parents=True)  # a directory where the file goes: the rename refuses it
+    assert local_root.put_file(io.BytesIO(b"new\n"), str(dest), _sudo=True) is False
+    assert dest.is_dir() and sorted(p.name for p in dest.parent.iterdir()) == ["app.conf"]
