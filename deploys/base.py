@@ -73,8 +73,9 @@ WILDCARDS = ("0.0.0.0", "*", "[::]", "::")
 
 
 class Leftovers(FactBase):
-    """Files an interrupted converge can leave: `*.fleet-candidate` beside a config (a
-    validated file or secret that never moved into place) and staged secret uploads."""
+    """Files an interrupted converge can leave: `*.fleet-candidate` beside a file it installs
+    (a validated file, a secret or any upload that never moved into place) and staged secret
+    uploads."""
 
     default = list
 
@@ -225,7 +226,8 @@ def _after_an_interrupted_run():
     """What a converge killed mid-way can leave behind, put right before anything else runs."""
     home = host.get_fact(Home, user=host.data.ssh_user) or f"/home/{host.data.ssh_user}"
     leftovers_removed(name="Remove what an interrupted run left (candidates, staged uploads)",
-                      places=["/etc", "/usr/local/lib/fleet", "/var/cache/fleet", f"{home}/.cache/fleet-upload"])
+                      places=["/etc", "/usr/local/lib/fleet", "/usr/local/sbin", "/var/cache/fleet",
+                              f"{home}/.cache/fleet-upload"])
     dpkg_consistent(name="Finish an interrupted dpkg run (dpkg --configure -a)",
                     lock_timeout=host.data.base_apt_lock_timeout)
     files.put(

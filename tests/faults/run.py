@@ -417,13 +417,18 @@ def scenarios(seed: int) -> list[Scenario]:
             ("edit-pg-hba", "pi5-gamma", "postgresql@15-main.service", "/etc/postgresql/15/main/pg_hba.conf", True)):
         out.append(edited_config(name, host, unit, path, reload))
 
-    # 9. a stale .fleet-candidate left beside a config by a killed run
+    # 9. stale .fleet-candidate files left by a killed run: beside a validated config, and
+    #    beside a script an upload was installing
+    candidates = ("/etc/docker/daemon.json.fleet-candidate", "/usr/local/sbin/fleet-backup.fleet-candidate")
+
     def stale_candidate():
-        sh("pi5-gamma", "printf 'half-written\\n' > /etc/docker/daemon.json.fleet-candidate")
+        for path in candidates:
+            sh("pi5-gamma", f"printf 'half-written\\n' > {path}")
 
     def candidate_gone(s):
-        if sh("pi5-gamma", "test -e /etc/docker/daemon.json.fleet-candidate", check=False).returncode == 0:
-            raise AssertionError("the stale candidate is still there")
+        left = [path for path in candidates if sh("pi5-gamma", f"test -e {path}", check=False).returncode == 0]
+        if left:
+            raise AssertionError(f"stale candidates are still there: {left}")
 
     out.append(Scenario("stale-candidate", "pi5-gamma", stale_candidate, check=candidate_gone))
 
