@@ -880,13 +880,13 @@ class FleetSSHConnector(SSHConnector):
             StringCommand(f"umask 077 && rm -f {candidate} && cp {q(temp)} {candidate} && mv -fT {candidate} {dest}"
                           f" || {{ rm -f {candidate}; exit 1; }}"),
             print_output=print_output, print_input=print_input, **arguments)
-        if status is False:
+        removed, removal = self.run_shell_command(StringCommand("rm", "-f", temp), print_output=print_output,
+                                                  print_input=print_input, **unprivileged)
+        if status is False:  # the staged copy is removed on a failure too (pyinfra leaves it in /tmp)
             logger.error(f"File upload error: {output.stderr}")
             return False
-        status, output = self.run_shell_command(StringCommand("rm", "-f", temp), print_output=print_output,
-                                                print_input=print_input, **unprivileged)
-        if status is False:
-            logger.error(f"Unable to remove temporary file: {output.stderr}")
+        if removed is False:
+            logger.error(f"Unable to remove temporary file: {removal.stderr}")
             return False
         if print_output:
             click.echo(f"{self.host.print_prefix}file uploaded: {remote_filename}", err=True)

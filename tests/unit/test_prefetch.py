@@ -1101,3 +1101,4 @@ def test_a_root_upload_that_cannot_be_renamed_fails_and_leaves_nothing(local_roo
     dest.mkdir(parents=True)  # a directory where the file goes: the rename refuses it
     assert local_root.put_file(io.BytesIO(b"new\n"), str(dest), _sudo=True) is False
     assert dest.is_dir() and sorted(p.name for p in dest.parent.iterdir()) == ["app.conf"]
+    assert not (tmp_path / "staged").exists()  # nor the staged copy
