@@ -380,10 +380,13 @@ def check_patterns(patterns: dict[str, tuple[str, ...]], hosts: list[str], group
     for option, given in patterns.items():
         for pattern in given:
             if pattern not in groups and not any(fnmatch(name, pattern) for name in hosts):
+                several = (f" pyinfra takes one name per --{option}: " + " ".join(
+                    f"--{option} {part.strip()}" for part in pattern.split(",") if part.strip()) + ".") \
+                    if "," in pattern else ""
                 raise FleetConfigError(
                     f"--{option} {pattern!r} matches no host and no group; nothing was run. Fix: use names "
                     f"from inventory.py ({', '.join(hosts)}) or groups ({', '.join(groups)}); a shell "
-                    f"pattern such as 'pi5-*' matches host names.")
+                    f"pattern such as 'pi5-*' matches host names.{several}")
 
 
 def main(argv: list[str]) -> int:

@@ -375,6 +375,13 @@ def test_a_limit_or_exclude_that_matches_nothing_is_one_line(option, pattern):
     assert one_line([exc.value]) and str(exc.value).startswith(f"--{option} {pattern!r} matches no host and no group")
 
 
+def test_a_comma_separated_limit_says_how_pyinfra_takes_several():
+    with pytest.raises(FleetConfigError) as exc:
+        check_patterns({"limit": ("pi5-alpha,pis",)}, ["pi5-alpha", "pi0-epsilon"], ["all", "gpu", "pis"])
+    assert one_line([exc.value]) and str(exc.value).endswith(
+        "pyinfra takes one name per --limit: --limit pi5-alpha --limit pis.")
+
+
 @pytest.mark.parametrize("patterns", [{}, {"limit": ("pi5-alpha",)}, {"limit": ("gpu", "pi0-*"), "exclude": ("pis",)},
                                       {"limit": ("all",), "exclude": ("pi?-alpha",)}])
 def test_limits_that_name_hosts_groups_or_patterns_pass(patterns):
