@@ -441,15 +441,15 @@ def check_sysctls(fleet, hosts) -> list[Problem]:
 
 
 def check_sshd_settings(fleet, hosts) -> list[Problem]:
-    """Each setting becomes one `Key value` line of sshd_config: one line each, no comments."""
-    problems = []
+    """Each setting becomes one `Key value` line of sshd_config: one line each, no comments.
+    A bad setting group_data/all.py gives every host is one line, not one per host."""
+    found = Problems(fleet)
     for h in hosts:
         for key, value in (h.data.get("base_sshd_settings") or {}).items():
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", str(key)) or not re.fullmatch(r"[^\x00-\x1f#]+", str(value)):
-                problems.append(Problem(h.name, f"base_sshd_settings[{key!r}]",
-                                        f"{key!r}: {value!r} is not one sshd_config setting.",
-                                        "use sshd's keyword and a one-line value."))
-    return problems
+                found.add(h, "base_sshd_settings", f"{key!r}: {value!r} is not one sshd_config setting.",
+                          "use sshd's keyword and a one-line value.")
+    return found
 
 
 COMPONENT = Component(

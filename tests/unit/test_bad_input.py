@@ -263,9 +263,16 @@ def test_a_negative_apt_lock_timeout_is_one_line(data):
 
 
 def test_sshd_settings_cannot_inject_lines(data):
-    data.all_data["base_sshd_settings"] = {"PasswordAuthentication": "no\nPermitRootLogin yes"}
-    found = one_line(p for p in problems(data.fleet()) if p.key.startswith("base_sshd_settings"))
-    assert len(found) == 7
+    """Set in group_data/all.py for every host: one line, as host `all`, not one per host."""
+    found = fleet_wide(data, "base_sshd_settings", {"PasswordAuthentication": "no\nPermitRootLogin yes"})
+    assert found == ["all: base_sshd_settings: 'PasswordAuthentication': 'no\\nPermitRootLogin yes' is not one "
+                     "sshd_config setting. Fix: use sshd's keyword and a one-line value."]
+
+
+def test_a_bad_sshd_setting_of_one_host_names_that_host(data):
+    data.hosts["pi5-beta"]["base_sshd_settings"] = {"Port 22": "2222"}
+    found = one_line(p for p in problems(data.fleet()) if p.key == "base_sshd_settings")
+    assert len(found) == 1 and found[0].startswith("pi5-beta: base_sshd_settings: 'Port 22': '2222'")
 
 
 def test_a_syntax_error_in_group_data_is_file_and_line(tmp_path):
