@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import functools
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -55,6 +56,9 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from fleet.converge import daemons, opcost
 
 logger = logging.getLogger("pyinfra")
+# Where a file uploaded for root is staged: under the SSH user's home, 0700 (the place
+# secret_file stages secrets; the base deploy removes what a killed run left there)
+STAGE = ".cache/fleet-upload"
 # Upload arguments that hand the file to a user other than root (pyinfra's own upload does that)
 HANDOVER = ("_sudo_user", "_doas", "_doas_user", "_dzdo", "_dzdo_user", "_su_user")
 # What pyinfra's _get_fact prints when a fact's required command is missing; a pyinfra that
@@ -859,38 +863,60 @@ class FleetSSHConnector(SSHConnector):
         except (EOFError, ConnectError) as exc:
             raise self._lost(exc) from None
 
-    # pyinfra's sudo upload stages the file in /tmp and then runs `cp <temp> <dest>` as root,
-    # which writes into whatever is at <dest>: through a symlink or a hard link left there by
-    # hand, it rewrites the file the link points to (and the chown and chmod that follow
-    # change that file's owner and mode), and it truncates the live file before writing it
-    # (a run killed then leaves it half written). Here root copies the staged file to a
-    # candidate beside <dest> (umask 077: private until the operation's own chmod), then
-    # renames it over <dest>: a link is replaced, never followed, and <dest> is always either
-    # the old file or the new one. A candidate left by a killed run is removed by the base
-    # deploy (*.fleet-candidate). No pyinfra operation or option does this; it is the same
-    # step pyinfra takes, with `cp` to a candidate and `mv -T` in place of `cp` to <dest>.
+    # pyinfra's sudo upload stages the file in /tmp, readable by every user of the host while it
+    # is there (validated configs can hold secrets: Redis's ACL hashes, a webhook URL with its
+    # token in alertmanager.yml), and then runs `cp <temp> <dest>` as root, which writes into
+    # whatever is at <dest>: through a symlink or a hard link left there by hand it rewrites
+    # the file the link points to (and the chown and chmod that follow change that file's
+    # owner and mode), and it truncates the live file before writing it (a run killed then
+    # leaves it half written). Here the file is staged in a 0700 directory of the SSH user's
+    # own (STAGE, as secret_file stages secrets), root copies it to a candidate beside <dest>
+    # (umask 077: private until the operation's own chmod) and renames the candidate over
+    # <dest>: a link is replaced, never followed, and <dest> is always either the old file or
+    # the new one. Candidates and staged copies a killed run leaves are removed by the base
+    # deploy. No pyinfra operation or option does this; it is pyinfra's own sequence with a
+    # private staging directory, and `cp` to a candidate then `mv -T` in place of `cp` to <dest>.
     def _put_as_root(self, filename_or_io, remote_filename: str, remote_temp_filename, print_output: bool,
                      print_input: bool, arguments: dict) -> bool:
+        del remote_temp_filename  # pyinfra's name in /tmp: staged privately instead
         unprivileged = {key: value for key, value in arguments.items() if key not in ("_sudo", "_chdir")}
-        temp = remote_temp_filename or self.host.get_temp_filename(remote_filename)
-        self._put_file(filename_or_io, temp)
+        stage = self._stage_dir(print_output, print_input, unprivileged)
+        if stage is None:
+            return False
         q = shlex.quote
+        staged = f"{stage}/{hashlib.sha256(remote_filename.encode()).hexdigest()[:16]}"
+        self._put_file(filename_or_io, staged)
         dest, candidate = q(remote_filename), q(f"{remote_filename}.fleet-candidate")
         status, output = self.run_shell_command(
-            StringCommand(f"umask 077 && rm -f {candidate} && cp {q(temp)} {candidate} && mv -fT {candidate} {dest}"
+            StringCommand(f"umask 077 && rm -f {candidate} && cp {q(staged)} {candidate} && mv -fT {candidate} {dest}"
                           f" || {{ rm -f {candidate}; exit 1; }}"),
             print_output=print_output, print_input=print_input, **arguments)
-        removed, removal = self.run_shell_command(StringCommand("rm", "-f", temp), print_output=print_output,
+        removed, removal = self.run_shell_command(StringCommand("rm", "-f", staged), print_output=print_output,
                                                   print_input=print_input, **unprivileged)
-        if status is False:  # the staged copy is removed on a failure too (pyinfra leaves it in /tmp)
+        if status is False:  # the staged copy is removed on a failure too
             logger.error(f"File upload error: {output.stderr}")
             return False
         if removed is False:
-            logger.error(f"Unable to remove temporary file: {removal.stderr}")
+            logger.error(f"Unable to remove the staged copy: {removal.stderr}")
             return False
         if print_output:
             click.echo(f"{self.host.print_prefix}file uploaded: {remote_filename}", err=True)
         return True
+
+    def _stage_dir(self, print_output: bool, print_input: bool, unprivileged: dict) -> str | None:
+        """The SSH user's private staging directory (made 0700 if missing), its absolute path
+        asked once per connection: one more command on a run that uploads, none on a no-op."""
+        if getattr(self, "_stage", None) is None:
+            status, output = self.run_shell_command(
+                StringCommand(f'install -d -m 700 "$HOME/{STAGE}" && printf \'%s\\n\' "$HOME/{STAGE}"'),
+                print_output=print_output, print_input=print_input, **unprivileged)
+            path = output.stdout.strip() if status else ""
+            if not path.startswith("/"):
+                logger.error(f"{self.host.print_prefix}cannot make the upload staging directory ~/{STAGE}: "
+                             f"{output.stderr or path}")
+                return None
+            self._stage = path
+        return self._stage
 
     def get_file(self, *args, **kwargs):
         try:

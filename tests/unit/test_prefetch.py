@@ -1055,7 +1055,8 @@ def local_root(monkeypatch, tmp_path):
         from pyinfra.connectors.util import CommandOutput, OutputLine
         ran.append((str(command), arguments.get("_sudo", False)))
         proc = subprocess.run(["sh", "-c", command.get_raw_value()], capture_output=True, text=True, timeout=30)
-        return proc.returncode == 0, CommandOutput([OutputLine("stderr", line) for line in proc.stderr.splitlines()])
+        return proc.returncode == 0, CommandOutput([OutputLine("stdout", line) for line in proc.stdout.splitlines()]
+                                                   + [OutputLine("stderr", line) for line in proc.stderr.splitlines()])
 
     def put_here(self, filename_or_io, remote_filename):
         Path(remote_filename).write_bytes(filename_or_io.read() if isinstance(filename_or_io, io.BytesIO)
@@ -1064,10 +1065,17 @@ def local_root(monkeypatch, tmp_path):
     monkeypatch.setattr(mod.FleetSSHConnector, "run_shell_command", run_here)
     monkeypatch.setattr(SSHConnector, "_put_file", put_here)
     monkeypatch.setattr(mod, "_state", {"changed": False})
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the SSH user's home, where uploads are staged
     c = object.__new__(mod.FleetSSHConnector)
-    c.host = SimpleNamespace(name="h", print_prefix="[h] ", get_temp_filename=lambda name: str(tmp_path / "staged"))
+    c.host = SimpleNamespace(name="h", print_prefix="[h] ", get_temp_filename=lambda name: "/tmp/pyinfra-unused")
     c.ran = ran
     return c
+
+
+def staged_here(tmp_path) -> list[str]:
+    stage = tmp_path / "home" / ".cache" / "fleet-upload"
+    assert stage.is_dir() and stage.stat().st_mode & 0o777 == 0o700
+    return sorted(p.name for p in stage.iterdir())
 
 
 @pytest.mark.parametrize("link", ["symlink", "hardlink", "none", "missing"])
@@ -1087,11 +1095,23 @@ def test_a_root_upload_replaces_a_link_and_never_writes_through_it(local_root, t
     assert local_root.put_file(io.BytesIO(b"new\n"), str(dest), _sudo=True) is True
     assert dest.read_text() == "new\n" and not dest.is_symlink() and dest.stat().st_nlink == 1
     assert victim.read_text() == "not the fleet's\n" and victim.stat().st_mode & 0o777 == 0o640
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["etc", "victim"]  # no staged copy left
+    assert staged_here(tmp_path) == []  # staged in the SSH user's 0700 directory, and removed
     assert sorted(p.name for p in dest.parent.iterdir()) == ["app.conf"]  # no candidate left
     assert dest.stat().st_mode & 0o777 == 0o600  # private until the operation's own chmod
-    (root_step, as_root), (cleanup, cleanup_as_root) = local_root.ran
-    assert as_root and "mv -fT" in root_step and not cleanup_as_root and cleanup.startswith("rm -f ")
+    (stage, stage_as_root), (root_step, as_root), (cleanup, cleanup_as_root) = local_root.ran
+    assert not stage_as_root and stage.startswith("install -d -m 700 ")
+    assert as_root and "mv -fT" in root_step and f"cp {tmp_path}/home/.cache/fleet-upload/" in root_step
+    assert not cleanup_as_root and cleanup.startswith("rm -f ")
+
+
+def test_root_uploads_ask_for_the_staging_directory_once(local_root, tmp_path):
+    import io
+
+    (tmp_path / "etc").mkdir()
+    for name in ("a", "b"):
+        assert local_root.put_file(io.BytesIO(name.encode()), str(tmp_path / "etc" / name), _sudo=True) is True
+    assert [command.split()[0] for command, _ in local_root.ran] == ["install", "umask", "rm", "umask", "rm"]
+    assert staged_here(tmp_path) == [] and (tmp_path / "etc" / "b").read_text() == "b"
 
 
 def test_a_root_upload_that_cannot_be_renamed_fails_and_leaves_nothing(local_root, tmp_path):
@@ -1101,4 +1121,4 @@ def test_a_root_upload_that_cannot_be_renamed_fails_and_leaves_nothing(local_roo
     dest.mkdir(parents=True)  # a directory where the file goes: the rename refuses it
     assert local_root.put_file(io.BytesIO(b"new\n"), str(dest), _sudo=True) is False
     assert dest.is_dir() and sorted(p.name for p in dest.parent.iterdir()) == ["app.conf"]
-    assert not (tmp_path / "staged").exists()  # nor the staged copy
+    assert staged_here(tmp_path) == []  # nor the staged copy
