@@ -19,7 +19,7 @@ from fleet.converge.accounts import account
 from fleet.converge.component import Component, Problem, Problems, SecretFile, matches
 from fleet.converge.keys import host_key_name, public_host_key, secret
 from fleet.converge.daemons import enabled_and_running, keep_running
-from fleet.converge.ops import secret_file, validated_file
+from fleet.converge.ops import CANDIDATE, STAGE, secret_file, validated_file
 from fleet.converge.render import render, source
 from fleet.converge.services import ServiceMap
 
@@ -81,7 +81,7 @@ class Leftovers(FactBase):
 
     def command(self, places: tuple[str, ...]) -> str:
         where = " ".join(shlex.quote(p) for p in places)
-        return (f"find {where} -xdev \\( -name '*.fleet-candidate' -o -path '*/.cache/fleet-upload/*' \\)"
+        return (f"find {where} -xdev \\( -name '*{CANDIDATE}' -o -path '*/{STAGE}/*' \\)"
                 " -type f 2>/dev/null || true")
 
     def process(self, output):
@@ -227,7 +227,7 @@ def _after_an_interrupted_run():
     home = host.get_fact(Home, user=host.data.ssh_user) or f"/home/{host.data.ssh_user}"
     leftovers_removed(name="Remove what an interrupted run left (candidates, staged uploads)",
                       places=["/etc", "/usr/local/lib/fleet", "/usr/local/sbin", "/var/cache/fleet",
-                              f"{home}/.cache/fleet-upload"])
+                              f"{home}/{STAGE}"])
     dpkg_consistent(name="Finish an interrupted dpkg run (dpkg --configure -a)",
                     lock_timeout=host.data.base_apt_lock_timeout)
     files.put(

@@ -24,12 +24,11 @@ from pyinfra import host
 from pyinfra.api import FactBase, OperationError, FileUploadCommand, StringCommand, deploy, operation
 from pyinfra.facts.hardware import Memory
 from pyinfra.facts.files import File
-from pyinfra.facts.server import Home
 from pyinfra.operations import apt, files
 
 from fleet.converge.component import Component, Problem, Problems, SecretFile, matches
 from fleet.converge.daemons import enabled_and_running, keep_running
-from fleet.converge.ops import secret_file, validated_file
+from fleet.converge.ops import secret_file, stage_dir, validated_file
 from fleet.converge.render import render, source
 from fleet.converge.services import ServiceMap, Unreachable
 
@@ -271,10 +270,10 @@ def catalog(version: int):
     if not sql:
         host.noop("roles, databases and grants match the data")
         return
-    stage_dir = f"{host.get_fact(Home, user=host.data.ssh_user)}/.cache/fleet-upload"
-    staged = f"{stage_dir}/postgres-catalog.sql"
+    stage = stage_dir()
+    staged = f"{stage}/postgres-catalog.sql"
     q = shlex.quote
-    yield StringCommand(f"install -d -m 700 {q(stage_dir)}", _sudo=False)
+    yield StringCommand(f"install -d -m 700 {q(stage)}", _sudo=False)
     yield StringCommand(f"(umask 077 && : > {q(staged)})", _sudo=False)
     yield FileUploadCommand(BytesIO(sql.encode()), staged, _sudo=False)
     yield StringCommand(f"runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres < {q(staged)};"

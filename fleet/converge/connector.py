@@ -54,11 +54,9 @@ from pyinfra.facts.files import File, Sha1File, Sha256File
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from fleet.converge import daemons, opcost
+from fleet.converge.ops import CANDIDATE, STAGE
 
 logger = logging.getLogger("pyinfra")
-# Where a file uploaded for root is staged: under the SSH user's home, 0700 (the place
-# secret_file stages secrets; the base deploy removes what a killed run left there)
-STAGE = ".cache/fleet-upload"
 # Upload arguments that hand the file to a user other than root (pyinfra's own upload does that)
 HANDOVER = ("_sudo_user", "_doas", "_doas_user", "_dzdo", "_dzdo_user", "_su_user")
 # What pyinfra's _get_fact prints when a fact's required command is missing; a pyinfra that
@@ -886,10 +884,12 @@ class FleetSSHConnector(SSHConnector):
         q = shlex.quote
         staged = f"{stage}/{hashlib.sha256(remote_filename.encode()).hexdigest()[:16]}"
         self._put_file(filename_or_io, staged)
-        dest, candidate = q(remote_filename), q(f"{remote_filename}.fleet-candidate")
+        # a candidate (validated_file's) is not a live file: it is written as the candidate itself
+        target = remote_filename if remote_filename.endswith(CANDIDATE) else f"{remote_filename}{CANDIDATE}"
+        rename = "" if target == remote_filename else f" && mv -fT {q(target)} {q(remote_filename)}"
         status, output = self.run_shell_command(
-            StringCommand(f"umask 077 && rm -f {candidate} && cp {q(staged)} {candidate} && mv -fT {candidate} {dest}"
-                          f" || {{ rm -f {candidate}; exit 1; }}"),
+            StringCommand(f"umask 077 && rm -f {q(target)} && cp {q(staged)} {q(target)}{rename}"
+                          f" || {{ rm -f {q(target)}; exit 1; }}"),
             print_output=print_output, print_input=print_input, **arguments)
         removed, removal = self.run_shell_command(StringCommand("rm", "-f", staged), print_output=print_output,
                                                   print_input=print_input, **unprivileged)

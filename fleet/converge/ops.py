@@ -12,6 +12,19 @@ from pyinfra.facts.files import File, Sha256File
 from pyinfra.facts.server import Home
 
 
+# What a file being installed is called beside its path until it is renamed over it (one
+# filesystem, so the rename is atomic); the base deploy removes any a killed run left.
+CANDIDATE = ".fleet-candidate"
+# The SSH user's 0700 directory, under its home, where uploads wait before root copies them
+# into place: secret files, the database's SQL, and every upload under sudo (the connector).
+STAGE = ".cache/fleet-upload"
+
+
+def stage_dir() -> str:
+    """STAGE under the SSH user's home, asked by name: facts run under sudo, where ~ is /root."""
+    return f"{host.get_fact(Home, user=host.data.ssh_user)}/{STAGE}"
+
+
 @operation()
 def validated_file(
     content: str,
@@ -41,7 +54,7 @@ def validated_file(
             host.noop(f"{dest} is up to date")
             return
 
-    candidate = f"{dest}.fleet-candidate"
+    candidate = f"{dest}{CANDIDATE}"
     q_candidate, q_dest = shlex.quote(candidate), shlex.quote(dest)
     yield FileUploadCommand(BytesIO(data), candidate,
                             remote_temp_filename=host.get_temp_filename(candidate))
@@ -77,12 +90,11 @@ def secret_file(key: str, dest: str, user: str, group: str, mode: str = "600", f
             host.noop(f"{dest} is up to date")
             return
 
-    # the SSH user's home, asked by name: facts run under sudo, where ~ is /root
-    stage_dir = f"{host.get_fact(Home, user=host.data.ssh_user)}/.cache/fleet-upload"
-    staged = f"{stage_dir}/{hashlib.sha256(dest.encode()).hexdigest()[:16]}"
-    candidate = f"{dest}.fleet-candidate"
+    stage = stage_dir()
+    staged = f"{stage}/{hashlib.sha256(dest.encode()).hexdigest()[:16]}"
+    candidate = f"{dest}{CANDIDATE}"
     q = shlex.quote
-    yield StringCommand(f"install -d -m 700 {q(stage_dir)}", _sudo=False)
+    yield StringCommand(f"install -d -m 700 {q(stage)}", _sudo=False)
     yield FileUploadCommand(BytesIO(data), staged, _sudo=False)
     yield StringCommand(
         f"(umask 077 && cp {q(staged)} {q(candidate)} && chown {q(user)}:{q(group)} {q(candidate)}"
@@ -123,7 +135,7 @@ def verified_download(src: str, dest: str, sha256: str, mode: str = "644"):
     if host.get_fact(File, path=dest) and host.get_fact(Sha256File, path=dest) == sha256:
         yield StringCommand(record)  # verified now: only the stamp was missing or stale
         return
-    candidate = f"{dest}.fleet-candidate"
+    candidate = f"{dest}{CANDIDATE}"
     yield StringCommand(f"install -d -m 755 {q(dest.rsplit('/', 1)[0] or '/')}")
     yield StringCommand(
         f"rm -f {stamp} && curl -fsSL --retry 3 --max-time 300 -o {q(candidate)} {q(src)}"

@@ -1122,3 +1122,19 @@ def test_a_root_upload_that_cannot_be_renamed_fails_and_leaves_nothing(local_roo
     assert local_root.put_file(io.BytesIO(b"new\n"), str(dest), _sudo=True) is False
     assert dest.is_dir() and sorted(p.name for p in dest.parent.iterdir()) == ["app.conf"]
     assert staged_here(tmp_path) == []  # nor the staged copy
+
+
+def test_a_root_upload_to_a_candidate_writes_the_candidate_itself(local_root, tmp_path):
+    """validated_file uploads to `<dest>.fleet-candidate` and renames it itself once checked:
+    the upload writes that candidate (any link there replaced), with no candidate of its own."""
+    import io
+
+    candidate, victim = tmp_path / "etc" / "app.conf.fleet-candidate", tmp_path / "victim"
+    candidate.parent.mkdir()
+    victim.write_text("not the fleet's\n")
+    candidate.symlink_to(victim)
+    assert local_root.put_file(io.BytesIO(b"new\n"), str(candidate), _sudo=True) is True
+    assert candidate.read_text() == "new\n" and not candidate.is_symlink()
+    assert victim.read_text() == "not the fleet's\n"
+    assert sorted(p.name for p in candidate.parent.iterdir()) == ["app.conf.fleet-candidate"]
+    assert "mv " not in local_root.ran[1][0] and staged_here(tmp_path) == []
