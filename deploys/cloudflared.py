@@ -20,7 +20,7 @@ from pyinfra.operations import apt, files
 from fleet.converge import accounts, aptsource
 from fleet.converge.accounts import account
 from fleet.converge.aptsource import vendor_apt_source
-from fleet.converge.component import Component, Problem, SecretFile
+from fleet.converge.component import HOSTNAME, Component, Problem, Problems, SecretFile
 from fleet.converge.keys import secret
 from fleet.converge.daemons import keep_running
 from fleet.converge.ops import secret_file, validated_file
@@ -171,13 +171,27 @@ def check_catch_all(fleet, hosts) -> list[Problem]:
             for h in hosts if not h.data.get("cloudflared_catch_all_service")]
 
 
+def check_failover_domains(fleet, hosts) -> list[Problem]:
+    """The failover wildcards a maintenance host's tunnel answers: a list of hostnames (text
+    would be read letter by letter into the ingress)."""
+    found = Problems(fleet)
+    for h in hosts:
+        if not fleet.services.runs("maintenance", h.name):
+            continue
+        value = h.data.get("edge_failover_domains")
+        if not isinstance(value, list) or not all(isinstance(d, str) and HOSTNAME.fullmatch(d) for d in value):
+            found.add(h, "edge_failover_domains", f"{value!r} is not a list of hostnames.",
+                      "write it like ['*.blackroad.io'] in group_data/all.py.")
+    return found
+
+
 COMPONENT = Component(
     name="cloudflared",
     deploy=cloudflared,
     defaults=DEFAULTS,
     groups=("gateway", "llm", "failover"),
     secrets=credentials,
-    rules=(check_tunnels, check_catch_all, accounts.account_name("cloudflared_user"),
+    rules=(check_tunnels, check_catch_all, check_failover_domains, accounts.account_name("cloudflared_user"),
            aptsource.rule("cloudflared_apt", version="cloudflared_version")),
     after=("tailscale",),  # what its tunnel routes to says before=("cloudflared",)
 )

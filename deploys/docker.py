@@ -237,6 +237,18 @@ def check_cmdline_tokens(fleet, hosts) -> list[Problem]:
             if not isinstance(value, list) or not all(isinstance(t, str) and TOKEN.fullmatch(t) for t in value)]
 
 
+def check_cmdline_file(fleet, hosts) -> list[Problem]:
+    """pis_boot_cmdline_file (group_data/pis.py) is the path of the Pi's cmdline.txt, or empty
+    where the host has none: the memory-cgroup step reads and edits that one file."""
+    found = Problems(fleet)
+    for h in hosts:
+        path = h.data.get("pis_boot_cmdline_file")
+        if path and not (isinstance(path, str) and path.startswith("/") and "\n" not in path):
+            found.add(h, "pis_boot_cmdline_file", f"{path!r} is not the absolute path of a file.",
+                      "set it to the Pi's cmdline.txt, e.g. '/boot/firmware/cmdline.txt', or '' where there is none.")
+    return found
+
+
 # The json-file log driver's max-size: a number with an optional k, m or g unit.
 LOG_SIZE = re.compile(r"[1-9][0-9]*[kmg]?")
 
@@ -269,7 +281,7 @@ COMPONENT = Component(
     deploy=docker,
     defaults=DEFAULTS,
     when=enabled,
-    rules=(check_enabled, check_pools, check_source, check_cmdline_tokens, check_logs,
+    rules=(check_enabled, check_pools, check_source, check_cmdline_tokens, check_cmdline_file, check_logs,
            matches("docker_log_max_size", LOG_SIZE, "a log file size", "use a number with k, m or g, e.g. '10m'."),
            aptsource.rule("docker_apt", when=lambda data: data.get("docker_source") == "docker-ce",
                           version="docker_ce_version")),

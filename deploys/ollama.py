@@ -238,7 +238,8 @@ def check_release(fleet, hosts) -> list[Problem]:
     problems = Problems(fleet)
     for h in hosts:
         data = h.data
-        if not VERSION.fullmatch(str(data.get("ollama_version"))):
+        version = data.get("ollama_version")
+        if not (isinstance(version, str) and VERSION.fullmatch(version)):
             problems.add(h, "ollama_version", f"{data.get('ollama_version')!r} is not an Ollama release version.",
                          "write it as the release's tag shows it without the v, e.g. '0.34.4'.")
         if not RELEASE_URL.fullmatch(str(data.get("ollama_release_url"))):

@@ -53,7 +53,7 @@ from fleet.commands.cli import load_data
 from fleet.converge import keys
 from fleet.converge.vault import Vault, VaultError
 from fleet.preflight.model import Fleet
-from fleet.preflight.validate import MANAGED_REF, edge_rule_problems
+from fleet.preflight.validate import MANAGED_REF, edge_list_problems, edge_rule_problems
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
@@ -123,9 +123,13 @@ def zone_of(domain: str, zones: list[str]) -> str | None:
 def desired_state(fleet: Fleet) -> Desired:
     """What Cloudflare should hold, from the fleet's data: a tunnel per host that runs the
     cloudflared component, a CNAME per domain of the domain map."""
-    problems = []
     all_data = fleet.all_data
-    account_id = str(all_data.get("edge_account_id") or "").strip()
+    # the shapes first: the zones and lists below are read as the rules found them
+    problems = [f"{p.key}: {p.message} Fix: {p.fix}"
+                for p in edge_rule_problems(all_data) + edge_list_problems(all_data)]
+    if problems:
+        raise EdgeError(problems)
+    account_id = all_data.get("edge_account_id", "").strip()
     if not account_id:
         problems.append("edge_account_id is empty. Fix: set it in group_data/all.py to the Cloudflare "
                         "account ID (dashboard, Account Home; an ID, not a secret).")
@@ -148,7 +152,6 @@ def desired_state(fleet: Fleet) -> Desired:
                 "or correct the hostname.")
         if tunnel in tunnels and zone is not None:
             records.append(Record(name, zone, tunnel))
-    problems += [f"{p.key}: {p.message} Fix: {p.fix}" for p in edge_rule_problems(all_data)]
     if problems:
         raise EdgeError(problems)
     return Desired(account_id, tunnels, tuple(records),

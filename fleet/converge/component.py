@@ -81,6 +81,10 @@ class Problems(list):
 
 # An account's name, as Debian's adduser takes it by default (the admin's, a service's).
 ACCOUNT_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# A DNS hostname as the domain map, the edge and a tunnel's ingress take it: two or more labels
+# of letters, digits and inner hyphens, or `*.` and such a name for a wildcard.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME = re.compile(rf"(\*\.)?({_LABEL}\.)+{_LABEL}")
 
 
 def matches(key: str, pattern, what: str, fix: str):

@@ -293,7 +293,7 @@ def _policy_settings(fleet: Fleet, graph: ServiceGraph) -> list[Problem]:
         problems.append(Problem("all", "tailnet_policy_admins", f"{', '.join(map(repr, bad))} is not a Tailscale "
                                 "login (user@domain).", "use the login shown in the admin console's Users page."))
     tailnet = data.get("tailnet_policy_tailnet", "-")
-    if not isinstance(tailnet, str) or not tailnet.strip() or "/" in tailnet:
+    if not isinstance(tailnet, str) or not re.fullmatch(r"[^\s/?#%]+", tailnet):  # one segment of the API's URL
         problems.append(Problem("all", "tailnet_policy_tailnet", f"{tailnet!r} is not a tailnet name.",
                                 "use the tailnet's name (admin console, Settings, General), or '-' for the "
                                 "API key's own tailnet."))

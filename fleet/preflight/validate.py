@@ -12,7 +12,7 @@ import re
 
 import ipaddress
 
-from fleet.converge.component import ACCOUNT_NAME, Problem, Problems, components
+from fleet.converge.component import ACCOUNT_NAME, HOSTNAME, Problem, Problems, components
 from fleet.converge.services import SCOPES
 from fleet.policy.graph import check_service_graph
 from fleet.preflight.model import Fleet
@@ -24,6 +24,9 @@ KNOWN_ARCHS = ("arm64", "amd64")
 # ref starts with MANAGED_REF (rules without it were made by hand and are kept).
 EDGE_RULE_KEYS = ("edge_waf_rules", "edge_rate_limits")
 MANAGED_REF = "fleet-"
+# What `make edge-apply --delete-unlisted` keeps: the Workers scripts and the KV namespaces.
+EDGE_KEEP_KEYS = ("edge_workers_keep", "edge_kv_keep")
+ACCOUNT_ID = re.compile(r"[0-9a-fA-F]{32}")
 RULE_ACTIONS = ("block", "challenge", "managed_challenge", "js_challenge", "log", "skip")
 RATELIMIT_KEYS = ("characteristics", "period", "requests_per_period", "mitigation_timeout")
 
@@ -270,6 +273,10 @@ def check_domains(fleet: Fleet) -> list[Problem]:
     for domain, route in fleet.domains.items():
         key = f"fleet_domains[{domain!r}]"
         target, service = route.get("host"), route.get("service")
+        if not (isinstance(domain, str) and HOSTNAME.fullmatch(domain)):
+            problems.append(Problem("all", key, "is not a hostname.",
+                                    "write it like 'api.blackroad.io' (letters, digits, dots and hyphens)."))
+            continue
         if "port" in route:
             problems.append(Problem(str(target), f"{key}.port", "names a port; domains name a service.",
                                     f"write 'service': one of {', '.join(services.services)}."))
@@ -350,16 +357,44 @@ def edge_rule_problems(all_data: dict) -> list[Problem]:
     return problems
 
 
+def edge_list_problems(all_data: dict) -> list[Problem]:
+    """The account ID and the keep lists. `make edge-apply --delete-unlisted` deletes every
+    Worker and KV namespace not in a keep list, so a list written as bare text (read letter by
+    letter, it keeps nothing) must stop the command, not reach it."""
+    problems = []
+    account = all_data.get("edge_account_id", "")
+    if not (isinstance(account, str) and (not account or ACCOUNT_ID.fullmatch(account))):
+        problems.append(Problem("all", "edge_account_id", f"{account!r} is not a Cloudflare account ID (32 hex digits).",
+                                "copy it into group_data/all.py from the dashboard (Account Home), or leave it ''."))
+    for key in EDGE_KEEP_KEYS:
+        value = all_data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            problems.append(Problem("all", key, f"{value!r} is not a list of names.",
+                                    "write it like ['blackroad-auth'] in group_data/all.py; [] keeps none."))
+    return problems
+
+
 def check_edge_data(fleet: Fleet) -> list[Problem]:
     """The edge keys of group_data/all.py that `make edge-apply`, `make apikey` and the checklist
-    read: the WAF and rate-limiting rules, the API keys' KV namespace."""
-    problems = edge_rule_problems(fleet.all_data)
+    read: the WAF and rate-limiting rules, the account, the keep lists, the API keys' KV namespace."""
+    problems = edge_rule_problems(fleet.all_data) + edge_list_problems(fleet.all_data)
     title = fleet.all_data.get("edge_api_keys_namespace")
     if title is not None and not isinstance(title, str):
         problems.append(Problem("all", "edge_api_keys_namespace", f"{title!r} is {_a(type(title).__name__)}, not text.",
                                 "set it in group_data/all.py to the title of the KV namespace the API keys live in "
                                 "(e.g. 'AUTH')."))
     return problems
+
+
+def check_udp_allowlist(fleet: Fleet) -> list[Problem]:
+    """net_udp_wildcard_allowlist, which the specs hold every host's UDP listeners to: each
+    port allowed on a wildcard address, with the reason it cannot bind one address."""
+    value = fleet.all_data.get("net_udp_wildcard_allowlist")
+    if isinstance(value, dict) and all(isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
+                                       and isinstance(why, str) and why.strip() for port, why in value.items()):
+        return []
+    return [Problem("all", "net_udp_wildcard_allowlist", f"{value!r} is not a map of UDP port -> reason.",
+                    "write it like {41641: 'tailscaled WireGuard (tailscale_port)'} in group_data/all.py.")]
 
 
 def check_checklist(fleet: Fleet) -> list[Problem]:
@@ -416,6 +451,7 @@ RULES = (
     check_ports,
     check_domains,
     check_group_conflicts,
+    check_udp_allowlist,
     check_service_graph,  # fleet.policy.graph: who reaches which service, the tailnet policy's data
     check_edge_data,
     check_checklist,

@@ -2,7 +2,7 @@
 repository's data with a few settings added, and a vault of test secrets selected through the
 environment (no proxy, nothing else inherited). Tests only.
 
-    root = copy_repo(tmp_path, 'edge_account_id = "0123"')
+    root = copy_repo(tmp_path, 'edge_account_id = "0123456789abcdef0123456789abcdef"')
     vault = use_vault(tmp_path / "x.vault", "passphrase", {"key": "value"}, monkeypatch, CLEAN_ENV)
 """
 

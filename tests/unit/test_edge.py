@@ -346,6 +346,20 @@ def test_bad_rules_are_refused_before_any_request(tmp_path, vault, fake, capsys,
     assert message in err and "Fix:" in err and fake.requests == []
 
 
+@pytest.mark.parametrize("setting, message", [
+    # text where a list belongs: read letter by letter, it would keep nothing and
+    # apply --delete-unlisted would delete every Worker
+    ('edge_workers_keep = "blackroad-auth"', "edge_workers_keep: 'blackroad-auth' is not a list of names."),
+    ('edge_kv_keep = "AUTH"', "edge_kv_keep: 'AUTH' is not a list of names."),
+    ('edge_zones = ["blackroad.io", 7]', "edge_zones: ['blackroad.io', 7] is not a list of zone names."),
+])
+def test_bad_lists_are_refused_before_any_request(tmp_path, vault, fake, capsys, setting, message):
+    root = copy_repo(tmp_path, f'edge_account_id = "{ACCOUNT}"\n{setting}')
+    assert edge.main(["--repo", str(root), "apply", "--delete-unlisted"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and fake.requests == []
+
+
 def test_a_rate_limit_needs_its_ratelimit_block(tmp_path, vault, fake, capsys):
     rule = '{"blackroad.io": [{"ref": "fleet-r", "description": "d", "expression": "true", "action": "block"}]}'
     root = copy_repo(tmp_path, f'edge_account_id = "{ACCOUNT}"\nedge_rate_limits = {rule}')

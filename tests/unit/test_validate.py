@@ -320,3 +320,48 @@ def test_journal_upload_retry_must_be_seconds(data, value, message):
     data.all_data["journal_upload_retry_seconds"] = value
     [p] = only(problems(data.fleet()), "journal_upload_retry_seconds")[:1]
     assert message in p.message
+
+
+@pytest.mark.parametrize("key, value, message", [
+    # a keep list written as text would be read letter by letter: --delete-unlisted would delete everything
+    ("edge_workers_keep", "blackroad-auth", "'blackroad-auth' is not a list of names"),
+    ("edge_kv_keep", "AUTH", "'AUTH' is not a list of names"),
+    ("edge_kv_keep", None, "None is not a list of names"),
+    ("edge_kv_keep", ["AUTH", ""], "is not a list of names"),
+    ("edge_account_id", 123, "123 is not a Cloudflare account ID"),
+    ("edge_account_id", "acct\nid", "is not a Cloudflare account ID"),
+    ("net_udp_wildcard_allowlist", [41641], "is not a map of UDP port -> reason"),
+    ("net_udp_wildcard_allowlist", {"41641": "tailscaled"}, "is not a map of UDP port -> reason"),
+    ("net_udp_wildcard_allowlist", {41641: ""}, "is not a map of UDP port -> reason"),
+    ("edge_failover_domains", "*.blackroad.io", "is not a list of hostnames"),
+    ("edge_failover_domains", None, "None is not a list of hostnames"),
+    ("edge_failover_domains", ["*.blackroad.io", "x\ny.io"], "is not a list of hostnames"),
+    ("ollama_version", 0.34, "0.34 is not an Ollama release version"),
+    ("tailnet_policy_tailnet", "my tailnet", "is not a tailnet name"),
+])
+def test_fleet_wide_values_of_the_wrong_shape_are_one_line(data, key, value, message):
+    data.all_data[key] = value
+    [p] = only(problems(data.fleet()), key)
+    assert p.host == "all" and p.key == key and message in p.message and "\n" not in str(p)
+
+
+@pytest.mark.parametrize("path", [["/boot/firmware/cmdline.txt"], "boot/cmdline.txt", 7])
+def test_pi_cmdline_file_must_be_a_path(data, path):
+    data.group_data["pis"]["pis_boot_cmdline_file"] = path
+    found = only(problems(data.fleet()), "pis_boot_cmdline_file")
+    assert found and all("is not the absolute path of a file" in p.message for p in found)
+
+
+@pytest.mark.parametrize("domain", ["api blackroad.io", "api.blackroad.io\n", "localhost", "api.blackroad.io."])
+def test_domain_map_keys_must_be_hostnames(data, domain):
+    routes = data.all_data["fleet_domains"]
+    routes[domain] = routes.pop(next(iter(routes)))
+    [p] = only(problems(data.fleet()), "fleet_domains")
+    assert p.key == f"fleet_domains[{domain!r}]" and p.message == "is not a hostname."
+
+
+def test_good_fleet_wide_values_pass(data):
+    data.all_data.update(edge_workers_keep=[], edge_kv_keep=["AUTH"], edge_account_id="0123456789abcdef" * 2,
+                         edge_failover_domains=[], net_udp_wildcard_allowlist={68: "DHCP client"})
+    data.group_data["pis"]["pis_boot_cmdline_file"] = ""
+    assert problems(data.fleet()) == []
