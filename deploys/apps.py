@@ -98,11 +98,11 @@ STATE = "/var/lib/fleet/apps"
 CACHE = "/var/cache/fleet/apps"
 DOCKER_CONFIG = "/root/.docker/config.json"
 
-DIGEST = re.compile(r"^(?P<repo>[a-z0-9]+(?:[._/:-][a-z0-9]+)*)@sha256:(?P<hex>[0-9a-f]{64})$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
-MEMORY = re.compile(r"^(?P<n>[1-9][0-9]*)(?P<unit>[mg])$")
-ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+DIGEST = re.compile(r"^(?P<repo>[a-z0-9]+(?:[._/:-][a-z0-9]+)*)@sha256:(?P<hex>[0-9a-f]{64})\Z")
+SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+MEMORY = re.compile(r"^(?P<n>[1-9][0-9]*)(?P<unit>[mg])\Z")
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*\Z")
+APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}\Z")
 # `docker run` arguments that would undo what the deploy guarantees (where the app listens,
 # its isolation, its limits): refused in `args`.
 FORBIDDEN_ARGS = ("-p", "--publish", "-P", "--publish-all", "--network", "--net", "--privileged",

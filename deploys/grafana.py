@@ -96,10 +96,10 @@ DATASOURCE_NAME = "Prometheus"
 # What the package's postinst sets on every configure under /etc/grafana (root:grafana, files
 # 0640, directories 0755): the same here, so a package upgrade changes nothing of ours.
 OWNER, GROUP, MODE, DIR_MODE = "root", "grafana", "640", "755"
-UID = re.compile(r"^[a-zA-Z0-9_-]{1,40}$")
-VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([+~-][A-Za-z0-9.+~-]+)?$")
-LOGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
+UID = re.compile(r"^[a-zA-Z0-9_-]{1,40}\Z")
+VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([+~-][A-Za-z0-9.+~-]+)?\Z")
+LOGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
+SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 # node exporter's filesystems worth a disk panel (not virtual or in-memory ones)
 FILESYSTEMS = 'fstype!~"tmpfs|ramfs|squashfs|nsfs|fuse.*"'
 

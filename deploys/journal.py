@@ -43,7 +43,7 @@ SOCKET_DROPIN = f"{SD}/{SOCKET}.d/fleet.conf"
 REMOTE_DROPIN = f"{SD}/{REMOTE}.d/fleet.conf"
 UPLOAD_CONF = "/etc/systemd/journal-upload.conf.d/fleet.conf"
 UPLOAD_DROPIN = f"{SD}/{UPLOAD}.d/fleet.conf"
-SIZE = re.compile(r"^[0-9]+[KMGT]?$")
+SIZE = re.compile(r"^[0-9]+[KMGT]?\Z")
 
 
 def receivers(services: ServiceMap) -> list[str]:

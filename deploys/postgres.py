@@ -66,7 +66,7 @@ EXPORTER_UNIT = "prometheus-postgres-exporter.service"
 EXPORTER_DROPIN = f"/etc/systemd/system/{EXPORTER_UNIT}.d/fleet.conf"
 EXPORTER_ENV = "/etc/fleet/postgres-exporter.env"
 EXPORTER_PASSWORD = "/etc/fleet/postgres-exporter.password"
-NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
 NAME_FIX = "use lower-case letters, digits and _ (63 at most), starting with a letter or _."
 # Settings the deploy owns: listening, files and authentication are not data overrides.
 OWNED = {"listen_addresses", "port", "hba_file", "ident_file", "data_directory", "config_file",

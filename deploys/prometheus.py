@@ -86,8 +86,8 @@ HEADER = "# Managed by the fleet's prometheus deploy (deploys/prometheus.py); ge
 # not node-exporter; honor_labels keeps it instead of renaming it exported_service).
 TEXTFILE_SERVICE = "node-exporter"
 SCHEDULES = {"minutely": 60, "hourly": 3600, "daily": 86400, "weekly": 604800}
-DURATION = re.compile(r"^[0-9]+(ms|s|m|h|d|w|y)$")
-SIZE = re.compile(r"^[0-9]+(B|KB|MB|GB|TB|PB|EB)$")
+DURATION = re.compile(r"^[0-9]+(ms|s|m|h|d|w|y)\Z")
+SIZE = re.compile(r"^[0-9]+(B|KB|MB|GB|TB|PB|EB)\Z")
 
 
 def dropin(unit: str) -> str:

@@ -44,11 +44,11 @@ CONF = "/etc/redis/redis.conf"
 ACL = "/etc/redis/users.acl"
 DROPIN = "/etc/systemd/system/redis-server.service.d/fleet.conf"
 DATA = "/var/lib/redis"
-NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}\Z")
 POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru",
             "volatile-lfu", "volatile-random", "volatile-ttl")
 USER_DEFAULTS = {"keys": "~*", "channels": "&*", "commands": "+@all -@dangerous"}
-RULE = re.compile(r"^[~&%+\-@*:a-zA-Z0-9_|.{}()-]+$")
+RULE = re.compile(r"^[~&%+\-@*:a-zA-Z0-9_|.{}()-]+\Z")
 
 
 def password_key(user: str) -> str:

@@ -72,10 +72,19 @@ def check_spec(name: str, spec: dict) -> None:
                                                      if key == "components" else spec[key]):
             raise ValueError(f"{name} apt source: {key} must be one line of text without quotes or "
                              "backslashes (components may hold spaces)")
+    for key in ("uris", "key_url"):
+        if not re.fullmatch(r"https?://[^/\s]+\S*", spec[key]):
+            raise ValueError(f"{name} apt source: {key} {spec[key]!r} is not an http(s) URL")
+    if not spec["suites"]:
+        raise ValueError(f"{name} apt source: suites is empty ('/' for a flat repository)")
+    if not re.fullmatch(r"([A-Za-z0-9._/-]+( [A-Za-z0-9._/-]+)*)?", spec["components"]):
+        raise ValueError(f"{name} apt source: components {spec['components']!r} is not a list of component "
+                         "names separated by spaces")
     if not re.fullmatch(r"[0-9a-f]{64}", str(spec["key_sha256"])):
         raise ValueError(f"{name} apt source: key_sha256 must be the key file's SHA-256 (64 hex digits)")
-    if not spec["key_file"].endswith((".gpg", ".asc")):
-        raise ValueError(f"{name} apt source: key_file must end in .gpg (binary) or .asc (armored)")
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.(gpg|asc)", spec["key_file"]):
+        raise ValueError(f"{name} apt source: key_file must be a file name (it is written in {KEYRINGS}) "
+                         "ending in .gpg (binary) or .asc (armored)")
 
 
 # A Debian package version as apt takes it after `name=`: [epoch:]upstream[-revision], the

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from fleet.policy.tailnet import host_tags
 from fleet.preflight.model import Fleet
 
-ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+\Z")
 
 
 class PolicyError(ValueError):

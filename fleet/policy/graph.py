@@ -37,7 +37,7 @@ ADMINS = "admins"
 ALL = "all"
 DECLARED = "declared in clients"
 SSH_MODES = ("plain", "tailscale")
-LOGIN = re.compile(r"^[^@\s]+@[^@\s]+$")
+LOGIN = re.compile(r"^[^@\s]+@[^@\s]+\Z")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import re
 
 import ipaddress
 
-from fleet.converge.component import ACCOUNT_NAME, HOSTNAME, Problem, Problems, components
+from fleet.converge.component import ACCOUNT_NAME, HOSTNAME, ComponentError, Problem, Problems, components
 from fleet.converge.services import SCOPES
 from fleet.policy.graph import check_service_graph
 from fleet.preflight.model import Fleet
@@ -95,7 +95,11 @@ def check_shapes(fleet: Fleet) -> list[Problem]:
         problems.append(Problem("all", "fleet_services", "must map each service name to a dict.",
                                 "write it like {'ssh': {'port': 22, 'bind': ['lan', 'tailnet'], 'groups': ['all']}}."))
     else:
+        known = [c.name for c in components()]
         for name, svc in services.items():
+            if "component" in svc and svc["component"] not in known:
+                problems.append(Problem("all", f"fleet_services[{name!r}].component",
+                                        f"{svc['component']!r} is not a component.", f"use one of {', '.join(known)}."))
             for key in ("bind", "groups"):
                 if key in svc and (not isinstance(svc[key], list) or not all(isinstance(v, str) for v in svc[key])):
                     problems.append(Problem("all", f"fleet_services[{name!r}].{key}", f"{svc[key]!r} is not a list of names.",
@@ -198,7 +202,7 @@ def check_tailnet(fleet: Fleet) -> list[Problem]:
     return problems
 
 
-PROBES = re.compile(r"^(tcp|postgres|llm|http:/[A-Za-z0-9._~/-]*)$")
+PROBES = re.compile(r"^(tcp|postgres|llm|http:/[A-Za-z0-9._~/-]*)\Z")
 
 
 def _monitoring_keys(name: str, svc) -> list[Problem]:
@@ -341,6 +345,9 @@ def edge_rule_problems(all_data: dict) -> list[Problem]:
                 missing = [f for f in ("ref", "description", "expression", "action") if not rule.get(f)]
                 if missing:
                     problems.append(Problem("all", where, f"missing {', '.join(missing)}.", "set them in group_data/all.py."))
+                elif not all(isinstance(rule[f], str) for f in ("ref", "description", "expression", "action")):
+                    problems.append(Problem("all", where, "ref, description, expression and action must be text.",
+                                            "quote them in group_data/all.py."))
                 elif not ref.startswith(MANAGED_REF) or ref in refs:
                     problems.append(Problem("all", where, f"ref {ref!r} must start with {MANAGED_REF!r} and be unique in "
                                             "the zone (it is how this tool tells its rules from hand-made ones).",
@@ -467,7 +474,7 @@ def component_problems(fleet: Fleet, shape_ok: bool = True) -> list[Problem]:
             hosts = [h for h in fleet.hosts.values() if component.applies(h.groups, h.data)]
             for rule in component.rules:
                 found.extend(rule(fleet, hosts))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, ComponentError) as exc:
             if shape_ok:
                 found.append(Problem("all", component.name, f"its data cannot be read ({type(exc).__name__}: {exc}).",
                                      f"check the types of the {component.name}_* keys against docs/settings.md."))

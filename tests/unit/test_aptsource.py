@@ -47,6 +47,24 @@ def test_unpinned_key_is_refused():
         check_spec("x", dict(TAILSCALE["tailscale_apt"], key_sha256=""))
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"uris": ""}, "uris '' is not an http(s) URL"),
+    ({"key_url": "pkgs.tailscale.com/x.gpg"}, "key_url 'pkgs.tailscale.com/x.gpg' is not an http(s) URL"),
+    ({"suites": ""}, "suites is empty"),
+    ({"components": "main; $(id)"}, "is not a list of component names"),
+    # written under /etc/apt/keyrings: a path would put the vendor's download elsewhere
+    ({"key_file": "../../sudoers.d/x.gpg"}, "key_file must be a file name"),
+])
+def test_a_source_apt_could_not_use_is_refused(change, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_spec("x", dict(TAILSCALE["tailscale_apt"], **change))
+
+
+def test_apt_variables_and_flat_repositories_pass():
+    check_spec("x", dict(NVIDIA["nvidia_apt"]))  # $(ARCH) in its URIs
+    check_spec("x", dict(TAILSCALE["tailscale_apt"], suites="/", components=""))
+
+
 def test_no_apt_key_anywhere_in_deploys_or_package():
     offenders = []
     for path in [*REPO.joinpath("deploys").rglob("*.py"), *REPO.joinpath("fleet").rglob("*.py"),

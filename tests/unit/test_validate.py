@@ -272,6 +272,8 @@ RULE = {"ref": "fleet-r", "description": "d", "expression": "true", "action": "b
      "must start with 'fleet-'"),
     ("edge_rate_limits", {"blackroad.io": [RULE]}, "edge_rate_limits['blackroad.io'][0]",
      "a rate limit needs ratelimit with characteristics, period"),
+    ("edge_waf_rules", {"blackroad.io": [{**RULE, "expression": ["true"]}]}, "edge_waf_rules['blackroad.io'][0]",
+     "ref, description, expression and action must be text"),
     ("edge_api_keys_namespace", 7, "edge_api_keys_namespace", "7 is an int, not text"),
     ("edge_zones", ["blackroad.io", 7], "edge_zones", "is not a list of zone names"),
     ("edge_zones", "blackroad.io", "edge_zones", "is not a list of zone names"),
@@ -365,3 +367,20 @@ def test_good_fleet_wide_values_pass(data):
                          edge_failover_domains=[], net_udp_wildcard_allowlist={68: "DHCP client"})
     data.group_data["pis"]["pis_boot_cmdline_file"] = ""
     assert problems(data.fleet()) == []
+
+
+@pytest.mark.parametrize("group, key, value", [
+    # `$` in a pattern also matches before a final newline: each of these was taken
+    ("monitoring", "prometheus_retention_time", "15d\n"),
+    ("monitoring", "journal_remote_max_use", "1G\n"),
+    ("monitoring", "grafana_version", "11.2.0\n"),
+])
+def test_a_trailing_newline_is_refused(data, group, key, value):
+    data.group_data[group][key] = value
+    assert only(problems(data.fleet()), key)
+
+
+def test_an_app_memory_limit_with_a_newline_is_refused(data):
+    data.all_data["apps_definitions"]["web"]["memory"] = "256m\n"
+    [p] = only(problems(data.fleet()), "memory")
+    assert p.message == "'256m\\n' is not a memory limit."
