@@ -215,7 +215,11 @@ def generated(repo: Path = REPO) -> dict[str, tuple[Path, str]]:
 
 
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
+    if argv not in ([], ["--check"]):
+        print(f"docs: unknown arguments {' '.join(argv)!r}. Fix: `python -m fleet docs` regenerates, "
+              "`python -m fleet docs --check` only compares.", file=sys.stderr)
+        return 2
+    check = bool(argv)
     try:
         docs = generated(REPO)
     except Exception as exc:  # DocsError, or bad data: one line, no traceback

@@ -391,6 +391,10 @@ def check_patterns(patterns: dict[str, tuple[str, ...]], hosts: list[str], group
 
 def main(argv: list[str]) -> int:
     """`python -m fleet check`: validate the inventory for FLEET_TARGET."""
+    if argv:
+        print(f"check: unknown arguments {' '.join(argv)!r}. Fix: `python -m fleet check` takes none; "
+              "FLEET_TARGET selects the inventory.", file=sys.stderr)
+        return 2
     inventory_file = Path(__file__).resolve().parents[2] / "inventory.py"
     try:
         hosts, test_fleet = read_inventory_data(inventory_file)

@@ -409,3 +409,13 @@ def test_the_cli_refuses_a_mistyped_limit_before_connecting(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in out, out
     assert "--limit 'pi5-alpah' matches no host and no group; nothing was run. Fix: use names" in out
     assert "Connecting" not in out and "base_admin_ssh_keys" not in out
+
+
+@pytest.mark.parametrize("command, argv", [("check", ["extra"]), ("docs", ["--chek"])])
+def test_a_command_without_arguments_refuses_stray_ones(command, argv, capsys):
+    """`docs --chek` regenerated the docs it was meant to compare; `check extra` ignored it."""
+    from fleet.__main__ import main
+
+    assert main([command, *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"unknown arguments {argv[0]!r}" in err
