@@ -53,7 +53,7 @@ from fleet.commands.cli import load_data
 from fleet.converge import keys
 from fleet.converge.vault import Vault, VaultError
 from fleet.preflight.model import Fleet
-from fleet.preflight.validate import MANAGED_REF, edge_list_problems, edge_rule_problems
+from fleet.preflight.validate import EDGE_RULESETS, MANAGED_REF, edge_list_problems, edge_rule_problems
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
@@ -68,10 +68,6 @@ MAX_PAGES = 1000  # a listing longer than this is a broken API, not an account
 PERMISSIONS = ("Zone:DNS:Edit, Zone:Zone WAF:Edit, Account:Cloudflare Tunnel:Edit, Workers Scripts:Read/Edit "
                "and Workers KV Storage:Read/Edit")
 # The rulesets this tool manages: data key -> (entry-point phase, what the plan calls it).
-RULESETS = {"edge_waf_rules": ("http_request_firewall_custom", "waf rules"),
-            "edge_rate_limits": ("http_ratelimit", "rate limits")}
-
-
 class EdgeError(Exception):
     """Problems found before or while talking to Cloudflare; each says what to do."""
 
@@ -161,7 +157,7 @@ def desired_state(fleet: Fleet) -> Desired:
 
 def _rulesets(all_data: dict):
     """The WAF and rate-limiting entry points the data asks for (edge_rule_problems found it valid)."""
-    for key, (phase, kind) in RULESETS.items():
+    for key, (phase, kind) in EDGE_RULESETS.items():
         for zone, rules in sorted((all_data.get(key) or {}).items()):
             yield Ruleset(zone.lower(), phase, kind,
                           tuple(json.dumps({"enabled": True, **rule}, sort_keys=True) for rule in rules))

@@ -20,9 +20,11 @@ from fleet.preflight.model import Fleet
 TAILNET_RANGE = ipaddress.ip_network("100.64.0.0/10")
 REQUIRED_HOST_KEYS = ("lan_address", "tailnet_address", "ssh_user", "arch")
 KNOWN_ARCHS = ("arm64", "amd64")
-# The edge's WAF and rate-limiting rules (fleet.commands.edge writes them to Cloudflare): a rule's
-# ref starts with MANAGED_REF (rules without it were made by hand and are kept).
-EDGE_RULE_KEYS = ("edge_waf_rules", "edge_rate_limits")
+# The edge's WAF and rate-limiting rules (fleet.commands.edge writes them to Cloudflare): data key ->
+# (the ruleset phase its rules go to, what the plan calls them). A rule's ref starts with
+# MANAGED_REF (rules without it were made by hand and are kept).
+EDGE_RULESETS = {"edge_waf_rules": ("http_request_firewall_custom", "waf rules"),
+                 "edge_rate_limits": ("http_ratelimit", "rate limits")}
 MANAGED_REF = "fleet-"
 # What `make edge-apply --delete-unlisted` keeps: the Workers scripts and the KV namespaces.
 EDGE_KEEP_KEYS = ("edge_workers_keep", "edge_kv_keep")
@@ -323,7 +325,7 @@ def edge_rule_problems(all_data: dict) -> list[Problem]:
     if not isinstance(zones, list) or not all(isinstance(z, str) and z for z in zones):
         return [Problem("all", "edge_zones", f"{zones!r} is not a list of zone names.",
                         "write it like ['blackroad.io'] in group_data/all.py.")]
-    for key in EDGE_RULE_KEYS:
+    for key in EDGE_RULESETS:
         per_zone = all_data.get(key) or {}
         if not isinstance(per_zone, dict):
             problems.append(Problem("all", key, "must be a dict of zone -> list of rules.",
