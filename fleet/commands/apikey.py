@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fleet.commands import cli, edge
 from fleet.converge import keys
-from fleet.converge.vault import Vault
+
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "br_"
@@ -64,7 +64,7 @@ def run(args) -> int:
     account = str(fleet.all_data.get("edge_account_id") or "").strip()
     if not account:
         raise edge.EdgeError("edge_account_id is empty. Fix: set it in group_data/all.py to the Cloudflare account ID.")
-    vault_data = Vault(keys.vault_path(), keys.passphrase()).load()
+    vault_data = keys.vault().load()
     token, source = edge.api_token(vault_data)
     args.redact.append(token)
     import cloudflare

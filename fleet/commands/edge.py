@@ -508,7 +508,7 @@ def explain_api_error(exc, source: str) -> str:
 
 def run(args) -> int:
     desired = desired_state(load_data(Path(args.repo)))
-    vault = Vault(keys.vault_path(), keys.passphrase())
+    vault = keys.vault()
     vault_data = vault.load()
     token, source = api_token(vault_data)
     args.redact.append(token)

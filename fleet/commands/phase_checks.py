@@ -99,13 +99,13 @@ def _read_edge(repo: Path):
     from fleet.commands import edge
     from fleet.commands.cli import load_data
     from fleet.converge import keys
-    from fleet.converge.vault import Vault, VaultError
+    from fleet.converge.vault import VaultError
 
     try:
         import cloudflare
 
         desired = edge.desired_state(load_data(repo))
-        vault_data = Vault(keys.vault_path(), keys.passphrase()).load()
+        vault_data = keys.vault().load()
         token, source = edge.api_token(vault_data)
         client = edge.make_client(token)
         try:

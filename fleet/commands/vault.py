@@ -34,7 +34,7 @@ from fleet.preflight.inventory import extra_test_hosts, read_inventory_data, sel
 
 
 def _vault(phrase: str | None = None) -> Vault:
-    return Vault(keys.vault_path(), phrase if phrase is not None else keys.passphrase())
+    return Vault(keys.vault_path(), phrase if phrase is not None else keys.passphrase(), keys.key_cache())
 
 
 def _private_tempdir() -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleet.converge.vault import Vault, VaultError
+from fleet.converge.vault import KeyCache, Vault, VaultError
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_VAULT = "secrets/fleet.vault"
@@ -47,20 +47,41 @@ def vault_path() -> Path:
     return _selected["path"] or REPO / DEFAULT_VAULT
 
 
-def _known_passphrase(env_prefix: str = "FLEET_VAULT") -> str | None:
-    """The passphrase when it is given (a file, the environment, the target's file), else None."""
+def passphrase_file(env_prefix: str = "FLEET_VAULT") -> Path | None:
+    """The file the passphrase is read from, when it is read from one."""
     file_var, value_var = f"{env_prefix}_PASSPHRASE_FILE", f"{env_prefix}_PASSPHRASE"
     if os.environ.get(file_var):
         path = Path(os.environ[file_var])
         if not path.exists():
             raise VaultError(f"{file_var}={path} does not exist")
-        return path.read_text().rstrip("\n")
-    if os.environ.get(value_var):
-        return os.environ[value_var]
+        return path
     selected = _selected["passphrase_file"]
-    if env_prefix == "FLEET_VAULT" and selected and not os.environ.get("FLEET_VAULT"):
-        return selected.read_text().rstrip("\n")
+    if env_prefix == "FLEET_VAULT" and selected and not os.environ.get(value_var) and not os.environ.get("FLEET_VAULT"):
+        return selected
     return None
+
+
+def _known_passphrase(env_prefix: str = "FLEET_VAULT") -> str | None:
+    """The passphrase when it is given (a file, the environment, the target's file), else None."""
+    path = passphrase_file(env_prefix)
+    if path is not None:
+        return path.read_text().rstrip("\n")
+    return os.environ.get(f"{env_prefix}_PASSPHRASE") or None
+
+
+def key_cache() -> KeyCache | None:
+    """Where the current vault's derived key is kept: beside its passphrase file (never for a
+    passphrase typed or given in the environment; fleet.converge.vault.KeyCache says why)."""
+    try:
+        path = passphrase_file()
+    except VaultError:
+        return None
+    return KeyCache(path.resolve()) if path is not None else None
+
+
+def vault() -> Vault:
+    """The current vault, opened with its key cache (a command that reads or writes it)."""
+    return Vault(vault_path(), passphrase(), key_cache())
 
 
 def passphrase(prompt: str = "vault passphrase: ", confirm: bool = False, env_prefix: str = "FLEET_VAULT") -> str:
@@ -95,13 +116,14 @@ def open_early() -> None:
     path = str(vault_path())
     if phrase is None or path in _adopted or (path, phrase) in _early or _open.cache_info().currsize:
         return
+    cache = key_cache()
     done = monkey.get_original("_thread", "allocate_lock")()
     done.acquire()
     box: list = []
 
     def work():
         try:
-            box.append((True, Vault(path, phrase).load()))
+            box.append((True, Vault(path, phrase, cache).load()))
         except BaseException as exc:  # handed to the caller of current(), as if raised there
             box.append((False, exc))
         finally:
@@ -115,7 +137,7 @@ def open_early() -> None:
 def _open(path: str, phrase: str) -> dict[str, str]:
     early = _early.pop((path, phrase), None)
     if early is None:
-        return Vault(path, phrase).load()
+        return Vault(path, phrase, key_cache()).load()
     done, box = early
     done.acquire()
     ok, value = box[0]

@@ -260,3 +260,88 @@ def test_a_vault_opened_early_is_the_same_vault_and_the_same_errors(vault, tmp_p
     monkeypatch.delenv("FLEET_VAULT_PASSPHRASE")  # a prompt would be needed: nothing starts early
     keys.open_early()
     assert keys._early == {}
+
+
+# --- the key cache beside a passphrase file ---------------------------------------------------
+
+@pytest.fixture
+def from_file(vault, tmp_path):
+    """The unit vault with its passphrase in a file, as FLEET_VAULT_PASSPHRASE_FILE gives it."""
+    phrase = tmp_path / "unit.passphrase"
+    phrase.write_text("correct horse\n")
+    return vault.path, phrase, v.KeyCache(phrase)
+
+
+def no_scrypt(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("scrypt ran although the key was cached")
+    monkeypatch.setattr(v, "_derive", refuse)
+
+
+def test_a_passphrase_file_derives_the_key_once(from_file, monkeypatch):
+    path, phrase, cache = from_file
+    assert v.Vault(path, "correct horse", cache).load() == DATA
+    assert cache.path == phrase.with_name(".unit.passphrase.fleet-key")
+    assert oct(cache.path.stat().st_mode & 0o777) == "0o600"
+    assert "correct horse" not in cache.path.read_text()
+    no_scrypt(monkeypatch)
+    assert v.Vault(path, "correct horse", cache).load() == DATA
+
+
+def test_a_changed_passphrase_file_is_not_trusted_to_the_old_key(from_file):
+    path, phrase, cache = from_file
+    v.Vault(path, "correct horse", cache).load()
+    phrase.write_text("battery staple\n")
+    with pytest.raises(v.WrongPassphrase):
+        v.Vault(path, "battery staple", cache).load()
+
+
+def test_saving_forgets_the_key_and_a_rekeyed_vault_needs_its_new_passphrase(from_file):
+    path, phrase, cache = from_file
+    vault = v.Vault(path, "correct horse", cache)
+    vault.load()
+    vault.rekey("battery staple")
+    assert not cache.path.exists()
+    with pytest.raises(v.WrongPassphrase):  # the file still holds the old passphrase
+        v.Vault(path, "correct horse", cache).load()
+
+
+@pytest.mark.parametrize("spoil", ["mode", "key", "other vault"])
+def test_a_key_file_that_does_not_fit_is_ignored(from_file, tmp_path, spoil):
+    path, phrase, cache = from_file
+    v.Vault(path, "correct horse", cache).load()
+    if spoil == "mode":
+        cache.path.chmod(0o644)
+    elif spoil == "key":  # same identity and header, wrong key: derived again, not 'tampered'
+        entry = json.loads(cache.path.read_text())
+        entry["key"] = v._b64(b"\0" * 32)
+        cache.path.write_text(json.dumps(entry))
+    else:
+        v.Vault(path, "correct horse").save(DATA, FAST)  # a new salt
+    assert v.Vault(path, "correct horse", cache).load() == DATA
+
+
+def test_a_directory_it_cannot_write_gets_no_key_file(from_file, monkeypatch):
+    path, phrase, cache = from_file
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(v.tempfile, "mkstemp", read_only)  # as a read-only disk answers
+    assert v.Vault(path, "correct horse", cache).load() == DATA
+    assert not cache.path.exists()
+
+
+def test_only_a_passphrase_file_is_cached(vault, tmp_path, monkeypatch):
+    from fleet.converge import keys
+
+    monkeypatch.setenv("FLEET_VAULT", str(vault.path))
+    monkeypatch.delenv("FLEET_VAULT_PASSPHRASE_FILE", raising=False)
+    monkeypatch.setenv("FLEET_VAULT_PASSPHRASE", "correct horse")
+    assert keys.key_cache() is None
+    phrase = tmp_path / "p"
+    phrase.write_text("correct horse\n")
+    monkeypatch.setenv("FLEET_VAULT_PASSPHRASE_FILE", str(phrase))
+    assert keys.key_cache().path == phrase.with_name(".p.fleet-key")
+    keys._open.cache_clear()
+    assert keys.current() == DATA and keys.key_cache().path.exists()
+    keys._open.cache_clear()
