@@ -137,16 +137,16 @@ def parse_header(blob: bytes) -> tuple[bytes, dict, bytes]:
 
 class KeyCache:
     """The key scrypt derived for a vault, kept beside the passphrase *file* it came from, as
-    `.<file name>.fleet-key` (0600): a run reads it instead of spending scrypt's ~0.35 s of
-    CPU again (a tenth of a no-op converge). It holds nothing the file beside it does not
-    give (whoever reads the passphrase file derives the same key), and less: not the
-    passphrase itself, which a person may use elsewhere. Kept beside the file, it lives where
-    the file lives (an encrypted or removable disk goes with it) and is not written where the
-    directory is read-only. It is used only while the passphrase file is the same file,
+    `.<file name>.fleet-key` (0600): a run reads it instead of spending scrypt's ~0.35 s of CPU
+    again (about an eighth of a no-op converge of the test fleet). It holds nothing the file
+    beside it does not give (whoever reads the passphrase file derives the same key), and less:
+    not the passphrase itself, which a person may use elsewhere. Kept beside the file, it lives
+    where the file lives (an encrypted or removable disk goes with it) and is not written where
+    the directory is read-only. It is used only while the passphrase file is the same file,
     unchanged since (device, inode, size, modification time), and only for the vault header it
-    was derived for (salt, parameters and passphrase check); saving the vault removes it.
-    Our own code: no library keeps a derived key for a passphrase file. A prompt or an
-    environment variable passphrase is never cached."""
+    was derived for (salt, parameters and passphrase check); saving the vault removes it. Our
+    own code: no library keeps a derived key for a passphrase file. A prompt or an environment
+    variable passphrase is never cached."""
 
     def __init__(self, passphrase_file: Path):
         self.source = Path(passphrase_file)
@@ -190,8 +190,8 @@ class KeyCache:
     def forget(self) -> None:
         try:
             self.path.unlink()
-        except FileNotFoundError:
-            pass
+        except OSError:
+            pass  # none there, or a directory that became read-only: its salt no longer matches
 
 
 def decrypt(blob: bytes, passphrase: str, cache: KeyCache | None = None) -> dict[str, str]:
