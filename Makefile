@@ -27,6 +27,10 @@ workers = $(if $(or $(word 2,$(SPEC_WORKERS)),$(call digitless,$(SPEC_WORKERS)),
 	SPEC_WORKERS=$(SPEC_WORKERS) is not a number of spec workers. Fix: a whole number (SPEC_WORKERS=4; 0 runs \
 	the specs in-process)),$(SPEC_WORKERS))
 
+# A value given on the command line (HOST, APP, NAME, ...) as one shell word, single-quoted:
+# a quote, $(...) or a backquote in it reaches the command as text, never as shell.
+arg = '$(subst ','\'',$($(1)))'
+
 .PHONY: help setup lock check plan converge verify llm-check backup restore backups rollback rebuild fleet-up fleet-down demo test unit faults bench docs phase1 phase2 phase3 phase4 vault-init vault-edit edge-plan edge-apply apikey tailnet-plan tailnet-apply test-arm64
 
 help: ## list the targets
@@ -85,7 +89,7 @@ edge-apply: setup ## Cloudflare: apply the plan; DELETE=1 also deletes unlisted 
 	$(PY) -m fleet edge apply $(call switch,DELETE,--delete-unlisted)
 
 apikey: setup ## a new API key for NAME (e.g. NAME=partner-x): printed once, only its SHA-256 stored in KV (AUTH)
-	$(PY) -m fleet apikey create "$(NAME)"
+	$(PY) -m fleet apikey create $(call arg,NAME)
 
 tailnet-plan: setup ## Tailscale: diff the live tailnet policy against the one generated from the service graph
 	$(PY) -m fleet tailnet plan
@@ -94,23 +98,23 @@ tailnet-apply: setup ## Tailscale: validate and write the generated policy; FORC
 	$(PY) -m fleet tailnet apply $(call switch,FORCE,--force)
 
 llm-check: setup ## one chat completion on the llm host's endpoint; VIA=pi5-alpha sends it from that host
-	$(PY) -m fleet llm-check $(if $(VIA),--via "$(VIA)",)
+	$(PY) -m fleet llm-check $(if $(VIA),--via $(call arg,VIA),)
 
 backup: setup ## one backup now on HOST (e.g. HOST=pi5-gamma); prints the snapshot
-	$(PY) -m fleet backup "$(HOST)"
+	$(PY) -m fleet backup $(call arg,HOST)
 
 # restore replaces the live databases only when told CONFIRM=yes, the word itself
 confirm = $(if $(CONFIRM),$(if $(or $(word 2,$(CONFIRM)),$(filter-out yes,$(CONFIRM))),$(error CONFIRM=$(CONFIRM) is \
 	not yes. Fix: CONFIRM=yes to replace the live databases, or leave CONFIRM out to restore beside them),--confirm))
 restore: setup ## restore HOST [SNAPSHOT=id] [DATABASE=name] into a side cluster; CONFIRM=yes replaces the live one
-	$(PY) -m fleet restore "$(HOST)" $(if $(SNAPSHOT),--snapshot "$(SNAPSHOT)",) \
-		$(if $(DATABASE),--database "$(DATABASE)",) $(confirm)
+	$(PY) -m fleet restore $(call arg,HOST) $(if $(SNAPSHOT),--snapshot $(call arg,SNAPSHOT),) \
+		$(if $(DATABASE),--database $(call arg,DATABASE),) $(confirm)
 
 rollback: setup ## switch APP (e.g. APP=web) back to its previous image through the health gate; HOST=... only there
-	$(PY) -m fleet rollback "$(APP)" $(if $(HOST),--host "$(HOST)",)
+	$(PY) -m fleet rollback $(call arg,APP) $(if $(HOST),--host $(call arg,HOST),)
 
 rebuild: setup ## a freshly flashed HOST back to its full role and data (refuses a healthy host unless FORCE=1)
-	$(PY) -m fleet rebuild "$(HOST)" $(call switch,FORCE,--force)
+	$(PY) -m fleet rebuild $(call arg,HOST) $(call switch,FORCE,--force)
 
 backups: setup ## every backed-up host's snapshots: count, latest, age, size
 	$(PY) -m fleet backups
@@ -149,7 +153,7 @@ docs: setup ## regenerate docs/settings.md, docs/fleet.md and docs/runbook.md fr
 
 # The guide's setup checklist, one phase at a time (fleet/checklist.py): converge what the
 # phase needs, then one line per item. LIMIT=hosts,groups; CHECK_ONLY=1 verifies only.
-PHASE_ARGS = $(if $(LIMIT),--limit "$(LIMIT)",) $(call switch,CHECK_ONLY,--check-only) --workers $(workers)
+PHASE_ARGS = $(if $(LIMIT),--limit $(call arg,LIMIT),) $(call switch,CHECK_ONLY,--check-only) --workers $(workers)
 phase1: setup ## checklist phase 1 (Foundation): converge, verify each item; LIMIT=..., CHECK_ONLY=1
 	$(PY) -m fleet phase 1 $(PHASE_ARGS)
 phase2: setup ## checklist phase 2 (Services)
@@ -163,4 +167,4 @@ bench: setup ## time the floor, no-op converges (site, base, per host), specs ->
 	$(PY) tests/harness/bench.py --out bench.json $(call switch,FRESH,--fresh)
 
 test-arm64: setup ## the rebuild test with pi5-gamma on arm64 under qemu-user (HOST=..., KEEP=1): not in make test (~40 min)
-	$(PY) tests/harness/arm64.py $(if $(HOST),--host "$(HOST)",) $(call switch,KEEP,--keep)
+	$(PY) tests/harness/arm64.py $(if $(HOST),--host $(call arg,HOST),) $(call switch,KEEP,--keep)

@@ -56,8 +56,8 @@ def test_any_other_value_is_one_line_before_anything_runs(target, name, flag, ex
 
 
 def test_restore_replaces_the_live_databases_only_for_confirm_yes():
-    assert command("restore", HOST="pi5-gamma", CONFIRM="yes").endswith('restore "pi5-gamma" --confirm')
-    assert command("restore", HOST="pi5-gamma", DATABASE="app", CONFIRM="yes").endswith('--database "app" --confirm')
+    assert command("restore", HOST="pi5-gamma", CONFIRM="yes").endswith("restore 'pi5-gamma' --confirm")
+    assert command("restore", HOST="pi5-gamma", DATABASE="app", CONFIRM="yes").endswith("--database 'app' --confirm")
     assert "--confirm" not in command("restore", HOST="pi5-gamma")
     for value in ("1", "no", "YES", "yes yes"):
         out = make_n("restore", HOST="pi5-gamma", CONFIRM=value)
@@ -77,8 +77,18 @@ def test_spec_workers_is_a_whole_number(target, given, passed):
 
 
 def test_a_host_is_one_argument_even_when_empty():
-    assert command("backup").endswith('fleet backup ""')
-    assert command("restore", HOST="a b").split("restore ", 1)[1].startswith('"a b"')
+    assert command("backup").endswith("fleet backup ''")
+    assert command("restore", HOST="a b").split("restore ", 1)[1].startswith("'a b'")
+
+
+def test_quotes_and_backquotes_in_a_value_reach_the_command_as_text(tmp_path):
+    """Double quotes let `"`, a backquote or $$(...) in HOST end the argument or run a command."""
+    marker = tmp_path / "ran"
+    value = f"""pi5"x'y `touch {marker}`"""
+    run = subprocess.run(["make", "--no-print-directory", "backup", f"HOST={value}", "FLEET_TARGET=test"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert not marker.exists()
+    assert run.returncode != 0 and f"HOST={value} is not a host with backups" in run.stderr
 
 
 def test_phase_reads_spec_workers_without_a_traceback():
