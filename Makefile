@@ -28,7 +28,7 @@ workers = $(if $(or $(word 2,$(SPEC_WORKERS)),$(call digitless,$(SPEC_WORKERS)),
 	the specs in-process)),$(SPEC_WORKERS))
 
 # A value given on the command line (HOST, APP, NAME, ...) as one shell word, single-quoted:
-# a quote, $(...) or a backquote in it reaches the command as text, never as shell.
+# a quote or a backquote in it reaches the command as text, never as shell.
 arg = '$(subst ','\'',$($(1)))'
 
 .PHONY: help setup lock check plan converge verify llm-check backup restore backups rollback rebuild fleet-up fleet-down demo test unit faults bench docs phase1 phase2 phase3 phase4 vault-init vault-edit edge-plan edge-apply apikey tailnet-plan tailnet-apply test-arm64

@@ -67,7 +67,8 @@ PER_PAGE = 50
 MAX_PAGES = 1000  # a listing longer than this is a broken API, not an account
 PERMISSIONS = ("Zone:DNS:Edit, Zone:Zone WAF:Edit, Account:Cloudflare Tunnel:Edit, Workers Scripts:Read/Edit "
                "and Workers KV Storage:Read/Edit")
-# The rulesets this tool manages: data key -> (entry-point phase, what the plan calls it).
+
+
 class EdgeError(Exception):
     """Problems found before or while talking to Cloudflare; each says what to do."""
 
