@@ -52,6 +52,11 @@ print_lock = threading.Lock()
 # before injecting their next fault (CI once saw a recheck of pi5-gamma's specs, whose
 # pg-04 connects from pi5-alpha, start just as pi5-alpha's lane began rebooting it).
 broken: set[str] = set()
+# When each host's last fault ended: the dead man's switch and the probers report what their
+# last round saw, up to recheck_delay() old, so a fault that ended just before a host's specs
+# can still show in them (CI saw the droplet's dm-03 read pi0-epsilon's node exporter as
+# refused, from a round taken while daemon-masked had it stopped).
+ended: dict[str, float] = {}
 injected = [0]
 rechecks = [0]
 broken_lock = threading.Lock()
@@ -65,9 +70,19 @@ def recheck_delay() -> int:
     return 2 * max(data.get("healthcheck_interval_seconds", 60), data.get("deadman_interval_seconds", 60)) + 5
 
 
-def faults_elsewhere(host: str) -> tuple[frozenset, int]:
+def faults_elsewhere(host: str, window: float = 0.0) -> tuple[frozenset, int]:
+    """Other hosts with a fault in flight, or (window > 0) whose fault ended less than
+    `window` seconds ago; and the number of faults injected so far."""
+    now = time.monotonic()
     with broken_lock:
-        return frozenset(broken - {host}), injected[0]
+        recent = {h for h, t in ended.items() if now - t < window}
+        return frozenset((broken | recent) - {host}), injected[0]
+
+
+def fault_over(host: str) -> None:
+    with broken_lock:
+        broken.discard(host)
+        ended[host] = time.monotonic()
 
 
 def say(msg: str) -> None:
@@ -170,14 +185,13 @@ def run_scenario(s: Scenario) -> Result:
         if final["returncode"] != 0 or final["changed"]:
             raise AssertionError(f"the run after recovery changed {final['changed']} operation(s) "
                                  f"(rc {final['returncode']}): {changed_ops(final['output'])}")
-        with broken_lock:
-            broken.discard(s.host or "*")
+        fault_over(s.host or "*")
         hosts = s.spec_hosts if s.spec_hosts is not None else [s.host]
         if not hosts:
             result.specs = "n/a: no host touched"
         for host in hosts:
             rechecked = ""
-            before, count = faults_elsewhere(host)
+            before, count = faults_elsewhere(host, window=recheck_delay())
             run = specs(host)
             after, count_after = faults_elsewhere(host)
             if run.returncode != 0 and (before or after or count_after != count):
@@ -205,8 +219,7 @@ def run_scenario(s: Scenario) -> Result:
             s.check(s)
         result.ok = True
     except Exception as exc:  # noqa: BLE001 - a scenario's failure is reported in the table
-        with broken_lock:
-            broken.discard(s.host or "*")
+        fault_over(s.host or "*")
         result.why = f"{type(exc).__name__}: {exc}"
         say(f"[faults] {s.name}: FAILED: {result.why[:2000]}")
         say(traceback.format_exc(limit=3))
