@@ -33,10 +33,6 @@ from fleet.converge.vault import KdfParams, Vault, VaultError
 from fleet.preflight.inventory import extra_test_hosts, read_inventory_data, select_vault, target_from_env
 
 
-def _vault(phrase: str | None = None) -> Vault:
-    return Vault(keys.vault_path(), phrase if phrase is not None else keys.passphrase(), keys.key_cache())
-
-
 def _private_tempdir() -> str:
     base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     return tempfile.mkdtemp(prefix="fleet-vault-", dir=base)  # mode 0700
@@ -55,18 +51,18 @@ def cmd_init(args) -> int:
 
 
 def cmd_view(args) -> int:
-    print(json.dumps(_vault().load(), indent=2, sort_keys=True))
+    print(json.dumps(keys.vault().load(), indent=2, sort_keys=True))
     return 0
 
 
 def cmd_list(args) -> int:
-    for key in sorted(_vault().load()):
+    for key in sorted(keys.vault().load()):
         print(key)
     return 0
 
 
 def cmd_get(args) -> int:
-    data = _vault().load()
+    data = keys.vault().load()
     if args.key not in data:
         raise VaultError(f"no secret {args.key!r} in {keys.vault_path()}")
     sys.stdout.write(data[args.key])
@@ -76,7 +72,7 @@ def cmd_get(args) -> int:
 
 
 def cmd_set(args) -> int:
-    vault = _vault()
+    vault = keys.vault()
     data = vault.load()
     if args.generate:
         value = pysecrets.token_urlsafe(args.generate)
@@ -93,7 +89,7 @@ def cmd_set(args) -> int:
 
 
 def cmd_edit(args) -> int:
-    vault = _vault()
+    vault = keys.vault()
     data = vault.load()
     tmpdir = _private_tempdir()
     tmp = Path(tmpdir) / "vault.json"
@@ -125,7 +121,7 @@ def cmd_edit(args) -> int:
 
 
 def cmd_rekey(args) -> int:
-    vault = _vault()
+    vault = keys.vault()
     vault.load()  # the old passphrase must be right before anything else is asked
     new = keys.passphrase("new vault passphrase: ", confirm=True, env_prefix="FLEET_VAULT_NEW")
     vault.rekey(new)
@@ -136,7 +132,7 @@ def cmd_rekey(args) -> int:
 def cmd_hostkeys(args) -> int:
     # with the test fleet's extra hosts (FLEET_TEST_EXTRA_HOSTS), which need host keys too
     hosts, _ = extra_test_hosts(*read_inventory_data(keys.REPO / "inventory.py"), target_from_env())
-    vault = _vault()
+    vault = keys.vault()
     data = vault.load()
     missing = [h for h in hosts if keys.host_key_name(h) not in data]
     for host in missing:
