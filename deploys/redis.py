@@ -1,4 +1,4 @@
-"""Redis (database group): Debian's redis-server on 127.0.0.1 and the tailnet address only, an ACL user per client from data, AOF persistence and a memory cap sized for a Pi; its data directory is state the backups include.
+"""Redis (database group): Debian's redis-server on 127.0.0.1 and the tailnet address only, an ACL user per client from data, AOF persistence and a memory cap sized for a Pi; its data directory is state the backups include, and their hook (templates/redis/etc/fleet/backup.d/redis.j2) loads in each day's drill and puts back in a restore or rebuild.
 
 The whole redis.conf is the fleet's (Debian's unit reads it). Nothing is reachable without a
 password: the `default` user is off, protected mode is on. Each user's password is the vault
@@ -19,6 +19,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files
 
+from deploys.backup import HOOKS
 from fleet.converge.component import Component, Problem
 from fleet.converge.daemons import keep_running
 from fleet.converge.ops import validated_file
@@ -44,6 +45,8 @@ CONF = "/etc/redis/redis.conf"
 ACL = "/etc/redis/users.acl"
 DROPIN = "/etc/systemd/system/redis-server.service.d/fleet.conf"
 DATA = "/var/lib/redis"
+UNIT = "redis-server.service"
+HOOK = f"{HOOKS}/redis"
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}\Z")
 POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru",
             "volatile-lfu", "volatile-random", "volatile-ttl")
@@ -91,8 +94,15 @@ def redis():
     dropin = files.put(name="Install the redis-server drop-in", src=StringIO(render(
         "etc/systemd/system/redis-server.service.d/fleet.conf.j2", "redis", private_users=data.redis_private_users)),
         dest=DROPIN, user="root", group="root", mode="644", create_remote_dir=True)
-    keep_running("Redis", "redis-server.service", inputs=[CONF, ACL, DROPIN], why="for its new config",
+    keep_running("Redis", UNIT, inputs=[CONF, ACL, DROPIN], why="for its new config",
                  changed=(acl, conf, dropin), unit_files=True, service="redis")
+    # what brings the data back: the backups' drill loads each snapshot's copy, and a restore
+    # (the rebuild's included) puts it in place; without it a snapshot held Redis's files
+    # that nothing restored
+    files.put(name="Install the backup hook (drill, restore)", src=StringIO(render(
+        "etc/fleet/backup.d/redis.j2", "redis", data_dir=DATA, unit=UNIT).replace(
+        "# Managed", "#!/bin/bash\n# Managed", 1)), dest=HOOK,
+        user="root", group="root", mode="755", create_remote_dir=True)
 
 
 def state(name: str, data) -> list[str]:

@@ -94,3 +94,22 @@ def edge_env(cloudflare, **extra: str) -> dict:
     env.update(FLEET_TARGET="test", CLOUDFLARE_API_BASE_URL=cloudflare.url, CLOUDFLARE_API_TOKEN=cloudflare.token,
                NO_PROXY="127.0.0.1", **extra)
     return env
+
+
+def redis(name: str, *commands: list[str]) -> list[str]:
+    """Commands to host `name`'s Redis over the tailnet as its first data user, after AUTH (the specs'
+    client, tests/specs/test_redis.py: one connection, a 5 s timeout); each reply's first line."""
+    from deploys.redis import password_key
+    from fleet.converge.keys import secret
+    from fleet.preflight.inventory import read_inventory_data, select_vault
+    from fleet.preflight.model import build_fleet, load_group_data
+    from specs.test_redis import resp
+
+    select_vault(REPO, testfleet.load_inventory()[1], "test")
+    hosts, _ = read_inventory_data(REPO / "inventory.py")
+    model = build_fleet(hosts, *load_group_data(REPO / "group_data"))
+    user = next(iter(model.hosts[name].data["redis_users"]))
+    auth, *replies = resp(model.hosts[name].tailnet_address, model.services.port("redis"),
+                          ["AUTH", user, secret(password_key(user))], *commands)
+    assert auth == "+OK", auth
+    return replies

@@ -18,7 +18,7 @@ import pytest
 from deploys.postgres import paths
 from fleet.converge.paths import state_root
 from harness import testfleet
-from integration.conftest import docker_exec, main_pid, settle
+from integration.conftest import docker_exec, main_pid, redis, settle
 
 HOST = "pi5-gamma"
 REPO_HOST = "droplet-failover"
@@ -59,9 +59,12 @@ def test_restore_after_losing_the_data_directory():
     sql("drop table if exists notes; create table notes (id serial primary key, body text);"
         " insert into notes (body) select md5(g::text) from generate_series(1, 5000) g;"
         " alter table notes owner to api", db="blackroad")
+    assert redis(HOST, ["SET", "fleet:test:kept", "from-the-snapshot"], ["DEL", "fleet:test:later"]) == ["+OK", ":0"]
     made = fleet("backup", HOST)
     assert made.returncode == 0, made.stdout + made.stderr
     assert re.search(r"snapshot \w{8} saved", made.stdout)
+    # Redis's data after the snapshot: the restore puts the snapshot's back
+    assert redis(HOST, ["DEL", "fleet:test:kept"], ["SET", "fleet:test:later", "after"]) == [":1", "+OK"]
 
     sql("drop database blackroad with (force)")
     docker_exec(HOST, "systemctl", "stop", UNIT)
@@ -71,9 +74,30 @@ def test_restore_after_losing_the_data_directory():
     assert sql("select count(*) from notes", db="blackroad") == "5000"
     serving = re.search(r"serving restored data ([\d.]+) s after the restore started", restored.stdout)
     assert serving, restored.stdout
+    assert re.search(r"redis: live: serving the snapshot's data [\d.]+ s after", restored.stdout), restored.stdout
+    assert redis(HOST, ["GET", "fleet:test:kept"], ["EXISTS", "fleet:test:later"]) == ["from-the-snapshot", ":0"]
     report(f"restore --confirm after losing the data directory: 5000 rows back; "
-           f"serving {serving.group(1)} s after the restore started")
+           f"serving {serving.group(1)} s after the restore started; Redis back to the snapshot's keys")
     settle("converge-after-restore")
+
+
+def test_drill_loads_redis_from_the_snapshot():
+    """The daily drill restores the latest snapshot and has a throwaway redis-server (a unix
+    socket, no TCP port) load Redis's copy: a snapshot Redis could not load fails it."""
+    drill = docker_exec(HOST, "/usr/local/sbin/fleet-restore", "--drill", check=False)
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    loaded = re.search(r"redis: drill: the snapshot's data loads \((\d+) keys\)", drill.stdout)
+    assert loaded and int(loaded.group(1)) >= 1, drill.stdout  # fleet:test:kept at least
+    assert docker_exec(HOST, "sh", "-c", "ls -d /var/tmp/fleet-redis-drill.* 2>/dev/null", check=False).stdout == ""
+    # a snapshot whose append-only files Redis refuses: the drill fails and says so
+    broken = docker_exec(HOST, "bash", "-c", "set -e; d=$(mktemp -d); trap 'rm -rf $d' EXIT;"
+                         " mkdir -p $d/var/lib/redis/appendonlydir;"
+                         " printf 'file appendonly.aof.1.incr.aof seq 1 type i\\n' > $d/var/lib/redis/appendonlydir/appendonly.aof.manifest;"
+                         " printf '*3\\r\\n$3\\r\\nSET\\r\\nnot resp' > $d/var/lib/redis/appendonlydir/appendonly.aof.1.incr.aof;"
+                         " /etc/fleet/backup.d/redis drill $d", check=False)
+    assert broken.returncode != 0, broken.stdout
+    assert "redis-server would not load the snapshot's data" in broken.stderr, broken.stderr
+    report(f"drill: Redis loaded the latest snapshot's copy ({loaded.group(1)} keys); a damaged copy fails it")
 
 
 def test_failing_dump_makes_no_snapshot():

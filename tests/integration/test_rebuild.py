@@ -1,7 +1,7 @@
 """`make rebuild` on the test fleet: pi5-gamma has rows in PostgreSQL and a backup on the
 droplet; a rebuild of the healthy host is refused; its container is destroyed and a blank one
 "flashed" in its place (testfleet.reflash: the admin user and the operator's key, a new host key);
-`make rebuild HOST=pi5-gamma` brings it back; its specs pass and the rows are there.
+`make rebuild HOST=pi5-gamma` brings it back; its specs pass, and the rows and a Redis key are there.
 
 Tailscale's API is the fake on 127.0.0.1 (tests/fakes/tailscale_api.py) holding the dead
 node; Cloudflare's is the fake the phase items read. The output goes to
@@ -20,7 +20,7 @@ from fakes.tailscale_api import FakeTailscale
 from fleet.converge.paths import state_root
 from fleet.preflight.inventory import emulated_hosts
 from harness import testfleet
-from integration.conftest import REPO, docker_exec, edge_env, edge_fake, settle
+from integration.conftest import REPO, docker_exec, edge_env, edge_fake, redis, settle
 
 HOST = "pi5-gamma"
 REPORT = state_root(REPO) / "rebuild-report.txt"
@@ -64,6 +64,7 @@ def test_rebuild_refuses_a_healthy_host_then_brings_a_flashed_one_back(apis):
     sql(f"drop table if exists rebuild_rows; create table rebuild_rows (id serial primary key, body text);"
         f" insert into rebuild_rows (body) select md5(g::text) from generate_series(1, {ROWS}) g;"
         " alter table rebuild_rows owner to api")
+    assert redis(HOST, ["SET", "fleet:test:rebuild", "kept"]) == ["+OK"]
     made = fleet(env, "backup", HOST)
     assert made.returncode == 0, made.stdout + made.stderr
 
@@ -81,6 +82,7 @@ def test_rebuild_refuses_a_healthy_host_then_brings_a_flashed_one_back(apis):
     out = rebuilt.stdout + rebuilt.stderr
     assert rebuilt.returncode == 0, out[-5000:]
     assert sql("select count(*) from rebuild_rows") == str(ROWS)
+    assert redis(HOST, ["GET", "fleet:test:rebuild"]) == ["kept"]
     assert re.search(r"recovery time by step: check \d+s, tailnet \d+s, join \d+s, converge \d+s, "
                      r"restore \d+s, verify \d+s; total (\d+)s", out), out[-2000:]
     assert re.search(r"snapshot \w{8} of .*: the data is [\d.]+ min old", out)
@@ -91,5 +93,6 @@ def test_rebuild_refuses_a_healthy_host_then_brings_a_flashed_one_back(apis):
     limit = 3600 if HOST in emulated_hosts(testfleet.load_inventory()[0]) else 600
     assert total < limit, f"RTO {total}s, over the {limit // 60} minutes the test fleet must meet"
     with open(REPORT, "a") as report:
-        report.write(f"rows after the rebuild: {sql('select count(*) from rebuild_rows')} of {ROWS}\n")
+        report.write(f"rows after the rebuild: {sql('select count(*) from rebuild_rows')} of {ROWS};"
+                     f" the Redis key: {redis(HOST, ['GET', 'fleet:test:rebuild'])[0]!r}\n")
     settle("converge-after-rebuild")

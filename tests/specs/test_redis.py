@@ -107,3 +107,13 @@ def test_redis04_passwords_nowhere_on_the_host(fh):
     for user in fh.data["redis_users"]:
         password = secret(password_key(user))
         assert [w for w, t in texts.items() if password in t] == [], user
+
+
+def test_redis05_backup_hook(fh):
+    """redis-05: the backup hook that brings Redis's data back (the drill's load, a restore's
+    swap) is installed, root's and not writable by others, and answers its `dump` step."""
+    from deploys.redis import HOOK
+
+    hook = fh.host.file(HOOK)
+    assert (hook.user, hook.group, hook.mode) == ("root", "root", 0o755)
+    assert fh.host.run(HOOK + " dump").rc == 0
