@@ -196,8 +196,8 @@ def ollama():
     address = listen_address()
     files.put(
         name="Install the ollama CLI (pointed at the tailnet address)",
-        src=StringIO("#!/bin/sh\n" + render("usr/local/bin/ollama.j2", "ollama", binary=binary,
-                                             address=address)),
+        src=StringIO(render("usr/local/bin/ollama.j2", "ollama", interpreter="/bin/sh", binary=binary,
+                            address=address)),
         dest=CLI,
         user="root", group="root", mode="755",
     )

@@ -354,10 +354,9 @@ def postgres():
                          dest=p["hba"], user="postgres", group="postgres", mode="640",
                          validate=f"{CHECK} hba {data.postgres_version} {{path}}")
     files.put(name="Install the backup hook (dump, drill, restore)", src=StringIO(render(
-        "etc/fleet/backup.d/postgres.j2", "postgres", comment="#", version=data.postgres_version, dumps=DUMPS,
-        unit=p["unit"], data_dir=p["data"], side_port=services.port("postgres-side"),
-        drill_port=services.port("postgres-drill"), checks=drill_checks(data)).replace(
-        "# Managed", "#!/bin/bash\n# Managed", 1)), dest=HOOK,
+        "etc/fleet/backup.d/postgres.j2", "postgres", interpreter="/bin/bash", version=data.postgres_version,
+        dumps=DUMPS, unit=p["unit"], data_dir=p["data"], side_port=services.port("postgres-side"),
+        drill_port=services.port("postgres-drill"), checks=drill_checks(data))), dest=HOOK,
         user="root", group="root", mode="755", create_remote_dir=True)
     files.directory(name="Create the dump directory", path=DUMPS, user="postgres", group="postgres", mode="700")
     keep_running("PostgreSQL", p["unit"], inputs=[p["fleet_conf"], p["hba"]], why="for its new settings",

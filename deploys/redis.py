@@ -100,8 +100,7 @@ def redis():
     # (the rebuild's included) puts it in place; without it a snapshot held Redis's files
     # that nothing restored
     files.put(name="Install the backup hook (drill, restore)", src=StringIO(render(
-        "etc/fleet/backup.d/redis.j2", "redis", data_dir=DATA, unit=UNIT).replace(
-        "# Managed", "#!/bin/bash\n# Managed", 1)), dest=HOOK,
+        "etc/fleet/backup.d/redis.j2", "redis", interpreter="/bin/bash", data_dir=DATA, unit=UNIT)), dest=HOOK,
         user="root", group="root", mode="755", create_remote_dir=True)
 
 

@@ -91,10 +91,11 @@ def header(deploy: str, comment: str = "#") -> str:
     return f"{comment} Managed by the fleet's {deploy} deploy (deploys/{deploy}.py). Local edits are overwritten.\n"
 
 
-def render(template: str, deploy: str, comment: str = "#", **context) -> str:
-    """Render templates/<deploy>/<template> (its path mirrors the destination)."""
+def render(template: str, deploy: str, comment: str = "#", interpreter: str | None = None, **context) -> str:
+    """Render templates/<deploy>/<template> (its path mirrors the destination); a script's
+    `interpreter` (e.g. "/bin/bash") goes on the first line, before the header."""
     body = _env.get_template(f"{deploy}/{template}").render(**context)
-    return header(deploy, comment) + body
+    return (f"#!{interpreter}\n" if interpreter else "") + header(deploy, comment) + body
 
 
 def source(deploy: str, path: str) -> str:

@@ -76,3 +76,13 @@ def test_a_cache_that_cannot_be_written_is_not_kept(tmp_path):
     env = _env_with_cache(tmp_path, blocked / "cache")
     assert env.get_template("page.j2").render(x="ok") == "ok"
     assert env.bytecode_cache.writable is False
+
+
+def test_a_script_gets_its_interpreter_before_the_header():
+    from deploys.redis import DATA, UNIT
+
+    text = render("etc/fleet/backup.d/redis.j2", "redis", interpreter="/bin/bash", data_dir=DATA, unit=UNIT)
+    first, second = text.splitlines()[:2]
+    assert first == "#!/bin/bash"
+    assert second.startswith("# Managed by the fleet's redis deploy (deploys/redis.py)")
+    assert render("etc/fleet/backup.d/redis.j2", "redis", data_dir=DATA, unit=UNIT).startswith("# Managed")
