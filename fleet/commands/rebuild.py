@@ -214,8 +214,15 @@ def run(args) -> int:
             say("  - no device of that name in the tailnet")
 
     with steps.step("join", "first contact over the LAN: base and tailscale"):
-        pyinfra(repo, name, FLEET_CONNECT="lan", FLEET_BOOTSTRAP=name, FLEET_COMPONENTS="base,tailscale")
         lan_entries, _ = load(repo, FLEET_CONNECT="lan")
+        if subprocess.run([*ssh_command(lan_entries[name]), "true"], capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=30).returncode == 0:
+            # a rebuild run before this one got this far: the card holds its vault key, which
+            # known_hosts checks; the first contact's trust is for a card that does not
+            say(f"  - {name} answers on the LAN with its vault host key already (an earlier rebuild joined it)")
+            pyinfra(repo, name, FLEET_CONNECT="lan", FLEET_COMPONENTS="base,tailscale")
+        else:
+            pyinfra(repo, name, FLEET_CONNECT="lan", FLEET_BOOTSTRAP=name, FLEET_COMPONENTS="base,tailscale")
         status = remote(lan_entries[name], "tailscale status --json --peers=false")
         try:
             me = json.loads(status.stdout)["Self"]

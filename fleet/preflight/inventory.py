@@ -295,6 +295,8 @@ def prepare(hosts: dict, test_fleet: dict, inventory_file: str, target: str | No
     except validation.InventoryError as exc:
         raise FleetConfigError(str(exc)) from None
     write_known_hosts(fleet, state_dir(repo, target))
+    if target == "fleet":
+        forget_first_contacts(fleet, bootstrap_hosts(entries), state_dir(repo, target))
     return entries, fleet
 
 
@@ -342,6 +344,23 @@ def write_known_hosts(fleet: Fleet, directory: Path) -> None:
     text = "".join(f"{line}\n" for line in lines)
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
+
+
+def forget_first_contacts(fleet: Fleet, bootstrap: set[str], directory: Path) -> None:
+    """A real host named in FLEET_BOOTSTRAP is met as a new card: what bootstrap_known_hosts
+    kept for its addresses from an earlier first contact (the card before, or this one before
+    its vault key went on, as in a rebuild run again) would refuse it, since accept-new
+    trusts only an address it holds no key for. ssh-keygen -R drops those lines, hashed ones
+    too (the test fleet's file holds the keys recorded at flash time instead, and is kept)."""
+    path = directory / "bootstrap_known_hosts"
+    if not bootstrap or not path.exists():
+        return
+    for name in sorted(bootstrap):
+        h = fleet.hosts[name]
+        for address in (h.lan_address, h.tailnet_address):
+            if address:
+                subprocess.run(["ssh-keygen", "-R", str(address).split("/")[0], "-f", str(path)],
+                               capture_output=True, timeout=30)
 
 
 def pyinfra_groups(hosts: dict, test_fleet: dict, inventory_file: str) -> dict[str, Any]:

@@ -209,3 +209,31 @@ def test_extra_test_hosts_are_copies_of_a_host_on_their_own_addresses(fake_repo,
     groups = pyinfra_groups(hosts, test_fleet, str(fake_repo / "inventory.py"))
     assert sorted(n for n, _ in groups["healthcheck"]) == ["@fleet/pi0-epsilon", "@fleet/pi0-epsilon-x1",
                                                           "@fleet/pi0-epsilon-x2"]
+
+
+def test_a_bootstrap_hosts_earlier_first_contact_is_forgotten_on_the_real_fleet(tmp_path):
+    """bootstrap_known_hosts keeps the key of a card's first contact; the next card at that
+    address (or the same card, its vault key on, in a rebuild run again) would be refused
+    as a changed key. For the hosts named in FLEET_BOOTSTRAP, their addresses' lines go,
+    hashed ones too; every other host's stay."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from fleet.preflight.inventory import forget_first_contacts
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0bHf8q0k1Xq3bq9Yk9mO2W7cQ1c1zv8y3Jt9m2rYQx"
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKc9v4o3x3n1uV3kq1q7cU4d6x2aB5mQ9c8Yt1r2s3t4"
+    path = tmp_path / "bootstrap_known_hosts"
+    path.write_text(f"192.168.1.13 {key}\n100.64.0.3 {key}\n192.168.1.11 {other}\n")
+    hashed = tmp_path / "hashed"
+    hashed.write_text(f"192.168.1.13 {key}\n")
+    subprocess.run(["ssh-keygen", "-H", "-f", str(hashed)], check=True, capture_output=True)
+    path.write_text(path.read_text() + hashed.read_text())
+    assert path.read_text().count("|1|") == 1
+    fleet = SimpleNamespace(hosts={
+        "pi5-gamma": SimpleNamespace(lan_address="192.168.1.13", tailnet_address="100.64.0.3"),
+        "pi5-alpha": SimpleNamespace(lan_address="192.168.1.11", tailnet_address="100.64.0.1")})
+    forget_first_contacts(fleet, {"pi5-gamma"}, tmp_path)
+    assert path.read_text().splitlines() == [f"192.168.1.11 {other}"]
+    forget_first_contacts(fleet, set(), tmp_path)  # nobody bootstrapped: nothing changes
+    assert path.read_text().splitlines() == [f"192.168.1.11 {other}"]
