@@ -48,7 +48,18 @@ PASSWORD = f"{ETC}/restic.password"
 KEY = f"{ETC}/id_ed25519"
 KNOWN_HOSTS = f"{ETC}/known_hosts"
 PATHS = f"{ETC}/paths"
-LAST_PATHS = "/var/lib/fleet/backup/last-paths"  # what the last successful snapshot covered
+RECORDS = "/var/lib/fleet/backup"
+LAST_PATHS = f"{RECORDS}/last-paths"  # what the last successful snapshot covered
+# "This host's data has not been restored since it was rebuilt (or found wiped)": written by
+# the rebuild before its converge, and by a converge that finds the repository holding
+# snapshots this host has no record of making; removed by a full live restore (fleet-restore).
+# While it exists fleet-backup takes no snapshot, whether the timer or a person starts it: a
+# snapshot of the empty state would become the latest, the one a plain restore takes.
+RESTORE_PENDING = f"{RECORDS}/restore-pending"
+# "The data was restored and has not been snapshotted since": written by a full live restore,
+# removed by the next snapshot, which also writes the host's record of a backup. A host with it
+# and no record is not taken for a rebuilt one: its data is back, and the timer snapshots it.
+RESTORED = f"{RECORDS}/restored"
 HOOKS = "/etc/fleet/backup.d"
 BIN = "/usr/local/sbin"
 SCRIPTS = ("fleet-restic", "fleet-backup", "fleet-restore")
@@ -104,21 +115,28 @@ class BackupStatus(FactBase):
                 f" elif printf '%s' \"$out\" | grep -q 'Is there a repository at the following location'; then"
                 f" echo repository=missing; else echo \"repository=error: $(printf '%s' \"$out\" | grep -v '^$' | tail -n 1)\"; fi;"
                 f" cmp -s {PATHS} {LAST_PATHS} || echo paths=changed;"
+                f" if [ -e {RESTORE_PENDING} ]; then echo restore=pending; fi;"
+                f" if [ -e {RESTORED} ]; then echo restore=done; fi;"
                 f" for m in {LAST_BACKUP} {LAST_DRILL}; do"
                 f" grep -h \"^$m \" {q(textfile_dir)}/fleet_backup.prom {q(textfile_dir)}/fleet_restore_drill.prom 2>/dev/null; done;"
-                # no record here of a snapshot, but a repository: does it hold this host's
-                # snapshots already (a rebuilt or wiped host)?
-                f" if ! grep -qs '^{LAST_BACKUP} ' {q(textfile_dir)}/fleet_backup.prom"
+                # no record here of a snapshot or a restore (or a restore pending), but a
+                # repository: does it hold this host's snapshots already (a rebuilt or wiped host)?
+                f" if {{ {{ ! grep -qs '^{LAST_BACKUP} ' {q(textfile_dir)}/fleet_backup.prom && [ ! -e {RESTORED} ]; }}"
+                f" || [ -e {RESTORE_PENDING} ]; }}"
                 f" && {BIN}/fleet-restic --no-lock cat config >/dev/null 2>&1; then"
                 f" echo \"snapshots=$({BIN}/fleet-restic --no-lock snapshots --json --host \"$(. {ETC}/env; echo $FLEET_BACKUP_HOST)\""
                 f" 2>/dev/null | grep -o '\"short_id\"' | wc -l)\"; fi; true")
 
     def process(self, output):
         found = {"repository": "error: no answer", LAST_BACKUP: None, LAST_DRILL: None, "paths_changed": False,
-                 "snapshots": 0}
+                 "snapshots": 0, "restore_pending": False, "restored": False}
         for line in output:
             if line == "paths=changed":
                 found["paths_changed"] = True
+            elif line == "restore=pending":
+                found["restore_pending"] = True
+            elif line == "restore=done":
+                found["restored"] = True
             elif line.startswith("snapshots="):
                 found["snapshots"] = int(line.split("=", 1)[1] or 0)
             elif line.startswith("repository="):
@@ -143,23 +161,35 @@ def repository_ready(textfile_dir: str):
                              "Fix: check the repository host is converged and reachable, and that "
                              f"{password_key(host.name)} in the vault is the password the repository was made with.")
     commands = []
+    done = "the repository answers; a backup of the declared state and a drill have succeeded"
     if status["repository"] == "missing":
         commands.append(f"{BIN}/fleet-restic init")
     rebuilt = status[LAST_BACKUP] is None and status["snapshots"] > 0
-    if rebuilt:
+    if status["restore_pending"] and not status["snapshots"]:
+        # a rebuild's mark, but the repository holds nothing of this host (it went with the
+        # repository host): there is nothing to wait for, and the first snapshot is due
+        commands += [f"rm -f {RESTORE_PENDING}", "systemctl start fleet-backup.service"]
+    elif status["restore_pending"] or rebuilt:
         # The repository holds this host's snapshots but the host has no record of making
         # one: it was rebuilt (or wiped). A snapshot now would make its empty state the
-        # latest, the one a plain restore takes; so none is taken until the data is back.
+        # latest, the one a plain restore takes; so none is taken until the data is back,
+        # by this run or by the backup timer (the mark is on the host, fleet-backup reads it).
         logger.warning(f"{host.name}: the backup repository holds {status['snapshots']} snapshot(s) of this host, "
-                       "which has no record of making them (rebuilt?): no snapshot is taken now. Restore first: "
-                       f"make restore HOST={host.name} CONFIRM=yes")
+                       "whose data has not been restored since (rebuilt?): no snapshot is taken until it is. "
+                       f"Fix: make rebuild HOST={host.name} (or make restore HOST={host.name} CONFIRM=yes); to "
+                       f"start afresh without that data instead, remove {RESTORE_PENDING} on the host")
+        if not status["restore_pending"]:
+            commands.append(f"install -d -m 755 {RECORDS} && touch {RESTORE_PENDING}")
+    elif status[LAST_BACKUP] is None and status["restored"]:
+        # restored since the card was new: the data is back, and the timer's next run snapshots it
+        done = "the repository answers; the data was restored from a snapshot, and the backup timer takes the next"
     elif status[LAST_BACKUP] is None or status["paths_changed"]:
         # never backed up, or the last snapshot predates state a component now declares
         commands.append("systemctl start fleet-backup.service")
     if status[LAST_DRILL] is None:
         commands.append("systemctl start fleet-restore-drill.service")
     if not commands:
-        host.noop("the repository answers; a backup of the declared state and a drill have succeeded")
+        host.noop(done)
         return
     for command in commands:
         yield StringCommand(command)
@@ -184,7 +214,8 @@ def backup():
     files.put(name="Install the backup environment", src=StringIO(render(
         "etc/fleet/backup/env.j2", "backup", repository=f"rclone:{repo_host}:",
         program=restic_program(name, data, services), password_file=PASSWORD, host=name,
-        textfile_dir=data.node_exporter_textfile_dir, hooks=HOOKS, paths=PATHS)), dest=ENV,
+        textfile_dir=data.node_exporter_textfile_dir, hooks=HOOKS, paths=PATHS, last_paths=LAST_PATHS,
+        restore_pending=RESTORE_PENDING, restored=RESTORED)), dest=ENV,
         user="root", group="root", mode="600")
     state = registry.state_paths(name, host.groups, data)
     files.put(name="Install the list of state to back up", src=StringIO("".join(f"{p}\n" for p in state)),

@@ -5,17 +5,20 @@ The host is as Raspberry Pi Imager's first boot leaves it: the admin user and th
 key. The steps, each timed (the summary splits the recovery time by step):
 
   check     a host that answers with its vault host key AND passes its specs is healthy: the
-            rebuild refuses it unless --force (a rebuild never clobbers a healthy host's data)
+            rebuild refuses it unless --force (a rebuild never clobbers a healthy host's data);
+            a host still marked by a rebuild that stopped before its restore is not healthy
   tailnet   the dead node is deleted through Tailscale's API (devices named like the host),
             so the new node joins under the same name, never as <name>-1
   join      first contact over the LAN (FLEET_CONNECT=lan, FLEET_BOOTSTRAP=HOST: the key the
             host first shows is trusted, then the base deploy puts its vault host key back,
             so known_hosts stays valid), base and tailscale; the node's name is checked, and its
-            tailnet address is pinned to the inventory's through the API when it differs
+            tailnet address is pinned to the inventory's through the API when it differs;
+            a host with backups is marked "restore pending" (deploys/backup.py, RESTORE_PENDING)
   converge  the full converge of the host, over the tailnet
-  restore   on a host with backups: its latest snapshot (the converge takes none over a
-            repository that holds the host's snapshots; deploys/backup.py), restored into the
-            live cluster; the snapshot's time is printed as the data's age
+  restore   on a host with backups: its latest snapshot (while the mark is there, neither the
+            converge nor the backup timer takes a snapshot; deploys/backup.py), restored into
+            the live cluster, which removes the mark; the snapshot's time is printed as the
+            data's age
   verify    the host's specs, and the setup checklist's items that concern it (check only)
 
 Why re-join instead of restoring the node's state: the node key is the host's tailnet
@@ -44,6 +47,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from deploys.backup import RECORDS, RESTORE_PENDING
 from fleet.commands import cli
 from fleet.commands.backup import parse_time
 from fleet.commands.llm_check import ssh_command
@@ -115,12 +119,15 @@ def specs(repo: Path, name: str) -> tuple[bool, str]:
 
 # --- step 1: is it healthy? ------------------------------------------------------------------
 
-def healthy(repo: Path, entry: dict, name: str) -> tuple[bool, str]:
+def healthy(repo: Path, entry: dict, name: str, backed_up: bool) -> tuple[bool, str]:
     probe = subprocess.run([*ssh_command(entry), "true"], capture_output=True, text=True,
                            stdin=subprocess.DEVNULL, timeout=30)
     if probe.returncode != 0:
         reason = (probe.stderr.strip().splitlines() or ["no answer"])[-1]
         return False, f"does not answer with its vault host key ({reason})"
+    if backed_up and remote(entry, f"test -e {RESTORE_PENDING}", timeout=30).returncode == 0:
+        # a rebuild that stopped after its converge: the host is up, its data is not back
+        return False, f"answers with its vault host key, but its data was not restored after a rebuild ({RESTORE_PENDING})"
     ok, line = specs(repo, name)
     return ok, f"answers with its vault host key; specs: {line}"
 
@@ -197,7 +204,7 @@ def run(args) -> int:
     restored = "nothing (the host declares no state)"
 
     with steps.step("check", "is it healthy (vault host key, specs)?"):
-        ok, why = healthy(repo, entries[name], name)
+        ok, why = healthy(repo, entries[name], name, host.runs("backup"))
         say(f"  - {name} {why}")
     if ok and not args.force:
         raise Refused(f"refused: {name} {why}: it is healthy, and a rebuild would replace it and its data. "
@@ -241,6 +248,13 @@ def run(args) -> int:
                 api.pin(device["id"], host.tailnet_address)
             say(f"  - pinned {want}'s address to {host.tailnet_address} (it joined as {address})")
         say(f"  - joined as {joined_as} ({host.tailnet_address})")
+        if host.runs("backup"):
+            # before the converge installs the backup timer: no snapshot of the empty state
+            # until the restore below has put the data back (it removes the mark); a rebuild
+            # stopped in between is not taken for a healthy host by the next one
+            marked = remote(lan_entries[name], f"install -d -m 755 {RECORDS} && touch {RESTORE_PENDING}")
+            if marked.returncode:
+                raise RebuildError(f"{name}: could not mark its restore as pending: {marked.stderr.strip()[-200:]}")
 
     with steps.step("converge", "the full converge of the host, over the tailnet"):
         pyinfra(repo, name)

@@ -184,8 +184,10 @@ def test_backup_peak_memory_for_a_100mb_database():
 
 def test_a_host_without_its_record_takes_no_snapshot_over_its_repository():
     """A rebuilt host (no record of ever making a snapshot, a repository that holds its
-    snapshots) must not make its empty state the latest snapshot at converge: a plain
-    `make restore` takes the latest."""
+    snapshots) must not make its empty state the latest snapshot, at converge or later from
+    its backup timer: a plain `make restore` takes the latest. The converge marks the host
+    (RESTORE_PENDING), and fleet-backup refuses while the mark is there."""
+    from deploys.backup import RESTORE_PENDING
     from deploys.node_exporter import DEFAULTS
 
     prom = f"{DEFAULTS['node_exporter_textfile_dir']}/fleet_backup.prom"
@@ -197,8 +199,21 @@ def test_a_host_without_its_record_takes_no_snapshot_over_its_repository():
         run = testfleet.converge(["--limit", HOST], log_name="converge-rebuilt-backup",
                                  env={"FLEET_COMPONENTS": "backup"})
         assert run["returncode"] == 0, run["output"][-3000:]
-        assert "no record of making them (rebuilt?): no snapshot is taken now" in run["output"]
+        assert "whose data has not been restored since (rebuilt?): no snapshot is taken until it is" in run["output"]
+        assert docker_exec(HOST, "test", "-e", RESTORE_PENDING, check=False).returncode == 0
+        # what the hourly timer starts, and `make backup`: refused, and the unit says why
+        refused = fleet("backup", HOST)
+        assert refused.returncode != 0
+        journal = docker_exec(HOST, "journalctl", "-u", "fleet-backup.service", "-n", "20", "--no-pager", "-o", "cat").stdout
+        assert "data has not been restored since it was rebuilt" in journal, journal
         assert snapshot_ids() == before
+        again = testfleet.converge(["--limit", HOST], log_name="converge-rebuilt-backup-again",
+                                   env={"FLEET_COMPONENTS": "backup"})
+        assert again["returncode"] == 0 and again["changed"] == 0, again["output"][-3000:]
+        report(f"a host with no record of its {len(before)} snapshots: marked at converge, fleet-backup refused, "
+               "snapshots unchanged")
     finally:
         subprocess.run(["docker", "exec", "-i", HOST, "sh", "-c", f"cat > {prom}"], input=saved, text=True, check=True)
+        docker_exec(HOST, "rm", "-f", RESTORE_PENDING)  # the documented "start afresh" (the data never went)
+        docker_exec(HOST, "systemctl", "reset-failed", "fleet-backup.service", check=False)
     settle("converge-after-rebuilt-backup")

@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from deploys.backup import RESTORE_PENDING
 from fakes.tailscale_api import FakeTailscale
 from fleet.converge.paths import state_root
 from fleet.preflight.inventory import emulated_hosts
@@ -92,7 +93,31 @@ def test_rebuild_refuses_a_healthy_host_then_brings_a_flashed_one_back(apis):
     # slower, so the bound there is the hour that step is given
     limit = 3600 if HOST in emulated_hosts(testfleet.load_inventory()[0]) else 600
     assert total < limit, f"RTO {total}s, over the {limit // 60} minutes the test fleet must meet"
+    assert docker_exec(HOST, "test", "-e", RESTORE_PENDING, check=False).returncode != 0  # the restore removed it
     with open(REPORT, "a") as report:
         report.write(f"rows after the rebuild: {sql('select count(*) from rebuild_rows')} of {ROWS};"
                      f" the Redis key: {redis(HOST, ['GET', 'fleet:test:rebuild'])[0]!r}\n")
     settle("converge-after-rebuild")
+
+
+def test_a_rebuild_stopped_before_its_restore_is_finished_by_the_next(apis):
+    """A rebuild killed after its converge leaves a host that answers and passes its specs,
+    with its data not back: the join's mark (RESTORE_PENDING) says so. While it is there the
+    backup timer takes no snapshot (the empty state would become the latest), and a plain
+    `make rebuild` again is not refused as healthy: it goes on and restores."""
+    tailscale, env = apis
+    docker_exec(HOST, "touch", RESTORE_PENDING)  # where the killed run left the host
+    refused = fleet(env, "backup", HOST)
+    assert refused.returncode != 0, refused.stdout + refused.stderr
+    docker_exec(HOST, "systemctl", "reset-failed", "fleet-backup.service", check=False)
+    again = fleet(env, "rebuild", HOST)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-5000:]
+    assert "its data was not restored after a rebuild" in out, out[-3000:]
+    assert "data is back; its backups run again" in out, out[-3000:]
+    assert docker_exec(HOST, "test", "-e", RESTORE_PENDING, check=False).returncode != 0
+    assert sql("select count(*) from rebuild_rows") == str(ROWS)
+    assert redis(HOST, ["GET", "fleet:test:rebuild"]) == ["kept"]
+    made = fleet(env, "backup", HOST)  # snapshots again
+    assert made.returncode == 0, made.stdout + made.stderr
+    settle("converge-after-second-rebuild")

@@ -1,7 +1,7 @@
 """Backups: which hosts are backed up (the ones whose components declare state), the one
 repository host, its forced-command keys, and the rules."""
 
-from deploys.backup import LAST_BACKUP, BackupStatus, repository_hosts, restic_program
+from deploys.backup import LAST_BACKUP, RESTORE_PENDING, RESTORED, BackupStatus, repository_hosts, restic_program
 from deploys.backup_repository import authorized_keys, backed_up_hosts
 from fleet.converge import component as registry
 from fleet.converge.keys import new_host_key
@@ -51,7 +51,47 @@ def test_schedules_are_one_line_and_retention_is_a_policy(data):
 
 def test_the_status_counts_the_repositorys_snapshots_only_without_a_local_record():
     command = BackupStatus().command("/t")
-    # the probe runs only when the host has no record of a snapshot and the repository opens
-    assert f"if ! grep -qs '^{LAST_BACKUP} ' /t/fleet_backup.prom && " in command
+    # the probe runs only when the host has no record of a snapshot (or a restore is pending)
+    # and the repository opens
+    assert (f"if {{ {{ ! grep -qs '^{LAST_BACKUP} ' /t/fleet_backup.prom && [ ! -e {RESTORED} ]; }}"
+            f" || [ -e {RESTORE_PENDING} ]; }} && " in command)
     assert BackupStatus().process(["repository=yes", "snapshots=3"])["snapshots"] == 3
     assert BackupStatus().process(["repository=yes", f"{LAST_BACKUP} 1700000000"])["snapshots"] == 0
+
+
+def test_the_status_reads_the_rebuilds_mark_and_the_restores_record():
+    command = BackupStatus().command("/t")
+    assert f"if [ -e {RESTORE_PENDING} ]; then echo restore=pending; fi" in command
+    assert f"if [ -e {RESTORED} ]; then echo restore=done; fi" in command
+    found = BackupStatus().process(["repository=yes", "restore=pending", "snapshots=2"])
+    assert (found["restore_pending"], found["restored"], found["snapshots"]) == (True, False, 2)
+    found = BackupStatus().process(["repository=yes", "restore=done"])
+    assert (found["restore_pending"], found["restored"]) == (False, True)
+    assert BackupStatus().process(["repository=yes", f"{LAST_BACKUP} 1700000000"])["restore_pending"] is False
+
+
+def test_the_backup_script_refuses_while_a_restore_is_pending(tmp_path):
+    """fleet-backup, run with an env whose mark exists, stops before any hook or restic runs
+    (the timer's run as well as `make backup`), naming the fix; without the mark it goes on."""
+    import subprocess
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[2] / "templates/backup/usr/local/sbin/fleet-backup").read_text()
+    env = tmp_path / "env"
+    mark, hooks = tmp_path / "restore-pending", tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "probe").write_text(f"#!/bin/sh\ntouch {tmp_path}/hook-ran\nexit 1\n")
+    (hooks / "probe").chmod(0o755)
+    env.write_text(f"FLEET_BACKUP_HOST=pi5-gamma\nFLEET_RESTORE_PENDING={mark}\nFLEET_BACKUP_HOOKS={hooks}\n"
+                   f"FLEET_TEXTFILE_DIR={tmp_path}\nFLEET_BACKUP_PATHS={tmp_path}/paths\n")
+    runnable = tmp_path / "fleet-backup"
+    runnable.write_text(script.replace("/etc/fleet/backup/env", str(env)))
+    mark.touch()
+    run = subprocess.run(["bash", str(runnable)], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1
+    assert "pi5-gamma's data has not been restored since it was rebuilt" in run.stderr
+    assert "Fix: make rebuild HOST=pi5-gamma" in run.stderr and str(mark) in run.stderr
+    assert not (tmp_path / "hook-ran").exists()
+    mark.unlink()
+    run = subprocess.run(["bash", str(runnable)], capture_output=True, text=True, timeout=30)
+    assert (tmp_path / "hook-ran").exists()  # past the mark's check: the first hook's dump ran
