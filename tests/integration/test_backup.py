@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -217,3 +218,32 @@ def test_a_host_without_its_record_takes_no_snapshot_over_its_repository():
         docker_exec(HOST, "rm", "-f", RESTORE_PENDING)  # the documented "start afresh" (the data never went)
         docker_exec(HOST, "systemctl", "reset-failed", "fleet-backup.service", check=False)
     settle("converge-after-rebuilt-backup")
+
+
+def test_a_killed_runs_lock_is_removed_by_the_next_backup():
+    """A restic run on the host SIGKILLed mid-way (a power cut) leaves its lock in the
+    repository; restic 0.14 keeps it, and the repository host's prune and check, which need
+    the repository to themselves, would be refused for as long as it stays. The next backup
+    removes it (restic unlock: stale locks only), and the prune runs."""
+    held = "sleep 60 | /usr/local/sbin/fleet-restic backup --stdin --stdin-filename held > /dev/null 2>&1"
+    docker_exec(HOST, "bash", "-c", f"setsid bash -c {shlex.quote(held)} < /dev/null > /dev/null 2>&1 &")
+
+    def locks() -> list[str]:
+        return docker_exec(HOST, "/usr/local/sbin/fleet-restic", "--no-lock", "list", "locks").stdout.split()
+
+    for _ in range(40):  # bounded: 40 tries, a quarter second apart
+        if locks():
+            break
+        time.sleep(0.25)
+    assert locks(), "the held backup never took its lock"
+    docker_exec(HOST, "pkill", "-KILL", "-x", "restic")
+    docker_exec(HOST, "pkill", "-x", "sleep", check=False)
+    stale = locks()
+    assert stale, "the killed run's lock should still be there"
+    made = fleet("backup", HOST)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert not set(stale) & set(locks())
+    pruned = docker_exec(REPO_HOST, "systemctl", "start", "fleet-backup-prune.service", check=False)
+    assert pruned.returncode == 0, docker_exec(REPO_HOST, "journalctl", "-u", "fleet-backup-prune.service", "-n", "20",
+                                               "--no-pager", "-o", "cat").stdout
+    report(f"a restic run killed mid-way: its lock ({len(stale)}) removed by the next backup; the prune ran")
