@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -22,11 +23,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from deploys.postgres import NAME as DATABASE_NAME
+from fleet.commands import cli
 from fleet.commands.llm_check import ssh_command
 from fleet.converge.vault import VaultError
 from fleet.preflight.inventory import FleetConfigError, prepare, read_inventory_data
 
 REPO = Path(__file__).resolve().parents[2]
+# what restic prints as a snapshot's ID (its 8-character short form, or the whole 64), or latest
+SNAPSHOT = re.compile(r"^(latest|[0-9a-f]{8,64})\Z")
 
 
 class BackupCommandError(Exception):
@@ -83,7 +88,19 @@ def cmd_backup(args) -> int:
     return 0
 
 
+def restore_arguments(args) -> None:
+    """--snapshot and --database checked before any host is touched (the host's fleet-restore
+    checks them against the snapshot itself)."""
+    if args.snapshot is not None and not SNAPSHOT.match(args.snapshot):
+        raise FleetConfigError(f"SNAPSHOT={args.snapshot!r} is not a snapshot ID. Fix: use an ID from "
+                               "`make backups` or restic (8 to 64 hex digits), or leave it out for the latest.")
+    if args.database is not None and not DATABASE_NAME.match(args.database):
+        raise FleetConfigError(f"DATABASE={args.database!r} is not a PostgreSQL database name. Fix: name one of "
+                               "the host's databases (postgres_databases in group_data), or leave it out for all.")
+
+
 def cmd_restore(args) -> int:
+    restore_arguments(args)
     entries, fleet = load()
     name = pick(fleet, args.host)
     argv = ["fleet-restore"]
@@ -169,7 +186,7 @@ def duration(seconds: float) -> str:
 
 def main(argv: list[str]) -> int:
     """argv: the command (backup, restore, backups), then its arguments."""
-    parser = argparse.ArgumentParser(prog="python -m fleet", description=__doc__.splitlines()[0])
+    parser = cli.Parser(prog="python -m fleet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     one = sub.add_parser("backup", help="one backup now")
     one.add_argument("host")
@@ -179,7 +196,9 @@ def main(argv: list[str]) -> int:
     restore.add_argument("--database", help="only this database")
     restore.add_argument("--confirm", action="store_true", help="replace the LIVE databases")
     sub.add_parser("backups", help="snapshots per host")
-    args = parser.parse_args(argv)
+    args = cli.parse(parser, argv)  # an int: argparse's exit code (--help 0, bad usage 2)
+    if isinstance(args, int):
+        return args
     try:
         return {"backup": cmd_backup, "restore": cmd_restore, "backups": cmd_backups}[args.command](args)
     except (FleetConfigError, VaultError, BackupCommandError) as exc:

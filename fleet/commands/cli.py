@@ -37,11 +37,21 @@ def load_data(repo: Path) -> Fleet:
     return fleet
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, but bad usage is one line on stderr, naming what is wrong and where
+    the right usage is, then exit 2 (argparse prints its whole usage block first). Its
+    subcommands' parsers are of this class too (argparse makes them of the parent's class)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: {message}. Fix: see `{self.prog} --help`.", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def commands(prog: str, doc: str, repo: Path):
     """A parser whose description is the command's docstring, with the hidden --repo option
     (tests point it at another inventory), and its subcommands' group."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    parser = Parser(prog=prog, description=doc.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     parser.add_argument("--repo", default=str(repo), help=argparse.SUPPRESS)
     return parser, parser.add_subparsers(dest="command", required=True)
 

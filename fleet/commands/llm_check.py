@@ -27,6 +27,7 @@ from pathlib import Path
 from deploys.llm import ENGINES
 from deploys.vllm import API_KEY
 from fleet import probe_llm
+from fleet.commands import cli
 from fleet.converge import keys
 from fleet.converge.services import Endpoint, Unreachable
 from fleet.converge.vault import VaultError
@@ -142,7 +143,7 @@ def check_host(name: str, entries: dict, data: dict, endpoint: Endpoint, *, via:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fleet llm-check", description=__doc__.splitlines()[0])
+    parser = cli.Parser(prog="python -m fleet llm-check", description=__doc__.splitlines()[0])
     parser.add_argument("host", nargs="?", help="the llm host (default: the only host running llm)")
     parser.add_argument("--via", help="send the request from this host (SSH forward)")
     parser.add_argument("--model", help="model name (default: from data)")
@@ -151,7 +152,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--prompt", default="Reply with one short greeting.")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds for the reply")
-    args = parser.parse_args(argv)
+    args = cli.parse(parser, argv)  # an int: argparse's exit code (--help 0, bad usage 2)
+    if isinstance(args, int):
+        return args
 
     try:
         hosts, test_fleet = read_inventory_data(REPO / "inventory.py")

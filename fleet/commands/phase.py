@@ -281,8 +281,8 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fleet phase", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = cli.Parser(prog="python -m fleet phase", description=__doc__.split("\n\n")[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("phase", type=int, help="1-4")
     parser.add_argument("--limit", help="hosts and/or groups, comma-separated (default: every host)")
     parser.add_argument("--check-only", action="store_true", help="verify without converging")

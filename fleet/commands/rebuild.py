@@ -308,8 +308,8 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fleet rebuild", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = cli.Parser(prog="python -m fleet rebuild", description=__doc__.split("\n\n")[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("host", help="the inventory host to rebuild")
     parser.add_argument("--force", action="store_true", help="rebuild even a healthy host")
     parser.add_argument("--repo", default=str(REPO), help=argparse.SUPPRESS)

@@ -17,6 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from fleet.commands import cli
 from fleet.commands.llm_check import ssh_command
 from fleet.converge.vault import VaultError
 from fleet.preflight.inventory import FleetConfigError, prepare, read_inventory_data
@@ -43,10 +44,12 @@ def targets(fleet, app: str, only: str | None) -> list[str]:
 def main(argv: list[str]) -> int:
     import subprocess
 
-    parser = argparse.ArgumentParser(prog="python -m fleet rollback", description=__doc__.splitlines()[0])
+    parser = cli.Parser(prog="python -m fleet rollback", description=__doc__.splitlines()[0])
     parser.add_argument("app")
     parser.add_argument("--host", help="only this host (default: every host that runs the app)")
-    args = parser.parse_args(argv)
+    args = cli.parse(parser, argv)  # an int: argparse's exit code (--help 0, bad usage 2)
+    if isinstance(args, int):
+        return args
     try:
         hosts, test_fleet = read_inventory_data(REPO / "inventory.py")
         entries, fleet = prepare(hosts, test_fleet, str(REPO / "inventory.py"))

@@ -64,7 +64,8 @@ def cmd_list(args) -> int:
 def cmd_get(args) -> int:
     data = keys.vault().load()
     if args.key not in data:
-        raise VaultError(f"no secret {args.key!r} in {keys.vault_path()}")
+        raise VaultError(f"no secret {args.key!r} in {keys.vault_path()}. "
+                         "Fix: `python -m fleet vault list` names the secrets it holds.")
     sys.stdout.write(data[args.key])
     if sys.stdout.isatty() and not data[args.key].endswith("\n"):
         sys.stdout.write("\n")
@@ -144,8 +145,8 @@ def cmd_hostkeys(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fleet vault", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = cli.Parser(prog="python -m fleet vault", description=__doc__.split("\n\n")[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init")
     init.add_argument("--scrypt-n", type=int, help=argparse.SUPPRESS)  # tests only: a cheaper KDF

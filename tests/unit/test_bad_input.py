@@ -419,3 +419,51 @@ def test_a_command_without_arguments_refuses_stray_ones(command, argv, capsys):
     assert main([command, *argv]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and f"unknown arguments {argv[0]!r}" in err
+
+
+@pytest.mark.parametrize("argv, wanted", [
+    (["phase", "x"], "python -m fleet phase: argument phase: invalid int value: 'x'"),
+    (["phase"], "python -m fleet phase: the following arguments are required: phase"),
+    (["backup"], "python -m fleet backup: the following arguments are required: host"),
+    (["restore", "pi5-gamma", "--snapshot"], "python -m fleet restore: argument --snapshot: expected one argument"),
+    (["rebuild"], "python -m fleet rebuild: the following arguments are required: host"),
+    (["rollback", "web", "--hots", "x"], "python -m fleet rollback: unrecognized arguments: --hots x"),
+    (["vault", "bogus"], "python -m fleet vault: argument command: invalid choice: 'bogus'"),
+    (["llm-check", "--bogus"], "python -m fleet llm-check: unrecognized arguments: --bogus"),
+    (["edge"], "python -m fleet edge: the following arguments are required: command"),
+    (["tailnet", "apply", "--forse"], "python -m fleet tailnet: unrecognized arguments: --forse"),
+])
+def test_bad_usage_of_every_command_is_one_line_with_the_fix(argv, wanted, capsys):
+    """argparse printed its usage block before the error; the fix is where the usage is."""
+    from fleet.__main__ import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(wanted), err
+    assert err.rstrip().endswith(f"Fix: see `{wanted.split(':')[0]} --help`."), err
+
+
+@pytest.mark.parametrize("option, value, wanted", [
+    ("--snapshot", ";rm -rf /", "SNAPSHOT=';rm -rf /' is not a snapshot ID"),
+    ("--snapshot", "abc", "SNAPSHOT='abc' is not a snapshot ID"),
+    ("--database", "x;y", "DATABASE='x;y' is not a PostgreSQL database name"),
+    ("--database", "app.*", "DATABASE='app.*' is not a PostgreSQL database name"),
+])
+def test_a_restores_arguments_are_refused_before_any_host_is_touched(option, value, wanted, capsys, monkeypatch):
+    """They reached the host's fleet-restore over SSH first (quoted, so nothing ran), which
+    refused them there; `app.*` matched every database name as a grep pattern."""
+    from fleet.commands import backup
+
+    monkeypatch.setattr(backup, "load", lambda: pytest.fail("the inventory was loaded to reach a host"))
+    assert backup.main(["restore", "pi5-gamma", option, value]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"restore: {wanted}") and "Fix:" in err, err
+
+
+@pytest.mark.parametrize("snapshot", ["latest", "4f0e1c2a", "4f0e1c2a" * 8])
+def test_snapshot_ids_as_restic_prints_them_pass(snapshot):
+    from argparse import Namespace
+
+    from fleet.commands import backup
+
+    backup.restore_arguments(Namespace(snapshot=snapshot, database="blackroad"))
