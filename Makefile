@@ -30,6 +30,11 @@ workers = $(if $(or $(word 2,$(SPEC_WORKERS)),$(call digitless,$(SPEC_WORKERS)),
 # A value given on the command line (HOST, APP, NAME, ...) as one shell word, single-quoted:
 # a quote or a backquote in it reaches the command as text, never as shell.
 arg = '$(subst ','\'',$($(1)))'
+# LIMIT=hosts,groups: plan and converge give pyinfra one --limit per name (it takes one each),
+# verify hands it to the specs (FLEET_SPEC_HOSTS), the phases to `phase --limit`. A name that is
+# neither a host nor a group stops each of them with one line before any host is touched.
+comma := ,
+limits = $(foreach name,$(subst $(comma), ,$(LIMIT)),--limit '$(subst ','\'',$(name))')
 
 .PHONY: help setup lock check plan converge verify llm-check backup restore backups rollback rebuild fleet-up fleet-down demo test unit faults bench docs phase1 phase2 phase3 phase4 vault-init vault-edit edge-plan edge-apply apikey tailnet-plan tailnet-apply test-arm64
 
@@ -66,14 +71,14 @@ lock: ## re-resolve requirements.lock from the pins in pyproject.toml
 check: setup ## validate inventory.py and group_data/ (no host is touched)
 	$(PY) -m fleet check
 
-plan: setup ## dry run: what would change on each host, nothing applied
-	$(BIN)/pyinfra -y --dry inventory.py deploys/site.py
+plan: setup ## dry run: what would change on each host, nothing applied; LIMIT=hosts,groups
+	$(BIN)/pyinfra -y --dry inventory.py deploys/site.py $(limits)
 
-converge: setup ## converge every host (pyinfra inventory.py deploys/site.py)
-	$(BIN)/pyinfra -y inventory.py deploys/site.py
+converge: setup ## converge every host (pyinfra inventory.py deploys/site.py); LIMIT=hosts,groups only those
+	$(BIN)/pyinfra -y inventory.py deploys/site.py $(limits)
 
-verify: setup ## run the testinfra specs against FLEET_TARGET (hosts in parallel: SPEC_WORKERS)
-	$(PYTEST) -n $(workers) tests/specs
+verify: setup ## run the testinfra specs against FLEET_TARGET (hosts in parallel: SPEC_WORKERS); LIMIT=hosts,groups
+	$(if $(LIMIT),FLEET_SPEC_HOSTS=$(call arg,LIMIT) )$(PYTEST) -n $(workers) tests/specs
 
 vault-init: setup ## create secrets/fleet.vault (asks a passphrase) and generate host keys
 	FLEET_TARGET=fleet $(PY) -m fleet vault init

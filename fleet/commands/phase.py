@@ -32,7 +32,8 @@ from pathlib import Path
 from fleet.checklist import PHASES, phase_items
 from fleet.commands import cli, phase_checks
 from fleet.converge.vault import VaultError
-from fleet.preflight.inventory import FleetConfigError, prepare, read_inventory_data, state_dir, target_from_env
+from fleet.preflight.inventory import (FleetConfigError, hosts_named, prepare, read_inventory_data, state_dir,
+                                      target_from_env)
 
 REPO = Path(__file__).resolve().parents[2]
 EDGE = "edge"
@@ -48,25 +49,6 @@ class PhaseError(Exception):
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def resolve_limit(fleet, raw: str | None) -> list[str]:
-    """Host names from a --limit of host and group names; every name must be known."""
-    if not raw:
-        return list(fleet.hosts)
-    chosen, unknown = [], []
-    for name in (n.strip() for n in raw.split(",") if n.strip()):
-        if name in fleet.hosts:
-            chosen.append(name)
-        elif name in fleet.known_groups:
-            chosen += [h.name for h in fleet.hosts.values() if name in h.groups]
-        else:
-            unknown.append(name)
-    if unknown:
-        raise PhaseError(f"--limit names {', '.join(map(repr, unknown))}, neither a host nor a group. "
-                         f"Fix: use names from inventory.py ({', '.join(fleet.hosts)}) or groups "
-                         f"({', '.join(fleet.known_groups)}).")
-    return [h for h in fleet.hosts if h in chosen]
 
 
 def item_hosts(fleet, item: dict, limit: list[str]) -> list[str]:
@@ -178,7 +160,8 @@ def spec_result(ids: list[str], hosts: list[str], results: dict) -> phase_checks
     if failed:
         return phase_checks.Result("failing", failed)
     if not passed:
-        return phase_checks.Result("n/a", [f"no spec of {', '.join(ids)} applies to {', '.join(hosts) or 'no host'}"]
+        return phase_checks.Result("n/a", [f"no spec of {', '.join(ids)} applies to {', '.join(hosts)}" if hosts
+                                    else f"{', '.join(ids)}: the item is for none of this run's hosts"]
                                    + [f"skipped {m}" for m in skipped])
     on = sorted({h for i in ids for h in hosts if results.get((i, h))})
     return phase_checks.Result("done", [f"{passed} specs passed on {len(on)} host(s) ({', '.join(ids)})"]
@@ -243,7 +226,7 @@ def run(args) -> int:
     started = time.monotonic()
     hosts, test_fleet = read_inventory_data(repo / "inventory.py")
     entries, fleet = prepare(hosts, test_fleet, str(repo / "inventory.py"))
-    limit = resolve_limit(fleet, args.limit)
+    limit = hosts_named(fleet, args.limit)
     items = phase_items(args.phase)
     hosts_of = {item["id"]: item_hosts(fleet, item, limit) for item in items}
     _say(f"phase {args.phase} ({PHASES[args.phase]}) on the {target} fleet: {len(items)} items, "

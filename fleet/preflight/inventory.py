@@ -408,6 +408,29 @@ def check_patterns(patterns: dict[str, tuple[str, ...]], hosts: list[str], group
                     f"pattern such as 'pi5-*' matches host names.{several}")
 
 
+def hosts_named(fleet, raw: str | None, option: str = "--limit") -> list[str]:
+    """The host names, in inventory order, of a comma-separated list of host and group names
+    (`make phaseN|verify LIMIT=...`, `phase --limit`, FLEET_SPEC_HOSTS); every host when `raw`
+    is empty. A name that is neither is one line naming it and the names there are."""
+    if not raw:
+        return list(fleet.hosts)
+    chosen, unknown = set(), []
+    for name in (n.strip() for n in raw.split(",") if n.strip()):
+        if name in fleet.hosts:
+            chosen.add(name)
+        elif name == "all":
+            chosen.update(fleet.hosts)
+        elif name in fleet.known_groups:
+            chosen.update(h.name for h in fleet.hosts.values() if name in h.groups)
+        else:
+            unknown.append(name)
+    if unknown:
+        raise FleetConfigError(f"{option} names {', '.join(map(repr, unknown))}, neither a host nor a group. "
+                               f"Fix: use names from inventory.py ({', '.join(fleet.hosts)}) or groups "
+                               f"({', '.join(fleet.known_groups)}).")
+    return [h for h in fleet.hosts if h in chosen]
+
+
 def main(argv: list[str]) -> int:
     """`python -m fleet check`: validate the inventory for FLEET_TARGET."""
     if argv:

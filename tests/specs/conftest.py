@@ -30,7 +30,7 @@ from fleet.converge import component as registry
 from fleet.converge import keys
 from fleet.converge.connector import tune
 from fleet.converge.services import ServiceMap
-from fleet.preflight.inventory import FleetConfigError, prepare, read_inventory_data, target_from_env
+from fleet.preflight.inventory import FleetConfigError, hosts_named, prepare, read_inventory_data, target_from_env
 from specs.selection import spec_hosts
 from specs.waivers import WAIVERS
 
@@ -91,8 +91,16 @@ def pytest_configure(config):
         keys.adopt(shared["path"], shared["content"])
     try:
         _load()
-    except FleetConfigError as exc:  # bad inventory, data or vault: its one line, no traceback
+        _only()
+    except FleetConfigError as exc:  # bad inventory, data, vault or LIMIT: its one line, no traceback
         raise pytest.UsageError(str(exc)) from None
+
+
+def _only() -> list[str] | None:
+    """The hosts FLEET_SPEC_HOSTS names (`make verify LIMIT=...`: host and group names,
+    comma-separated), or None for every host."""
+    raw = os.environ.get("FLEET_SPEC_HOSTS", "")
+    return hosts_named(fleet_model(), raw, "LIMIT (FLEET_SPEC_HOSTS)") if raw.strip() else None
 
 
 _TARGET = target_from_env()
@@ -258,7 +266,7 @@ def fleet_host(name: str) -> FleetHost:
 
 
 def pytest_generate_tests(metafunc):
-    only = [n for n in os.environ.get("FLEET_SPEC_HOSTS", "").split(",") if n] or None
+    only = _only()
     if "secret_file" in metafunc.fixturenames:
         # one case per (host, secret file), so each fails on its own
         pairs = [(name, item) for name, h in fleet_model().hosts.items() if not only or name in only

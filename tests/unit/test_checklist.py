@@ -12,7 +12,7 @@ import pytest
 from fleet.checklist import ITEMS, PHASES, phase_items
 from fleet.commands import docs, phase, phase_checks
 from fleet.converge import component as registry
-from fleet.preflight.inventory import read_inventory_data
+from fleet.preflight.inventory import FleetConfigError, hosts_named, read_inventory_data
 from fleet.preflight.model import load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,10 +68,10 @@ def test_hosts_name_groups_or_hosts(fleet):
 
 
 def test_limit_takes_hosts_and_groups_and_refuses_unknown_names(fleet):
-    assert phase.resolve_limit(fleet, "pi5-beta,gateway") == ["pi5-alpha", "pi5-beta"]
-    assert phase.resolve_limit(fleet, None) == list(fleet.hosts)
-    with pytest.raises(phase.PhaseError, match="'pi9' , neither|neither a host nor a group") as err:
-        phase.resolve_limit(fleet, "pi9")
+    assert hosts_named(fleet, "pi5-beta,gateway") == ["pi5-alpha", "pi5-beta"]
+    assert hosts_named(fleet, None) == list(fleet.hosts)
+    with pytest.raises(FleetConfigError, match="neither a host nor a group") as err:
+        hosts_named(fleet, "pi9")
     assert "\n" not in str(err.value) and "Fix:" in str(err.value)
 
 

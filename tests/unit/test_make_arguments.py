@@ -102,3 +102,17 @@ def test_phase_reads_spec_workers_without_a_traceback():
     for given, env in ((None, "x"), (None, "-1"), (-3, None)):
         with pytest.raises(phase.PhaseError, match="is not a number of spec workers. Fix: a whole number"):
             phase.spec_workers(given, env)
+
+
+@pytest.mark.parametrize("target", ["plan", "converge"])
+def test_limit_gives_pyinfra_one_limit_per_name(target):
+    """`make converge LIMIT=pi5-alpha` converged every host: only the phases read LIMIT."""
+    assert command(target).endswith("deploys/site.py")
+    assert command(target, LIMIT="pi5-alpha").endswith("deploys/site.py --limit 'pi5-alpha'")
+    assert command(target, LIMIT="pi5-alpha,gpu").endswith("--limit 'pi5-alpha' --limit 'gpu'")
+    assert command(target, LIMIT="it's").endswith("--limit 'it'\\''s'")
+
+
+def test_verify_hands_limit_to_the_specs():
+    assert "FLEET_SPEC_HOSTS" not in command("verify")
+    assert command("verify", LIMIT="database,pi5-alpha").startswith("FLEET_SPEC_HOSTS='database,pi5-alpha' ")
