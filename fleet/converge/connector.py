@@ -158,6 +158,26 @@ GAVE_UP = "fact prefetch gave no usable answer"
 USER_SCRIPT_TIMEOUT = 20
 # Uploads and commands from operations: state may change, prefetched answers are void.
 _state = {"changed": False}
+# A fact asked live is bounded as the batch is (BATCH_TIMEOUT): see bounded().
+FACT_TIMEOUT = BATCH_TIMEOUT
+TIMED_OUT = ("fleet: `{command}` did not finish in {seconds} s and was stopped: something it reads never "
+             "answers (a FIFO left where a file was, a stalled mount, a daemon that does not reply). Fix: find "
+             "it on this host; the converge's other hosts went on.")
+
+
+def bounded(command) -> StringCommand:
+    """A fact's command, killed on the host (with its process group: `timeout` makes one)
+    when it has not finished after FACT_TIMEOUT s, exiting 124 with TIMED_OUT on stderr.
+    pyinfra fails that host with "could not load fact" and the line, and the others go on.
+    Without it, a fact asked live had no limit (only the batch had one): a `grep` or `cat` of a
+    FIFO left where a file is read (the apt sources, authorized_keys, the node exporter's
+    textfiles), or a wedged daemon's CLI, held the whole run forever. pyinfra's own `_timeout`
+    only stops waiting: the process stays on the host, as root. `timeout` is coreutils
+    (Essential); what the fact prints and its exit status are otherwise its own."""
+    inner = command.get_raw_value() if isinstance(command, StringCommand) else str(command)
+    said = TIMED_OUT.format(command=inner if len(inner) <= 160 else inner[:157] + "...", seconds=FACT_TIMEOUT)
+    return StringCommand(f"timeout -k 5 {FACT_TIMEOUT} sh -c {shlex.quote(inner)} || {{ rc=$?; "
+                         f"[ $rc -ne 124 ] || echo {shlex.quote(said)} >&2; exit $rc; }}")
 
 
 def _fact_caller():
@@ -830,6 +850,8 @@ class FleetSSHConnector(SSHConnector):
                         print(f"{self.host.print_prefix}>>> {key} (prefetched)", file=sys.stderr)
                     lines = [OutputLine("stdout", line) for line in out] + [OutputLine("stderr", line) for line in err]
                     return (status in codes if codes else status == 0), CommandOutput(lines)
+            if not arguments.get("_timeout"):  # pyinfra passes _timeout=None when none was given
+                command = bounded(command)
         else:
             _state["changed"] = True
         try:

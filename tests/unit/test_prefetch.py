@@ -330,6 +330,11 @@ def ask(c, monkeypatch, text, fact=True, cls=None, **arguments):
     return c.run_shell_command(StringCommand(text), **{"_sudo": True, **arguments})
 
 
+def bounded(text: str) -> str:
+    """What pyinfra's connector is given for a fact asked live (mod.bounded)."""
+    return str(mod.bounded(StringCommand(text)))
+
+
 def test_recorded_facts_are_answered_from_the_batch_until_something_changes(conn, monkeypatch):
     conn.record.parent.mkdir()
     conn.record.write_text(json.dumps({"commands": {key(conn, "cat /a"): 0, key(conn, "cat /b"): 0}}))
@@ -341,7 +346,7 @@ def test_recorded_facts_are_answered_from_the_batch_until_something_changes(conn
     assert ask(conn, monkeypatch, "cat /b", _success_exit_codes=[0, 1])[0] is True
     ask(conn, monkeypatch, "touch /a", fact=False)  # an operation's command
     assert ask(conn, monkeypatch, "cat /a")[1].stdout_lines == ["live"]
-    assert conn.live == ["touch /a", "cat /a"]
+    assert conn.live == ["touch /a", bounded("cat /a")]
 
 
 def test_an_upload_voids_the_batch_too(conn, monkeypatch):
@@ -581,7 +586,7 @@ def test_a_stray_line_leaves_the_answers_after_it_to_live_runs(conn, monkeypatch
     conn._prefetch()
     assert ask(conn, monkeypatch, "cat /b")[1].stdout_lines == ["live"]
     assert ask(conn, monkeypatch, "cat /a")[1].stdout_lines == ["prefetched 0"]  # whole before the stray line
-    assert conn.live == ["cat /b"]
+    assert conn.live == [bounded("cat /b")]
 
 
 def test_a_batch_with_no_end_is_closed_at_its_time_limit(conn, monkeypatch):
@@ -1138,3 +1143,39 @@ def test_a_root_upload_to_a_candidate_writes_the_candidate_itself(local_root, tm
     assert victim.read_text() == "not the fleet's\n"
     assert sorted(p.name for p in candidate.parent.iterdir()) == ["app.conf.fleet-candidate"]
     assert "mv " not in local_root.ran[1][0] and staged_here(tmp_path) == []
+
+
+def test_a_fact_asked_live_is_bounded_and_an_operations_command_is_not(conn, monkeypatch):
+    ask(conn, monkeypatch, "cat /a")
+    ask(conn, monkeypatch, "cat /a", _timeout=30)  # pyinfra's own limit, when a deploy gives one
+    ask(conn, monkeypatch, "sleep 1000", fact=False)
+    assert conn.live == [bounded("cat /a"), "cat /a", "sleep 1000"]
+
+
+@pytest.mark.parametrize("command, status, out", [
+    ("printf '%s\\n' \"it's\" two; exit 3", 3, "it's\ntwo\n"),
+    ("test -e /nonexistent || echo none", 0, "none\n"),
+])
+def test_a_bounded_fact_prints_and_exits_as_it_would_alone(command, status, out):
+    alone = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+    run = subprocess.run(["sh", "-c", bounded(command)], capture_output=True, text=True)
+    assert (run.returncode, run.stdout, run.stderr) == (alone.returncode, alone.stdout, alone.stderr) == (status, out, "")
+
+
+def test_a_fact_reading_a_fifo_live_is_stopped_with_one_line_and_leaves_nothing_running(tmp_path, monkeypatch):
+    """A FIFO left where a fact reads (an apt source, authorized_keys): the batch gave up on
+    it at its limit and the same fact asked live then waited for a writer without end."""
+    monkeypatch.setattr(mod, "FACT_TIMEOUT", 1)
+    os.mkfifo(tmp_path / "hand.list")
+    command = f"grep -lsF -- needle {tmp_path}/*.list || true"
+    started = time.monotonic()
+    run = subprocess.run(["sh", "-c", bounded(command)], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 124 and time.monotonic() - started < 10
+    assert run.stderr.splitlines() == [mod.TIMED_OUT.format(command=command, seconds=1)]
+    left = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            left += [cmdline] if f"{tmp_path}/hand.list".encode() in cmdline.read_bytes() else []
+        except OSError:  # a process that ended meanwhile
+            pass
+    assert left == []
