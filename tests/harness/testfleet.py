@@ -670,7 +670,9 @@ def main(argv: list[str]) -> int:
         argv = [a for a in argv if a != "--full"]
         result = converge(argv[1:], on_line=progress_printer(full="--full" in argv))
         result.pop("output")
-        print(f"converge: {result['changed']} changed operation(s), {result['errors']} error(s), "
+        # a run pyinfra stopped before any host (bad input) counts no operation: its exit says it
+        failed = f", pyinfra exited {result['returncode']}" if result["returncode"] else ""
+        print(f"converge: {result['changed']} changed operation(s), {result['errors']} error(s){failed}, "
               f"{result['seconds']}s (log {result['log']})")
         if result["bootstrap"]:
             print(f"  first contact (FLEET_BOOTSTRAP): {', '.join(result['bootstrap'])}")
