@@ -13,7 +13,6 @@ restic on the host reads its password file.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shlex

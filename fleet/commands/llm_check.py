@@ -14,7 +14,6 @@ the latency and the reply's first tokens; any failure is one clear line and exit
 
 from __future__ import annotations
 
-import argparse
 import socket
 import subprocess
 import sys

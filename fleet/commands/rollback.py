@@ -12,7 +12,6 @@ rolled back from, and move on as soon as it names another digest.
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
