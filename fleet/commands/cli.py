@@ -47,6 +47,19 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def positive(kind):
+    """An argparse type: a number of `kind` above zero (argparse names the option when it fails:
+    `llm-check --timeout -1` reached socket.settimeout and `vault set --generate -5` os.urandom, each
+    ending in a traceback)."""
+    def convert(text: str):
+        value = kind(text)  # ValueError: argparse says "invalid ... value"
+        if not value > 0 or value == float("inf"):
+            raise ValueError(text)
+        return value
+    convert.__name__ = f"positive {kind.__name__}"
+    return convert
+
+
 def commands(prog: str, doc: str, repo: Path):
     """A parser whose description is the command's docstring, with the hidden --repo option
     (tests point it at another inventory), and its subcommands' group."""

@@ -149,8 +149,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--engine", choices=ENGINES,
                         help="the engine serving now, if a converge was given --data llm_engine=...")
     parser.add_argument("--prompt", default="Reply with one short greeting.")
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds for the reply")
+    parser.add_argument("--max-tokens", type=cli.positive(int), default=32)
+    parser.add_argument("--timeout", type=cli.positive(float), default=60.0, help="seconds for the reply")
     args = cli.parse(parser, argv)  # an int: argparse's exit code (--help 0, bad usage 2)
     if isinstance(args, int):
         return args

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("get").add_argument("key")
     setp = sub.add_parser("set")
     setp.add_argument("key")
-    setp.add_argument("--generate", type=int, metavar="N", help="store N random bytes (base64url)")
+    setp.add_argument("--generate", type=cli.positive(int), metavar="N", help="store N random bytes (base64url)")
     sub.add_parser("edit")
     sub.add_parser("rekey")
     sub.add_parser("hostkeys")

@@ -432,6 +432,10 @@ def test_a_command_without_arguments_refuses_stray_ones(command, argv, capsys):
     (["llm-check", "--bogus"], "python -m fleet llm-check: unrecognized arguments: --bogus"),
     (["edge"], "python -m fleet edge: the following arguments are required: command"),
     (["tailnet", "apply", "--forse"], "python -m fleet tailnet: unrecognized arguments: --forse"),
+    (["llm-check", "--timeout", "-1"], "python -m fleet llm-check: argument --timeout: invalid positive float value"),
+    (["llm-check", "--timeout", "nan"], "python -m fleet llm-check: argument --timeout: invalid positive float value"),
+    (["llm-check", "--max-tokens", "0"], "python -m fleet llm-check: argument --max-tokens: invalid positive int"),
+    (["vault", "set", "k", "--generate", "-5"], "python -m fleet vault set: argument --generate: invalid positive int"),
 ])
 def test_bad_usage_of_every_command_is_one_line_with_the_fix(argv, wanted, capsys):
     """argparse printed its usage block before the error; the fix is where the usage is."""
