@@ -53,7 +53,9 @@ def passphrase_file(env_prefix: str = "FLEET_VAULT") -> Path | None:
     if os.environ.get(file_var):
         path = Path(os.environ[file_var])
         if not path.exists():
-            raise VaultError(f"{file_var}={path} does not exist")
+            raise VaultError(f"{file_var}={path} does not exist. Fix: point it at the file holding the passphrase")
+        if not path.is_file():
+            raise VaultError(f"{file_var}={path} is not a file. Fix: point it at the file holding the passphrase")
         return path
     selected = _selected["passphrase_file"]
     if env_prefix == "FLEET_VAULT" and selected and not os.environ.get(value_var) and not os.environ.get("FLEET_VAULT"):
@@ -65,7 +67,12 @@ def _known_passphrase(env_prefix: str = "FLEET_VAULT") -> str | None:
     """The passphrase when it is given (a file, the environment, the target's file), else None."""
     path = passphrase_file(env_prefix)
     if path is not None:
-        return path.read_text().rstrip("\n")
+        try:
+            return path.read_text().rstrip("\n")
+        except (OSError, UnicodeDecodeError) as exc:  # unreadable, or not text: one line, no traceback
+            raise VaultError(f"{path}: the passphrase file cannot be read as text ({exc.__class__.__name__}: "
+                             f"{getattr(exc, 'strerror', None) or exc}). Fix: make it a readable UTF-8 text file "
+                             "holding the passphrase") from None
     return os.environ.get(f"{env_prefix}_PASSPHRASE") or None
 
 

@@ -345,3 +345,19 @@ def test_only_a_passphrase_file_is_cached(vault, tmp_path, monkeypatch):
     keys._open.cache_clear()
     assert keys.current() == DATA and keys.key_cache().path.exists()
     keys._open.cache_clear()
+
+
+@pytest.mark.parametrize("make, wanted", [
+    (lambda p: p.mkdir(), "is not a file. Fix:"),
+    (lambda p: p.write_bytes(b"\xd0\xff\xfe"), "cannot be read as text (UnicodeDecodeError"),
+])
+def test_a_passphrase_file_that_is_not_text_is_one_line(tmp_path, monkeypatch, make, wanted):
+    """A directory or a binary named as the passphrase file ended in a traceback."""
+    from fleet.converge import keys
+
+    path = tmp_path / "passphrase"
+    make(path)
+    monkeypatch.setenv("FLEET_VAULT_PASSPHRASE_FILE", str(path))
+    with pytest.raises(v.VaultError) as exc:
+        keys._known_passphrase()
+    assert wanted in str(exc.value) and "\n" not in str(exc.value) and "Fix:" in str(exc.value)
