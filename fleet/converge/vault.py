@@ -272,6 +272,9 @@ class Vault:
             return decrypt(self.path.read_bytes(), self.passphrase, self.cache)
         except VaultError as exc:
             raise type(exc)(f"{self.path}: {exc}") from None
+        except OSError as exc:  # a directory, or unreadable: one line, no traceback
+            raise VaultError(f"{self.path}: cannot be read ({exc.strerror or exc}); point FLEET_VAULT at "
+                             "the vault file") from None
 
     def save(self, data: dict[str, str], params: KdfParams | None = None) -> None:
         if params is None:

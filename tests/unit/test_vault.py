@@ -361,3 +361,9 @@ def test_a_passphrase_file_that_is_not_text_is_one_line(tmp_path, monkeypatch, m
     with pytest.raises(v.VaultError) as exc:
         keys._known_passphrase()
     assert wanted in str(exc.value) and "\n" not in str(exc.value) and "Fix:" in str(exc.value)
+
+
+def test_a_vault_path_that_is_a_directory_is_one_line(tmp_path):
+    with pytest.raises(v.VaultError) as exc:
+        v.Vault(tmp_path, "passphrase").load()
+    assert str(exc.value) == f"{tmp_path}: cannot be read (Is a directory); point FLEET_VAULT at the vault file"
