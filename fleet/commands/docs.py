@@ -165,9 +165,10 @@ def render_runbook(fleet) -> str:
          "Validates inventory.py, group_data/ and the vault; no host is touched."),
         ("See what a converge would change", ["make plan"], "A dry run over every host."),
         ("Converge the whole fleet", ["make converge"], "Run twice: the second run changes nothing."),
-        ("Converge one host", [f"pyinfra -y inventory.py deploys/site.py --limit {gateway}"],
-         "Any host or group name, or a shell pattern of host names, works with --limit (and --exclude); "
-         "one that matches nothing stops the run before any host is touched."),
+        ("Converge one host", [f"make converge LIMIT={gateway}", f"pyinfra -y inventory.py deploys/site.py --limit {gateway}"],
+         "LIMIT takes host and group names, comma-separated (plan and verify take it too); pyinfra's --limit "
+         "(and --exclude) one host or group name, or a shell pattern of host names, each. A name that matches "
+         "nothing stops the run before any host is touched."),
         ("Converge one component", [f"FLEET_COMPONENTS=apps pyinfra -y inventory.py deploys/site.py --limit {gateway}"],
          "Component names are deploys/*.py (docs/settings.md)."),
         ("Verify the fleet", ["make verify"], "The specs, hosts in parallel."),
