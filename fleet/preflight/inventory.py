@@ -289,11 +289,13 @@ def prepare(hosts: dict, test_fleet: dict, inventory_file: str, target: str | No
         fleet = load_fleet(entries, repo / "group_data")
     except DataFileError as exc:
         raise FleetConfigError(str(exc)) from None
+    given = cli_data()
+    override(fleet, entries, given)
     try:
         validation.validate(fleet, {name: offered_keys(entry) for name, entry in entries.items()})
         check_vault(fleet)
     except validation.InventoryError as exc:
-        raise FleetConfigError(str(exc)) from None
+        raise FleetConfigError(str(validation.InventoryError(once_for_cli(exc.problems, given)))) from None
     write_known_hosts(fleet, state_dir(repo, target))
     if target == "fleet":
         forget_first_contacts(fleet, bootstrap_hosts(entries), state_dir(repo, target))
@@ -387,6 +389,69 @@ def cli_patterns() -> dict[str, tuple[str, ...]]:
     if ctx is None:
         return {}
     return {option: tuple(ctx.params.get(option) or ()) for option in ("limit", "exclude")}
+
+
+# pyinfra's options that it puts over every host's data, as `--data KEY=VALUE` does
+SSH_OPTIONS = ("ssh_user", "ssh_key", "ssh_key_password", "ssh_port", "ssh_password")
+
+
+def cli_data() -> dict:
+    """What the pyinfra command line loading this inventory puts over every host's data
+    (`--data KEY=VALUE`, parsed as pyinfra parses it: true/false, an integer, JSON, else text;
+    `--user`, `--port`, ...), so that it is validated with the rest: `--data
+    base_apt_lock_timeout=abc` or `--data fleet_services=1` ended in a traceback inside a deploy.
+    None when the inventory is loaded some other way (the API, tests)."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    from pyinfra_cli.util import parse_cli_arg
+
+    given = {}
+    for arg in ctx.params.get("data") or ():
+        key, _, value = arg.partition("=")
+        given[key] = parse_cli_arg(value)
+    given.update({key: ctx.params[key] for key in SSH_OPTIONS if ctx.params.get(key)})
+    return given
+
+
+def check_cli_data() -> None:
+    """Each --data is KEY=VALUE. pyinfra splits it before loading the inventory and ends in a
+    traceback on one without "=" (`--data llm_engine`); config.py, which it runs first, calls this."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    for arg in (ctx.params.get("data") or ()) if ctx is not None else ():
+        key, sep, _ = arg.partition("=")
+        if not sep or not key.strip():
+            raise FleetConfigError(f"--data {arg!r} is not KEY=VALUE. Fix: write it like --data llm_engine=vllm "
+                                   "(a JSON value for a list or a dict).")
+
+
+def override(fleet, entries: dict, given: dict) -> None:
+    """Put `given` (cli_data) over every host's data in the model, as pyinfra puts it over its
+    hosts' data, so validation and the deploys' model see what the run will use."""
+    if not given:
+        return
+    fleet.all_data.update(given)
+    for host in fleet.hosts.values():
+        host.data.update(given)
+    for entry in entries.values():
+        entry.update({key: value for key, value in given.items() if key in SSH_OPTIONS})
+
+
+def once_for_cli(problems: list, given: dict) -> list:
+    """A problem with a value given on the command line is the same on every host it is put
+    over: reported once, where it was given (`--data`), not once per host."""
+    found = []
+    for problem in problems:
+        if re.split(r"[\[.]", problem.key, maxsplit=1)[0] in given:
+            problem = validation.Problem("--data", problem.key, problem.message, problem.fix)
+            if problem in found:
+                continue
+        found.append(problem)
+    return found
 
 
 def check_patterns(patterns: dict[str, tuple[str, ...]], hosts: list[str], groups: list[str]) -> None:

@@ -575,22 +575,22 @@ _ENV_LOCK = threading.Lock()
 
 def converge(extra: list[str], log_name: str = "converge", env: dict | None = None,
              kill_at: str | None = None, kill_delay: float = 0.0, kill_before: str | None = None,
-             timeout: float = 1800, on_line=None) -> dict:
+             timeout: float = 1800, on_line=None, inventory: str = "inventory.py") -> dict:
     """Run pyinfra on deploys/site.py against the test fleet; return change counts.
 
     kill_before: pyinfra SIGKILLs itself as the operation of this name starts, before any of
     it reaches a host (tests/harness/killpoint.py; the fault suite's exact kill points);
     kill_at: SIGKILL pyinfra `kill_delay` seconds after it prints a line containing this text
     (a kill some time into an operation); timeout: SIGKILL it after this many seconds.
-    on_line: called with each output line as it arrives."""
+    on_line: called with each output line as it arrives. inventory: the inventory file
+    (tests/integration/unchecked_inventory.py for the tests that must get past --data checks)."""
     STATE.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, FLEET_TARGET="test", **(env or {}))
     with _ENV_LOCK:  # hosts_to_bootstrap swaps os.environ while it validates
         bootstrap = hosts_to_bootstrap(env)
     if bootstrap:
         env["FLEET_BOOTSTRAP"] = ",".join(bootstrap)
-    cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", "inventory.py", "deploys/site.py",
-           *extra]
+    cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", inventory, "deploys/site.py", *extra]
     if kill_before:
         cmd[:1] = [sys.executable, str(Path(__file__).with_name("killpoint.py")), kill_before]
     t0 = time.monotonic()

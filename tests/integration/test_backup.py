@@ -19,7 +19,7 @@ import pytest
 from deploys.postgres import paths
 from fleet.converge.paths import state_root
 from harness import testfleet
-from integration.conftest import docker_exec, main_pid, redis, settle
+from integration.conftest import UNCHECKED, docker_exec, main_pid, redis, settle
 
 HOST = "pi5-gamma"
 REPO_HOST = "droplet-failover"
@@ -154,7 +154,8 @@ def test_hba_candidate_postgres_refuses_keeps_the_server_serving():
     roles = {"api": {"databases": ["blackroad"], "clients": ["gateway"]},
              "bad role": {"databases": ["blackroad"], "clients": ["gateway"]}}
     bad = testfleet.converge(["--limit", HOST, "--data", f"postgres_roles={json.dumps(roles)}"],
-                             log_name="converge-bad-hba")
+                             log_name="converge-bad-hba",
+                             inventory=UNCHECKED)
     assert bad["returncode"] != 0
     assert "pg_hba.conf candidate refused by PostgreSQL" in bad["output"]
     assert docker_exec(HOST, "cat", hba).stdout == live

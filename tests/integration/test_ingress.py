@@ -5,7 +5,7 @@ import json
 import runpy
 
 from harness import testfleet
-from integration.conftest import docker_exec, main_pid, settle
+from integration.conftest import UNCHECKED, docker_exec, main_pid, settle
 
 TUNNELS = ("pi5-alpha", "jetson-prime", "droplet-failover")
 UNIT = "cloudflared.service"
@@ -32,7 +32,8 @@ def test_ingress_without_catch_all_fails_before_restart():
     pid = main_pid(host, UNIT)
     config = docker_exec(host, "cat", "/etc/cloudflared/config.yml").stdout
     bad = testfleet.converge(["--limit", host, "--data", "cloudflared_catch_all_service="],
-                             log_name="converge-no-catch-all")
+                             log_name="converge-no-catch-all",
+                             inventory=UNCHECKED)
     assert bad["returncode"] != 0
     assert "The last ingress rule must match all URLs" in bad["output"]
     assert "validation failed: /etc/cloudflared/config.yml left unchanged" in bad["output"]

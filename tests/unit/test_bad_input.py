@@ -4,6 +4,7 @@ neighbour of one."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -471,3 +472,79 @@ def test_snapshot_ids_as_restic_prints_them_pass(snapshot):
     from fleet.commands import backup
 
     backup.restore_arguments(Namespace(snapshot=snapshot, database="blackroad"))
+
+
+def _with_cli(params: dict):
+    """A click context holding what pyinfra's command line parsed (`params`)."""
+    import click
+
+    ctx = click.Context(click.Command("pyinfra"))
+    ctx.params = params
+    return ctx
+
+
+def test_data_given_on_the_command_line_is_parsed_as_pyinfra_parses_it():
+    """In a process of its own: cli_data uses pyinfra_cli's parser, and importing pyinfra_cli
+    monkey-patches the interpreter for gevent (under pyinfra's CLI it is imported already)."""
+    script = """if True:
+        import json, click
+        from fleet.preflight.inventory import cli_data
+        assert cli_data() == {}  # not under pyinfra's command line (the API, tests)
+        ctx = click.Context(click.Command("pyinfra"))
+        ctx.params = {"data": ("a=abc", "b=3", "c=true", 'd={"x": [1]}', "e=", "f=x=y"), "ssh_port": 2222}
+        with ctx:
+            print(json.dumps(cli_data()))
+    """
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"a": "abc", "b": 3, "c": True, "d": {"x": [1]}, "e": "", "f": "x=y",
+                                      "ssh_port": 2222}
+
+
+@pytest.mark.parametrize("arg", ["llm_engine", "=vllm", " =1"])
+def test_a_data_argument_without_a_key_and_value_is_one_line(arg):
+    """pyinfra splits --data at "=" before the inventory is read: one without it was a traceback."""
+    from fleet.preflight.inventory import check_cli_data
+
+    with _with_cli({"data": (arg,)}), pytest.raises(FleetConfigError) as exc:
+        check_cli_data()
+    assert one_line([exc.value]) and str(exc.value).startswith(f"--data {arg!r} is not KEY=VALUE")
+
+
+@pytest.mark.parametrize("given, wanted", [
+    ({"base_apt_lock_timeout": "abc"}, "--data: base_apt_lock_timeout: 'abc' is a str, but it must be an int"),
+    ({"ssh_user": "root;rm"}, "--data: ssh_user: 'root;rm' is not an account name."),
+    ({"llm_engine": "bogus"}, "--data: llm_engine: 'bogus' is not an engine."),
+])
+def test_a_bad_value_given_with_data_is_named_once_before_any_host(given, wanted, data):
+    """`--data base_apt_lock_timeout=abc` reached a deploy and ended in its traceback; it is
+    checked with the rest of the data, once for every host it is put over."""
+    from fleet.preflight.inventory import override, once_for_cli
+
+    fleet = data.fleet()
+    override(fleet, {name: {} for name in fleet.hosts}, given)
+    found = once_for_cli(problems(fleet), given)
+    assert one_line(found) and [str(p) for p in found if p.host == "--data"] == [
+        next(str(p) for p in found if str(p).startswith(wanted))]
+    assert all(h.data[k] == v for h in fleet.hosts.values() for k, v in given.items())
+
+
+def test_a_good_value_given_with_data_passes(data):
+    from fleet.preflight.inventory import override
+
+    fleet = data.fleet()
+    override(fleet, {name: {} for name in fleet.hosts}, {"llm_engine": "vllm"})
+    assert problems(fleet) == []
+
+
+def test_the_cli_refuses_data_without_a_value_before_the_inventory(tmp_path):
+    """End to end: config.py, which pyinfra runs before it splits --data."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(".git", ".venv", ".state", "__pycache__", "tests"))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo), "FLEET_TARGET": "fleet",
+           "FLEET_VAULT_PASSPHRASE": "unused", "HOME": str(tmp_path)}
+    proc = subprocess.run([str(Path(sys.executable).with_name("pyinfra")), "-y", "inventory.py", "deploys/site.py",
+                           "--data", "llm_engine"], cwd=repo, env=env, text=True, capture_output=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out, out
+    assert "--data 'llm_engine' is not KEY=VALUE. Fix:" in out and "Loading inventory" not in out
