@@ -399,8 +399,8 @@ def cli_data() -> dict:
     """What the pyinfra command line loading this inventory puts over every host's data
     (`--data KEY=VALUE`, parsed as pyinfra parses it: true/false, an integer, JSON, else text;
     `--user`, `--port`, ...), so that it is validated with the rest: `--data
-    base_apt_lock_timeout=abc` or `--data fleet_services=1` ended in a traceback inside a deploy.
-    None when the inventory is loaded some other way (the API, tests)."""
+    base_apt_lock_timeout=abc` or `--data fleet_services=1` ended in a traceback.
+    Empty when the inventory is loaded some other way (the API, tests)."""
     import click
 
     ctx = click.get_current_context(silent=True)
