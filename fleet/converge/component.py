@@ -264,6 +264,9 @@ def selected(package: str = PACKAGE) -> tuple[Component, ...]:
         return components(package)
     names = [n.strip() for n in raw.split(",") if n.strip()]
     known = {c.name for c in components(package)}
+    if not names:  # `FLEET_COMPONENTS=,` selected no component: a converge that silently did nothing
+        raise ComponentError(f"{SELECT_ENV}={raw!r} names no component. Fix: name components from deploys/ "
+                             f"({', '.join(sorted(known))}), comma-separated, or leave it unset for all of them.")
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ComponentError(f"{SELECT_ENV} names no component {', '.join(map(repr, unknown))}. "

@@ -202,6 +202,9 @@ def test_fleet_components_selects_in_registry_order(monkeypatch):
 
 
 def test_fleet_components_naming_no_component_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("FLEET_COMPONENTS", " , ")  # selected nothing: a converge that did nothing
+    with pytest.raises(registry.ComponentError, match=r"FLEET_COMPONENTS=',' names no component\. Fix: name"):
+        registry.selected()
     monkeypatch.setenv("FLEET_COMPONENTS", "base,dockr")
     with pytest.raises(registry.ComponentError, match=r"FLEET_COMPONENTS names no component 'dockr'\. Fix: use names"):
         registry.selected()
