@@ -60,6 +60,8 @@ RESTORE_PENDING = f"{RECORDS}/restore-pending"
 # removed by the next snapshot, which also writes the host's record of a backup. A host with it
 # and no record is not taken for a rebuilt one: its data is back, and the timer snapshots it.
 RESTORED = f"{RECORDS}/restored"
+# the shell that puts the mark on a host (the rebuild's join and a converge both do)
+MARK_RESTORE_PENDING = f"install -d -m 755 {RECORDS} && touch {RESTORE_PENDING}"
 HOOKS = "/etc/fleet/backup.d"
 BIN = "/usr/local/sbin"
 SCRIPTS = ("fleet-restic", "fleet-backup", "fleet-restore")
@@ -179,7 +181,7 @@ def repository_ready(textfile_dir: str):
                        f"Fix: make rebuild HOST={host.name} (or make restore HOST={host.name} CONFIRM=yes); to "
                        f"start afresh without that data instead, remove {RESTORE_PENDING} on the host")
         if not status["restore_pending"]:
-            commands.append(f"install -d -m 755 {RECORDS} && touch {RESTORE_PENDING}")
+            commands.append(MARK_RESTORE_PENDING)
     elif status[LAST_BACKUP] is None and status["restored"]:
         # restored since the card was new: the data is back, and the timer's next run snapshots it
         done = "the repository answers; the data was restored from a snapshot, and the backup timer takes the next"

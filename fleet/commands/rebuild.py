@@ -47,7 +47,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from deploys.backup import RECORDS, RESTORE_PENDING
+from deploys.backup import MARK_RESTORE_PENDING, RESTORE_PENDING
 from fleet.commands import cli
 from fleet.commands.backup import parse_time
 from fleet.commands.llm_check import ssh_command
@@ -227,9 +227,10 @@ def run(args) -> int:
             # a rebuild run before this one got this far: the card holds its vault key, which
             # known_hosts checks; the first contact's trust is for a card that does not
             say(f"  - {name} answers on the LAN with its vault host key already (an earlier rebuild joined it)")
-            pyinfra(repo, name, FLEET_CONNECT="lan", FLEET_COMPONENTS="base,tailscale")
+            first_contact = {}
         else:
-            pyinfra(repo, name, FLEET_CONNECT="lan", FLEET_BOOTSTRAP=name, FLEET_COMPONENTS="base,tailscale")
+            first_contact = {"FLEET_BOOTSTRAP": name}
+        pyinfra(repo, name, FLEET_CONNECT="lan", FLEET_COMPONENTS="base,tailscale", **first_contact)
         status = remote(lan_entries[name], "tailscale status --json --peers=false")
         try:
             me = json.loads(status.stdout)["Self"]
@@ -252,7 +253,7 @@ def run(args) -> int:
             # before the converge installs the backup timer: no snapshot of the empty state
             # until the restore below has put the data back (it removes the mark); a rebuild
             # stopped in between is not taken for a healthy host by the next one
-            marked = remote(lan_entries[name], f"install -d -m 755 {RECORDS} && touch {RESTORE_PENDING}")
+            marked = remote(lan_entries[name], MARK_RESTORE_PENDING)
             if marked.returncode:
                 raise RebuildError(f"{name}: could not mark its restore as pending: {marked.stderr.strip()[-200:]}")
 

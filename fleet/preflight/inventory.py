@@ -380,15 +380,22 @@ def pyinfra_groups(hosts: dict, test_fleet: dict, inventory_file: str) -> dict[s
     return groups
 
 
-def cli_patterns() -> dict[str, tuple[str, ...]]:
-    """The --limit and --exclude patterns of the pyinfra command line loading this inventory,
-    as click parsed them; none when the inventory is loaded some other way (the API, tests)."""
+def _cli_params() -> dict | None:
+    """What click parsed from the pyinfra command line loading this inventory (or running
+    config.py); None when they are loaded some other way (the API, tests)."""
     import click
 
     ctx = click.get_current_context(silent=True)
-    if ctx is None:
+    return None if ctx is None else ctx.params
+
+
+def cli_patterns() -> dict[str, tuple[str, ...]]:
+    """The --limit and --exclude patterns of the pyinfra command line loading this inventory,
+    as click parsed them; none when the inventory is loaded some other way (the API, tests)."""
+    params = _cli_params()
+    if params is None:
         return {}
-    return {option: tuple(ctx.params.get(option) or ()) for option in ("limit", "exclude")}
+    return {option: tuple(params.get(option) or ()) for option in ("limit", "exclude")}
 
 
 # pyinfra's options that it puts over every host's data, as `--data KEY=VALUE` does
@@ -401,28 +408,23 @@ def cli_data() -> dict:
     `--user`, `--port`, ...), so that it is validated with the rest: `--data
     base_apt_lock_timeout=abc` or `--data fleet_services=1` ended in a traceback.
     Empty when the inventory is loaded some other way (the API, tests)."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
+    params = _cli_params()
+    if params is None:
         return {}
     from pyinfra_cli.util import parse_cli_arg
 
     given = {}
-    for arg in ctx.params.get("data") or ():
+    for arg in params.get("data") or ():
         key, _, value = arg.partition("=")
         given[key] = parse_cli_arg(value)
-    given.update({key: ctx.params[key] for key in SSH_OPTIONS if ctx.params.get(key)})
+    given.update({key: params[key] for key in SSH_OPTIONS if params.get(key)})
     return given
 
 
 def check_cli_data() -> None:
     """Each --data is KEY=VALUE. pyinfra splits it before loading the inventory and ends in a
     traceback on one without "=" (`--data llm_engine`); config.py, which it runs first, calls this."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    for arg in (ctx.params.get("data") or ()) if ctx is not None else ():
+    for arg in (_cli_params() or {}).get("data") or ():
         key, sep, _ = arg.partition("=")
         if not sep or not key.strip():
             raise FleetConfigError(f"--data {arg!r} is not KEY=VALUE. Fix: write it like --data llm_engine=vllm "
