@@ -39,24 +39,34 @@ def prepare(venv: Path) -> int:
     """Stage 1's first half, on the system's python3: the virtualenv beside the engine and
     the base image. Returns make setup's exit status."""
     stage(1, "virtualenv (make setup) beside the Docker engine and base image; package mirror, 7 test hosts")
-    image.ensure_engine()  # may install docker.io: before make setup's apt-get download starts
-    image.ensure_build_tools()
     log = image.STATE / "setup.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    image.log(f"make setup: creating {venv} in the background (log: {log})")
-    with open(log, "wb") as out:
-        # its own process group, so that a failed image build or Ctrl-C stops pip too, not make alone
-        setup = subprocess.Popen(["make", "-C", str(REPO), "setup", f"VENV={venv}"], stdout=out,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            image.ensure_image()
-            if setup.poll() is None:
-                image.log("base image ready; waiting for make setup")
-            status = setup.wait()
-        except BaseException:
+    started: list[subprocess.Popen] = []
+
+    def start_setup() -> None:
+        image.log(f"make setup: creating {venv} in the background (log: {log})")
+        with open(log, "wb") as out:
+            # its own process group, so that a failed image build or Ctrl-C stops pip too, not make alone
+            started.append(subprocess.Popen(["make", "-C", str(REPO), "setup", f"VENV={venv}"], stdout=out,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True))
+
+    # pip's ~40 s runs beside apt installing docker.io and mmdebstrap where they are missing
+    # (started once the package lists are fresh: setup's `apt-get download` reads them), then
+    # beside the engine's start and the image build
+    try:
+        image.ensure_tools(updated=start_setup)
+        image.ensure_engine()
+        image.ensure_image()
+        setup = started[0]
+        if setup.poll() is None:
+            image.log("base image ready; waiting for make setup")
+        status = setup.wait()
+    except BaseException:
+        for setup in started:
             os.killpg(setup.pid, signal.SIGTERM)
             setup.wait()
-            raise
+        raise
     if status:
         print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
         print(f"demo: make setup failed (exit {status}); its log is {log}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Counting pyinfra's per-host results, which the idempotence check and the benchmark use."""
 
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -48,6 +49,34 @@ def test_the_benchmark_finds_the_hosts_it_added_and_only_them():
     present = ["pi0-epsilon", "pi0-epsilon-x1", "pi0-epsilon-x12", "pi0-epsilon-x", "pi0-epsilon-xa",
                "fleet-mirror", "other-x1", "pi5-beta-x2", "pi5-beta-x2-x3"]
     assert added_names(["pi0-epsilon", "pi5-beta"], present) == ["pi0-epsilon-x1", "pi0-epsilon-x12", "pi5-beta-x2"]
+
+
+def test_missing_engine_and_build_tools_are_one_apt_transaction(monkeypatch):
+    """On a fresh machine docker.io and mmdebstrap come in one `apt-get update` and one install,
+    and make demo's `make setup` starts between the two; with both there, apt is not run and
+    setup starts at once."""
+    from harness import image
+
+    steps: list[str] = []
+    present: set[str] = set()
+    monkeypatch.setattr(image.shutil, "which", lambda name: f"/usr/bin/{name}" if name in present else None)
+    monkeypatch.setattr(image, "log", lambda message: None)
+
+    def run(cmd, check=False, env=None):
+        steps.append(" ".join(cmd))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(image, "run", run)
+    image.ensure_tools(updated=lambda: steps.append("setup"))
+    assert steps == ["apt-get update -qq", "setup", "apt-get install -y -qq docker.io mmdebstrap"]
+    steps.clear()
+    present.update({"dockerd", "mmdebstrap"})
+    image.ensure_tools(updated=lambda: steps.append("setup"))
+    assert steps == ["setup"]
+    steps.clear()
+    present.discard("mmdebstrap")  # the engine is there: only the build tool
+    image.ensure_tools()
+    assert steps == ["apt-get update -qq", "apt-get install -y -qq mmdebstrap"]
 
 
 def test_image_build_shows_each_step_and_fails_with_the_tail(capsys):
