@@ -1,4 +1,4 @@
-"""Each host's firewall from the service graph: nftables input rules on the tailnet address accept each service port only from its clients' tailnet addresses and drop the rest; loopback, established traffic and the LAN's SSH stay open, and the converge's own SSH connection can never be cut.
+"""Each host's firewall from the service graph: nftables input rules on the tailnet address accept each service port only from its clients' tailnet addresses; loopback, established traffic and the LAN's SSH stay open, any other TCP to any of the host's addresses is dropped, and the converge's own SSH connection can never be cut.
 
 The tailnet policy (make tailnet-plan / tailnet-apply) is the first wall; this is the
 second, on every host, from the same graph (fleet/policy/graph.py): a compromised node, or
@@ -46,7 +46,8 @@ DEFAULTS = {
     # laptop's pinned tailnet address): they reach every service on the tailnet address,
     # as the specs need. Empty: only the admin path and the graph's clients.
     "firewall_operator_sources": [],
-    # Keep SSH open on the LAN address (the way in while the tailnet is down).
+    # Keep SSH open on the LAN address (the way in while the tailnet is down). Off, SSH there
+    # is dropped like any other TCP to the LAN address (the running converge's own excepted).
     "firewall_lan_ssh": True,
     # Further nftables rules for the input chain, after the fleet's own accepts and before
     # the final drop (e.g. "ip saddr 100.100.0.50 tcp dport 9100 accept").

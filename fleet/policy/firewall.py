@@ -34,14 +34,19 @@ def _address_key(address: str) -> tuple[int, ...]:
 def ruleset(name: str, graph: ServiceGraph, guard_sources: list[str], data=None) -> dict:
     """What templates/firewall/etc/fleet/firewall.nft.j2 needs for host `name`: one rule per
     service it serves on the tailnet, with its clients' addresses, whether admins' devices
-    are accepted, and who they are; plus the guard (the converge's own SSH source) and the data's
-    operator sources, LAN SSH and extra rules (from `data`, default: the host's)."""
+    are accepted, and who they are; the services it serves on its LAN address; plus the guard
+    (the converge's own SSH source) and the data's operator sources and extra rules (from
+    `data`, default: the host's). Everything else, to any address of the host but loopback, is
+    dropped."""
     fleet = graph.fleet
     h = fleet.hosts[name]
     data = h.data if data is None else data
     services = fleet.services
     rules = []
+    lan = []
     for service in services.on(name):
+        if "lan" in services.scopes(service) and (service != "ssh" or data.get("firewall_lan_ssh")):
+            lan.append({"service": service, "port": services.port(service)})
         if "tailnet" not in services.scopes(service):
             continue
         clients = graph.clients_of(service, name)
@@ -63,6 +68,8 @@ def ruleset(name: str, graph: ServiceGraph, guard_sources: list[str], data=None)
         "operator_sources": list(data.get("firewall_operator_sources") or []),
         "guard_sources": guard_sources,
         "services": rules,
-        "lan_ssh": bool(data.get("firewall_lan_ssh")),
+        # what the host serves on its LAN address (the port map's `lan` binds: SSH, unless
+        # firewall_lan_ssh is off), open to the LAN; any other TCP there is dropped
+        "lan_services": lan,
         "extra_rules": list(data.get("firewall_extra_rules") or []),
     }

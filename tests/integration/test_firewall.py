@@ -2,7 +2,8 @@
 (everything from the operator's address dropped, every SSH connection dropped) still leave
 the converge's own SSH working, because the guard and the graph's accepts come first; the
 run completes, a new SSH connection works, the specs pass, and the next run changes nothing.
-Then the fleet is put back and settles."""
+A listener on a wildcard address is reached from no other host. Then the fleet is put back
+and settles."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import subprocess
 
 from fleet.preflight.inventory import prepare, read_inventory_data, ssh_options
 from harness import testfleet
-from integration.conftest import REPO, docker_exec, run_specs, settle
+from integration.conftest import REPO, docker_exec, run_specs, settle, wait_until
 
 HOST = "pi5-beta"
 WRONG = ["ip saddr 100.100.255.254 drop", "tcp dport 22 drop"]
@@ -39,6 +40,41 @@ def test_a_wrong_rule_in_data_cannot_cut_the_converges_ssh():
     assert again["returncode"] == 0 and again["changed"] == 0, again["output"][-3000:]
     specs = run_specs("fw0 or ssh", HOST, {"firewall_extra_rules": WRONG})
     assert specs.returncode == 0, specs.stdout[-3000:]
+
+
+# A listener on every address of the host, IPv4 and IPv6 (what the specs refuse, net-01), for
+# at most LISTEN_FOR seconds; and a client that tries each address once, for at most 3 s each.
+ROGUE_PORT = 7777
+LISTEN_FOR = 90
+LISTENER = ("import socket, time\n"
+            "s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n"
+            f"s.bind(('::', {ROGUE_PORT})); s.listen(); time.sleep({LISTEN_FOR})\n")
+PROBE = ("import socket, sys\n"
+         "for target in sys.argv[1:]:\n"
+         "    address, port = target.rsplit(':', 1)\n"
+         "    try:\n"
+         "        socket.create_connection((address, int(port)), timeout=3).close(); print(target, 'open')\n"
+         "    except ConnectionRefusedError: print(target, 'refused')\n"
+         "    except OSError: print(target, 'dropped')\n")
+
+
+def test_a_wildcard_listener_is_reached_from_no_other_host():
+    """A process listening on 0.0.0.0 and :: on pi5-beta (net-01 reports it) is reached over
+    loopback only. From pi5-alpha, its port on pi5-beta's tailnet and LAN addresses is dropped
+    (a timeout, not the refusal a host without a firewall answers), while SSH on the LAN
+    address still connects."""
+    hosts, test_fleet = testfleet.load_inventory()
+    tailnet, lan = hosts[HOST]["tailnet_address"], test_fleet["lan_addresses"][HOST].split("/")[0]
+    docker_exec(HOST, "python3", "-c", LISTENER, detach=True)
+    try:
+        wait_until(lambda: f":{ROGUE_PORT} " in docker_exec(HOST, "ss", "-Htln").stdout, "the listener")
+        seen = docker_exec("pi5-alpha", "python3", "-c", PROBE, f"{tailnet}:{ROGUE_PORT}", f"{lan}:{ROGUE_PORT}",
+                           f"{lan}:22").stdout.split("\n")
+        assert seen[:3] == [f"{tailnet}:{ROGUE_PORT} dropped", f"{lan}:{ROGUE_PORT} dropped", f"{lan}:22 open"], seen
+        local = docker_exec(HOST, "python3", "-c", PROBE, f"127.0.0.1:{ROGUE_PORT}").stdout
+        assert local.strip() == f"127.0.0.1:{ROGUE_PORT} open", local
+    finally:
+        docker_exec(HOST, "pkill", "-f", f"s.bind\\(\\('::', {ROGUE_PORT}\\)", check=False)
 
 
 def test_fleet_settles():

@@ -46,10 +46,12 @@ def test_a_service_accepts_exactly_its_graph_clients(data):
     assert "ip daddr 100.100.0.3 tcp dport 5432 ip saddr { 100.100.0.1, 100.100.0.5 } accept" in rules
     # node exporter: Prometheus and the prober
     assert "ip daddr 100.100.0.3 tcp dport 9100 ip saddr { 100.100.0.4, 100.100.0.5 } accept" in rules
-    # loopback and answers first, the drop of the rest to the tailnet address last
+    # loopback and answers first, the drop of the rest, to every address of the host, last
     assert rules[:3] == ['type filter hook input priority filter; policy accept;', 'iif "lo" accept',
                          "ct state established,related accept"]
-    assert rules[-1] == "ip daddr 100.100.0.3 meta l4proto tcp drop"
+    assert rules[-1] == "meta l4proto tcp drop"
+    # the LAN address accepts SSH alone
+    assert [r for r in rules if "192.168.1.13" in r] == ["ip daddr 192.168.1.13 tcp dport 22 accept"]
     # a published container is reached through forward: the same clients, the same drop
     forward = chain(text, "forward")
     assert ("ct original ip daddr 100.100.0.3 meta l4proto tcp ct original proto-dst 5432 "
@@ -73,8 +75,20 @@ def test_the_converges_own_ssh_comes_before_any_rule_from_data(data):
 
 def test_lan_ssh_follows_the_data(data):
     data.all_data["firewall_lan_ssh"] = False
-    assert "tcp dport 22 accept" not in " ".join(r for r in chain(rules_for(data, "pi5-beta"), "input")
-                                                 if "192.168.1.12" in r)
+    rules = chain(rules_for(data, "pi5-beta"), "input")
+    # no accept on the LAN address: its SSH falls to the final drop (the guard still lets the run in)
+    assert not [r for r in rules if "192.168.1.12" in r] and rules[-1] == "meta l4proto tcp drop"
+    assert f"ip saddr {RUNNER} tcp dport 22 accept" in rules
+
+
+def test_a_service_bound_to_the_lan_is_open_there(data):
+    """A port-map service with a `lan` bind is accepted on the LAN address, from the LAN, as SSH
+    is; its tailnet bind keeps the graph's rule."""
+    data.all_data["fleet_services"]["node-exporter"]["bind"] = ["lan", "tailnet"]
+    rules = chain(rules_for(data, "pi5-beta"), "input")
+    assert [r for r in rules if "192.168.1.12" in r] == ["ip daddr 192.168.1.12 tcp dport 22 accept",
+                                                         "ip daddr 192.168.1.12 tcp dport 9100 accept"]
+    assert "ip daddr 100.100.0.2 tcp dport 9100 ip saddr { 100.100.0.4, 100.100.0.5 } accept" in rules
 
 
 @pytest.mark.parametrize("key, value, message", [
