@@ -13,7 +13,9 @@ in one transaction by fleet-firewall.service (at boot, and reloaded when the fil
 after the last load: crash-safe, fleet.converge.daemons). Debian's nftables.service is not
 used: its /etc/nftables.conf flushes the whole ruleset, Docker's and tailscaled's tables
 with it. Docker's own chains keep working: containers are published on loopback or the
-tailnet address, and forwarded traffic is not this table's business.
+tailnet address. Of forwarded traffic, this table looks only at connections Docker DNATed
+to a published container: those to the tailnet address get the same rules as input, any
+other is dropped; containers' own connections are not its business.
 
 The connection the converge itself uses (the address SSH_CONNECTION names) is accepted on
 the SSH port before any other rule, and `firewall_extra_rules` come after the fleet's own,

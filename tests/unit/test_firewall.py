@@ -56,7 +56,7 @@ def test_a_service_accepts_exactly_its_graph_clients(data):
     forward = chain(text, "forward")
     assert ("ct original ip daddr 100.100.0.3 meta l4proto tcp ct original proto-dst 5432 "
             "ip saddr { 100.100.0.1, 100.100.0.5 } accept") in forward
-    assert forward[-1] == "ct original ip daddr 100.100.0.3 meta l4proto tcp drop"
+    assert forward[-2:] == ["ct original ip daddr 100.100.0.3 meta l4proto tcp drop", "ct status dnat meta l4proto tcp drop"]
 
 
 def test_admins_are_never_a_fleet_host(data):
