@@ -2,8 +2,8 @@
 (everything from the operator's address dropped, every SSH connection dropped) still leave
 the converge's own SSH working, because the guard and the graph's accepts come first; the
 run completes, a new SSH connection works, the specs pass, and the next run changes nothing.
-A listener on a wildcard address is reached from no other host. Then the fleet is put back
-and settles."""
+A listener on a wildcard address, and a container published on one, are reached from no
+other host. Then the fleet is put back and settles."""
 
 from __future__ import annotations
 
@@ -75,6 +75,29 @@ def test_a_wildcard_listener_is_reached_from_no_other_host():
         assert local.strip() == f"127.0.0.1:{ROGUE_PORT} open", local
     finally:
         docker_exec(HOST, "pkill", "-f", f"s.bind\\(\\('::', {ROGUE_PORT}\\)", check=False)
+
+
+def test_a_container_published_on_every_address_is_reached_from_no_other_host():
+    """A container published by hand on 0.0.0.0 (`docker run -p 0.0.0.0:PORT:8080`; the
+    engine's own default is loopback) is reached through Docker's DNAT and the forward hook:
+    from pi5-alpha, dropped on pi5-beta's LAN and tailnet addresses; on pi5-beta, its port on
+    loopback answers, and the app pi5-beta runs still answers its client over the tailnet."""
+    hosts, test_fleet = testfleet.load_inventory()
+    tailnet, lan = hosts[HOST]["tailnet_address"], test_fleet["lan_addresses"][HOST].split("/")[0]
+    image = docker_exec(HOST, "docker", "ps", "--filter", "label=fleet.app=agents", "--format", "{{.Image}}").stdout.split()
+    assert image, "no agents app container on " + HOST
+    port = ROGUE_PORT + 1
+    docker_exec(HOST, "docker", "run", "-d", "--rm", "--name", "fleet-test-rogue", "-p", f"0.0.0.0:{port}:8080",
+                "-e", "APP_NAME=rogue", image[0])
+    try:
+        wait_until(lambda: docker_exec(HOST, "python3", "-c", PROBE, f"127.0.0.1:{port}").stdout.strip().endswith(" open"),
+                   "the published container on loopback")
+        seen = docker_exec("pi5-alpha", "python3", "-c", PROBE, f"{tailnet}:{port}", f"{lan}:{port}",
+                           f"{tailnet}:8001").stdout.split("\n")
+        # 8001: the agents service, whose client pi5-alpha is (the gateway's tunnel)
+        assert seen[:3] == [f"{tailnet}:{port} dropped", f"{lan}:{port} dropped", f"{tailnet}:8001 open"], seen
+    finally:
+        docker_exec(HOST, "docker", "rm", "-f", "fleet-test-rogue", check=False)
 
 
 def test_fleet_settles():
