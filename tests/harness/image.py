@@ -92,8 +92,9 @@ def engine_answers() -> bool:
 
 def ensure_tools(updated=None) -> None:
     """docker.io and the base image's build tools (ensure_build_tools), those of them that are
-    missing, in one apt transaction: a fresh machine lacks both, and one `apt-get update` and
-    one dpkg run cost ~5 s less than two. `updated`: as in apt_install; called in any case."""
+    missing, in one apt transaction: a fresh machine lacks both, and gets one `apt-get update`
+    and one dpkg run instead of two (docs/performance.md, twenty-fourth round). `updated`: as
+    in apt_install; called in any case."""
     missing = (["docker.io"] if not shutil.which("dockerd") else []) + missing_build_tools()
     if missing:
         apt_install(*missing, updated=updated)
