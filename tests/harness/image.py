@@ -78,12 +78,17 @@ def apt_install(*packages: str, updated=None) -> None:
     needs the package lists, not the dpkg lock the install holds)."""
     log(f"installing {' '.join(packages)} from Debian")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
-        done = run(cmd, check=False, env=env)  # apt's and its hooks' chatter only if it fails
+
+    def apt_get(*args: str) -> None:
+        done = run(["apt-get", *args], check=False, env=env)  # apt's and its hooks' chatter only if it fails
         if done.returncode:
-            raise SystemExit(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-        if cmd[1] == "update" and updated is not None:
-            updated()
+            raise SystemExit(f"apt-get {' '.join(args)} failed (exit {done.returncode}):\n"
+                             f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+    apt_get("update", "-qq")
+    if updated is not None:
+        updated()
+    apt_get("install", "-y", "-qq", *packages)
 
 
 def engine_answers() -> bool:

@@ -9,33 +9,11 @@ from functools import lru_cache
 from fleet.converge.render import render
 from fleet.policy.firewall import ruleset
 from fleet.policy.graph import ServiceGraph
+from harness.probe import PROBE
 from specs.conftest import fleet_model
 
 RULES = "/etc/fleet/firewall.nft"
 
-# Connect to each (address, port) at once from the host, each bounded by 1 s: "open",
-# "refused" (nothing listens: answered) or "timeout" (dropped). The peer's kernel answers a
-# SYN (SYN-ACK or RST) in milliseconds over the test network, however busy its processes
-# are; 1 s of silence is a drop, not a slow peer.
-PROBE = r"""
-import json, socket, sys
-from concurrent.futures import ThreadPoolExecutor
-def probe(t):
-    s = socket.socket(); s.settimeout(1.0)
-    try:
-        s.connect((t[0], t[1])); return "open"
-    except ConnectionRefusedError:
-        return "refused"
-    except (socket.timeout, TimeoutError):
-        return "timeout"
-    except OSError as e:
-        return f"error {e.errno}"
-    finally:
-        s.close()
-targets = json.loads(sys.argv[1])
-with ThreadPoolExecutor(max_workers=32) as pool:
-    print(json.dumps(list(pool.map(probe, targets))))
-"""
 
 
 @lru_cache(maxsize=1)
