@@ -1,4 +1,4 @@
-"""Health prober (healthcheck group): a systemd timer probes, every minute and as an unprivileged user, each service of the port map that has a `probe` on every host that runs it (TCP connect, HTTP GET, pg_isready, one LLM chat completion), and writes node exporter textfile metrics and a JSON status file; a failing Prometheus is also logged to the journal.
+"""Health prober (healthcheck group): a systemd timer probes, every minute and as an unprivileged user, each service of the port map that has a `probe` on every host that runs it (TCP connect, sshd's identification line answered, HTTP GET, pg_isready, one LLM chat completion), and writes node exporter textfile metrics and a JSON status file; a failing Prometheus is also logged to the journal.
 
 The probe list is generated from data (`ServiceMap.probe_targets`), never written by hand:
 a new host gets its ssh and node-exporter probes, a new service with a `probe` key its

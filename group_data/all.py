@@ -12,15 +12,15 @@ inventory.py overrides per host. Keys are prefixed with the component that reads
 # (fleet/converge/services.py answers where it binds and how another host reaches it).
 # Monitoring reads two more keys: "metrics", the path Prometheus scrapes (or {"path": ...,
 # "when": {data key: value}} for hosts whose data matches), and "probe", how the health
-# prober checks it: "tcp" (connect), "http:<path>" (200 expected), "postgres" (pg_isready)
-# or "llm" (one chat completion). Only what binds the tailnet is scraped or probed.
+# prober checks it: "tcp" (connect), "ssh" (sshd's identification line, answered), "http:<path>"
+# (200 expected), "postgres" (pg_isready) or "llm" (one chat completion). Only what binds the tailnet is scraped or probed.
 # "clients": who else reaches it: groups, host names, "all" or "admins" (the people of
 # tailnet_policy_admins, from their own devices). Only flows no other fact implies: scraping,
 # probing, the domain map's tunnels, postgres_roles / redis_users, the dead man's switch,
 # journal upload, backups and Grafana are derived (docs/tailnet-policy.md lists them), and
 # validation refuses a client that repeats one. The tailnet policy is generated from this.
 fleet_services = {
-    "ssh": {"port": 22, "bind": ["lan", "tailnet"], "groups": ["all"], "probe": "tcp", "clients": ["admins"]},
+    "ssh": {"port": 22, "bind": ["lan", "tailnet"], "groups": ["all"], "probe": "ssh", "clients": ["admins"]},
     "node-exporter": {"port": 9100, "bind": ["tailnet"], "groups": ["all"], "metrics": "/metrics",
                       "probe": "http:/", "clients": []},
     "web": {"port": 3000, "bind": ["loopback"], "groups": ["gateway"], "clients": []},

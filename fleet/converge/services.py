@@ -162,7 +162,7 @@ class ServiceMap:
         return None
 
     def probe(self, name: str) -> str | None:
-        """How the health prober checks service `name` ("tcp", "http:/path", "postgres",
+        """How the health prober checks service `name` ("tcp", "ssh", "http:/path", "postgres",
         "llm"), or None when it has no probe or does not bind the tailnet."""
         spec = self.service(name).get("probe")
         return spec if spec and "tailnet" in self.scopes(name) else None

@@ -204,7 +204,7 @@ def check_tailnet(fleet: Fleet) -> list[Problem]:
     return problems
 
 
-PROBES = re.compile(r"^(tcp|postgres|llm|http:/[A-Za-z0-9._~/-]*)\Z")
+PROBES = re.compile(r"^(tcp|ssh|postgres|llm|http:/[A-Za-z0-9._~/-]*)\Z")
 
 
 def _monitoring_keys(name: str, svc) -> list[Problem]:
@@ -213,7 +213,7 @@ def _monitoring_keys(name: str, svc) -> list[Problem]:
     probe = svc.get("probe")
     if probe is not None and not (isinstance(probe, str) and PROBES.match(probe)):
         problems.append(Problem("all", f"fleet_services[{name!r}].probe", f"{probe!r} is not a probe.",
-                                "use 'tcp', 'postgres', 'llm' or 'http:/<path>'."))
+                                "use 'tcp', 'ssh', 'postgres', 'llm' or 'http:/<path>'."))
     metrics = svc.get("metrics")
     path = metrics.get("path") if isinstance(metrics, dict) else metrics
     when = metrics.get("when", {}) if isinstance(metrics, dict) else {}

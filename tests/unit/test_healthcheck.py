@@ -55,6 +55,7 @@ def test_the_probe_list_comes_from_the_port_map_and_inventory(data):
     found = by_service(targets(fleet))
     assert set(found["node-exporter"]) == set(fleet.hosts)
     assert set(found["ssh"]) == set(fleet.hosts)
+    assert {t["probe"] for t in found["ssh"].values()} == {"ssh"}  # sshd's line, answered
     assert found["node-exporter"]["pi5-gamma"]["address"] == "100.100.0.3"
     assert found["node-exporter"]["pi5-gamma"]["probe"] == "http:/"
     postgres = found["postgres"]
@@ -409,3 +410,69 @@ def test_an_unreadable_probe_list_is_exit_status_2(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "cannot read the probe list" in done.stdout
     assert not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
+
+
+# --- the ssh kind: sshd's identification line, answered -----------------------------------
+class Greeter:
+    """A loopback server that sends `lines` on each connection, then reads one line back
+    (what the client identified itself as; b"" when it closed or sent nothing for 2 s), and
+    closes."""
+
+    def __init__(self, lines: bytes):
+        self.lines, self.heard = lines, []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                conn.sendall(self.lines)
+                try:
+                    self.heard.append(conn.makefile("rb").readline(300))
+                except TimeoutError:
+                    self.heard.append(b"")
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def greeters():
+    made = []
+    yield lambda lines: made.append(Greeter(lines)) or made[-1]
+    for g in made:
+        g.close()
+
+
+def test_the_ssh_probe_reads_sshds_line_and_answers_it(tmp_path, greeters, silent, server):
+    sshd = greeters(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u10\r\n")
+    chatty = greeters(b"a line some servers send first\r\nSSH-2.0-OpenSSH_9.9\r\n")
+    smtp = greeters(b"220 mail.example ESMTP\r\n")
+    code, out, _ = run_prober(tmp_path, [entry("ssh", "a", sshd.port, "ssh"), entry("ssh", "b", chatty.port, "ssh"),
+                                         entry("ssh", "c", smtp.port, "ssh"),
+                                         entry("ssh", "d", silent, "ssh", timeout=1),
+                                         entry("ssh", "e", server, "ssh", timeout=1)])
+    assert code == 0, out
+    a, b, c, d, e = json.loads((tmp_path / "status.json").read_text())["results"]
+    assert a["ok"] and a["detail"] == "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u10"
+    assert b["ok"] and b["detail"] == "SSH-2.0-OpenSSH_9.9"
+    # sshd heard the prober's own line before the close: it logs an info line, not an error
+    assert sshd.heard == [b"SSH-2.0-fleet_probe\r\n"] and chatty.heard == [b"SSH-2.0-fleet_probe\r\n"]
+    # a listener that is not an answering sshd fails, where a TCP connect passed
+    assert not c["ok"] and "closed before sending an SSH identification line" in c["error"]
+    assert not d["ok"] and "timed out" in d["error"]
+    assert not e["ok"] and "timed out" in e["error"]  # an HTTP server waits for a request
+    assert smtp.heard == [b""]  # nothing was sent to what is not sshd
