@@ -226,6 +226,10 @@ LAYERS = [
     {"host": {"_sudo_password": "pw", "name": "from data"}},
     {"group2": {"_success_exit_codes": [0, 3]}, "all": {"_success_exit_codes": [0, 4]}},
     {"override": Layer({"_timeout": 9, "_success_exit_codes": [0, 5]}), "host": {"_timeout": 6, "_retries": 1}},
+    # layers with more keys than there are argument names (a site's group data): looked up the other way round
+    {"host": {**{f"setting_{i}": i for i in range(80)}, "_sudo": True},
+     "all": {**{f"default_{i}": i for i in range(150)}, "_timeout": 11, "_sudo": False}},
+    {"group1": {f"setting_{i}": i for i in range(80)}, "all": {**{f"default_{i}": i for i in range(150)}, "_retries": 4}},
 ]
 CALLS = [
     {},
