@@ -1,11 +1,8 @@
 """sshd baseline, asserted on sshd's own parsed view of its config (`sshd -T`)."""
 
-import json
-
 import pytest
 
-from deploys import healthcheck as hc
-from specs.conftest import fleet_host, fleet_model, fleet_services, listening
+from specs.conftest import listening
 
 
 def sshd_effective(fh) -> dict[str, list[str]]:
@@ -65,35 +62,3 @@ def test_ssh08_admin_keys_exact(fh):
 def test_ssh09_admin_sudo_without_password(fh):
     """ssh-09: the admin account (key-only, no password) can use sudo non-interactively."""
     assert fh.user_host.run("sudo -n true").rc == 0
-
-
-def test_ssh11_health_probes_leave_no_sshd_error(fh):
-    """ssh-11: the health probers' SSH checks end as sshd expects, their identification line
-    answered: no sshd connection from a prober's tailnet address logged an error since its
-    probe list was last installed, or in its last two rounds. (A bare TCP connect made sshd
-    log `error: kex_exchange_identification: Connection closed by remote host`, once per
-    probe, on every host.)"""
-    model = fleet_model()
-    probers = [name for name, h in model.hosts.items() if "healthcheck" in h.groups
-               and any(t["service"] == "ssh" and t["host"] == fh.name
-                       for t in hc.targets(name, h.data, fleet_services()))]
-    if not probers:
-        pytest.skip(f"no health prober checks sshd on {fh.name}")
-    now = float(fh.host.check_output("date +%s"))
-    seen, errors = 0, []
-    for prober in probers:
-        data = model.hosts[prober].data
-        installed = float(fleet_host(prober).host.check_output(f"stat -c %Y {hc.CONFIG}"))
-        since = max(installed, now - 2 * data["healthcheck_interval_seconds"] - 10)
-        address = data["tailnet_address"]
-        entries = [json.loads(line) for line in fh.host.check_output(
-            f"journalctl _COMM=sshd --since @{since:.0f} -o json --output-fields=_PID,PRIORITY,MESSAGE "
-            "--no-pager").splitlines() if line.startswith("{")]
-        # sshd names the peer's address in one line per connection; its other lines share the PID
-        pids = {e.get("_PID") for e in entries if f" {address} port " in str(e.get("MESSAGE"))}
-        seen += len(pids)
-        errors += [f"{prober}: {e.get('MESSAGE')}" for e in entries
-                   if e.get("_PID") in pids and int(e.get("PRIORITY", 6)) <= 3]
-    if not seen:
-        pytest.skip(f"no probe of sshd on {fh.name} yet since the probe list was installed")
-    assert not errors, f"{fh.name}: sshd logged errors for the health probes: {errors[:3]}"
