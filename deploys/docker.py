@@ -24,6 +24,7 @@ from fleet.converge.aptsource import vendor_apt_source
 from fleet.converge.component import Component, Problem, Problems, component, matches
 from fleet.converge.daemons import keep_running
 from fleet.converge.ops import validated_file
+from fleet.converge.services import TAILNET_RANGE
 from fleet.converge.render import source
 
 DEFAULTS = {
@@ -171,8 +172,6 @@ def docker():
         )
 
 
-
-TAILNET_RANGE = ipaddress.ip_network("100.64.0.0/10")
 
 
 def _names(names: list[str], every: list[str]) -> str:

@@ -35,18 +35,22 @@ from fleet.converge.component import Component, Problem
 from fleet.converge.daemons import keep_running
 from fleet.converge.ops import validated_file
 from fleet.converge.render import render
+from fleet.converge.services import TAILNET_RANGE
 from fleet.policy.firewall import graph_of, ruleset
 
 DEFAULTS = {
     # Whether the host gets the firewall.
     "firewall_enabled": True,
-    # Where admins' devices are (IPv4 networks): a service whose clients include "admins"
-    # accepts them, but never a fleet host's address. The tailnet policy says which devices
-    # of the tailnet are admins', so the default is the whole tailnet range.
+    # Where admins' devices are (IPv4 networks within the tailnet, 100.64.0.0/10): a service
+    # whose clients include "admins" accepts them, but never a fleet host's address. The
+    # tailnet policy says which devices of the tailnet are admins', so the default is the
+    # whole tailnet range.
     "firewall_admin_sources": ["100.64.0.0/10"],
-    # Addresses of the machines the converge and `make verify` run from (IPv4, e.g. your
-    # laptop's pinned tailnet address): they reach every service on the tailnet address,
-    # as the specs need. Empty: only the admin path and the graph's clients.
+    # Tailnet addresses of the machines the converge and `make verify` run from (IPv4, e.g.
+    # your laptop's pinned tailnet address): they reach every service on the tailnet address,
+    # as the specs need. Empty: only the admin path and the graph's clients. Both lists are
+    # refused outside 100.64.0.0/10: a LAN source could reach the tailnet address only by
+    # routing to it through the host's LAN address, around the tailnet policy.
     "firewall_operator_sources": [],
     # Keep SSH open on the LAN address (the way in while the tailnet is down). Off, SSH there
     # is dropped like any other TCP to the LAN address (the running converge's own excepted).
@@ -121,10 +125,21 @@ def check_settings(fleet, hosts) -> list[Problem]:
         for key in ("firewall_admin_sources", "firewall_operator_sources"):
             for value in h.data.get(key) or []:
                 try:
-                    ipaddress.IPv4Network(str(value), strict=False)
+                    network = ipaddress.IPv4Network(str(value), strict=False)
                 except ValueError:
                     problems.append(Problem(h.name, key, f"{value!r} is not an IPv4 address or network.",
                                             "write it like '100.64.0.0/10' or '100.100.0.50'."))
+                    continue
+                # Their rules accept connections to the tailnet address. A source outside the
+                # tailnet reaches that address only around Tailscale (a LAN machine routing to it
+                # through the host's LAN address), where no tailnet policy applies: '0.0.0.0/0'
+                # would open every service to the whole LAN.
+                if not network.subnet_of(TAILNET_RANGE):
+                    problems.append(Problem(h.name, key, f"{value!r} is outside the tailnet ({TAILNET_RANGE}): "
+                                            "its rules accept connections to the tailnet address, which a "
+                                            "source outside the tailnet reaches only around Tailscale.",
+                                            f"use tailnet addresses (within {TAILNET_RANGE}), e.g. your "
+                                            "machine's pinned tailnet address."))
         for i, rule in enumerate(h.data.get("firewall_extra_rules") or []):
             if not isinstance(rule, str) or any(c in rule for c in "\n;{}"):
                 problems.append(Problem(h.name, f"firewall_extra_rules[{i}]", f"{rule!r} is not one nftables rule.",

@@ -18,10 +18,13 @@ binds the tailnet address; anything else is refused with `Unreachable`.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 SCOPES = ("loopback", "tailnet", "lan")
+# Tailscale's address range (CGNAT): every node's tailnet address is in it.
+TAILNET_RANGE = ipaddress.ip_network("100.64.0.0/10")
 LOOPBACK = "127.0.0.1"
 # The group pyinfra adds for the inventory file itself (inventory.py -> "inventory").
 PYINFRA_FILE_GROUP = "inventory"

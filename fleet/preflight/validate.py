@@ -13,11 +13,10 @@ import re
 import ipaddress
 
 from fleet.converge.component import ACCOUNT_NAME, HOSTNAME, ComponentError, Problem, Problems, components
-from fleet.converge.services import SCOPES
+from fleet.converge.services import SCOPES, TAILNET_RANGE
 from fleet.policy.graph import check_service_graph
 from fleet.preflight.model import Fleet
 
-TAILNET_RANGE = ipaddress.ip_network("100.64.0.0/10")
 REQUIRED_HOST_KEYS = ("lan_address", "tailnet_address", "ssh_user", "arch")
 KNOWN_ARCHS = ("arm64", "amd64")
 # The edge's WAF and rate-limiting rules (fleet.commands.edge writes them to Cloudflare): data key ->

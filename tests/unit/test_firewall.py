@@ -94,6 +94,10 @@ def test_a_service_bound_to_the_lan_is_open_there(data):
 @pytest.mark.parametrize("key, value, message", [
     ("firewall_admin_sources", ["100.64.0.0/33"], "is not an IPv4 address or network"),
     ("firewall_operator_sources", ["laptop"], "is not an IPv4 address or network"),
+    # sources outside the tailnet would reach the tailnet address only from the LAN, around Tailscale
+    ("firewall_operator_sources", ["0.0.0.0/0"], "is outside the tailnet (100.64.0.0/10)"),
+    ("firewall_admin_sources", ["192.168.1.0/24"], "is outside the tailnet (100.64.0.0/10)"),
+    ("firewall_admin_sources", ["100.0.0.0/8"], "is outside the tailnet (100.64.0.0/10)"),
     ("firewall_extra_rules", ["accept; flush ruleset"], "is not one nftables rule"),
 ])
 def test_bad_settings_are_refused(data, key, value, message):
