@@ -24,7 +24,7 @@ from fleet.converge.render import render, source
 from fleet.converge.services import ServiceMap
 
 DEFAULTS = {
-    # Packages every host gets.
+    # Packages every host gets: Debian package names (each may carry :arch or =version).
     "base_packages": [
         "sudo",
         "ca-certificates",
@@ -440,6 +440,25 @@ def check_sysctls(fleet, hosts) -> list[Problem]:
     return found
 
 
+# A Debian package name (Debian Policy 5.6.7: lowercase letters, digits, '+', '-' and '.',
+# two or more, starting alphanumeric), optionally with an architecture (:arm64) and a version
+# (=1.2-3): what apt-get install takes, and nothing a shell or apt option could read.
+PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?")
+
+
+def check_packages(fleet, hosts) -> list[Problem]:
+    found = Problems(fleet)
+    for h in hosts:
+        wanted = h.data.get("base_packages")
+        if not isinstance(wanted, list):  # the type check names it
+            continue
+        for name in wanted:
+            if not isinstance(name, str) or not PACKAGE.fullmatch(name):
+                found.add(h, "base_packages", f"{name!r} is not a Debian package name.",
+                          "write the name as `apt-get install` takes it, e.g. 'curl' or 'curl=7.88.1-10+deb12u8'.")
+    return found
+
+
 def check_sshd_settings(fleet, hosts) -> list[Problem]:
     """Each setting becomes one `Key value` line of sshd_config: one line each, no comments.
     A bad setting group_data/all.py gives every host is one line, not one per host."""
@@ -457,7 +476,7 @@ COMPONENT = Component(
     deploy=base,
     defaults=DEFAULTS,
     secrets=host_key,
-    rules=(check_admin, check_sshd_settings, check_lock_timeout, check_sysctls,
+    rules=(check_admin, check_packages, check_sshd_settings, check_lock_timeout, check_sysctls,
            matches("base_timezone", ZONE, "a timezone name", "use a name from /usr/share/zoneinfo, like 'UTC' or "
                    "'Europe/Berlin' (timedatectl list-timezones).")),
     types={"base_time_sync_running": (bool, type(None))},

@@ -219,6 +219,19 @@ def test_a_sysctl_is_a_dotted_name_and_a_plain_value(data, sysctls):
     assert "is not a kernel parameter and its value." in line and line.startswith("all: base_sysctls: ")
 
 
+@pytest.mark.parametrize("name", ["vim; touch /tmp/x", "-oAPT::Get::AllowUnauthenticated=1", "Vim", "v",
+                                  "curl=1.0 wget", "", 7])
+def test_a_base_package_is_one_debian_package_name(data, name):
+    # each is an argument of apt-get install as root: a shell word or an apt option is refused
+    [line] = fleet_wide(data, "base_packages", ["curl", name])
+    assert line.startswith(f"all: base_packages: {name!r} is not a Debian package name. Fix: ")
+
+
+def test_package_names_apt_takes_pass(data):
+    assert fleet_wide(data, "base_packages", ["curl", "g++", "libstdc++6", "python3.11", "libc6:arm64",
+                                              "curl=7.88.1-10+deb12u8", "tzdata=2024a-0+deb12u1"]) == []
+
+
 def test_sysctls_of_every_kind_pass(data):
     assert fleet_wide(data, "base_sysctls", {"net.ipv4.tcp_rmem": "4096 87380 6291456", "vm.swappiness": 10,
                                              "net.ipv4.conf.eth0-1.forwarding": "1", "kernel.sem": [250, 256000]}) == []
