@@ -50,7 +50,9 @@ DEFAULTS = {
     "docker_log_max_size": "10m",
     # ... and how many rotated files are kept.
     "docker_log_max_file": 3,
-    # Extra daemon.json keys, merged last (validated on the host like the rest).
+    # Extra daemon.json keys, merged last (validated on the host like the rest). Not the
+    # fleet's own (ip, log-driver, log-opts, live-restore, default-address-pools, runtimes)
+    # nor hosts: those are refused.
     "docker_daemon_extra": {},
     # Kernel command line tokens Raspberry Pi OS needs for memory limits to work.
     "docker_cmdline_tokens": ["cgroup_memory=1", "cgroup_enable=memory"],
@@ -264,6 +266,34 @@ def check_logs(fleet, hosts) -> list[Problem]:
     return found
 
 
+# daemon.json keys docker_daemon_extra may not set: the fleet's own (each has a setting that is
+# checked, or a component that owns it) and the engine's API sockets.
+DAEMON_KEYS_NOT_EXTRA = {
+    "ip": "containers are published on loopback unless a port names an address (spec dk-04): "
+          "publish a container on the tailnet address by naming it",
+    "log-driver": "set the log rotation with docker_log_max_size and docker_log_max_file",
+    "log-opts": "set the log rotation with docker_log_max_size and docker_log_max_file",
+    "live-restore": "the fleet restarts dockerd without stopping the containers",
+    "default-address-pools": "set docker_address_pools (checked against every LAN and the tailnet)",
+    "runtimes": "the nvidia component registers its runtime",
+    "hosts": "the engine's API stays on its local socket (over TCP it is root for whoever reaches it, "
+             "and dockerd refuses to start with hosts beside docker.service's -H fd://)",
+}
+
+
+def check_daemon_extra(fleet, hosts) -> list[Problem]:
+    """docker_daemon_extra is merged last into daemon.json, so it could undo what the fleet
+    checks elsewhere: publishing on every address, a pool over the LAN, a TCP API."""
+    found = Problems(fleet)
+    for h in hosts:
+        extra = h.data.get("docker_daemon_extra")
+        for key in sorted(extra) if isinstance(extra, dict) else ():  # the type check names a non-dict
+            if key in DAEMON_KEYS_NOT_EXTRA:
+                found.add(h, "docker_daemon_extra", f"{key!r} cannot be set through docker_daemon_extra.",
+                          f"leave it out: {DAEMON_KEYS_NOT_EXTRA[key]}.")
+    return found
+
+
 def check_enabled(fleet, hosts) -> list[Problem]:
     return [Problem(h.name, "docker_enabled", f"{h.data.get('docker_enabled')!r} is not True or False.",
                     "write docker_enabled = True or False in the group's data.")
@@ -281,6 +311,7 @@ COMPONENT = Component(
     defaults=DEFAULTS,
     when=enabled,
     rules=(check_enabled, check_pools, check_source, check_cmdline_tokens, check_cmdline_file, check_logs,
+           check_daemon_extra,
            matches("docker_log_max_size", LOG_SIZE, "a log file size", "use a number with k, m or g, e.g. '10m'."),
            aptsource.rule("docker_apt", when=lambda data: data.get("docker_source") == "docker-ce",
                           version="docker_ce_version")),

@@ -230,6 +230,9 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 # are downloaded from: an http(s) URL without spaces or quotes, with {version} in it.
 VERSION = re.compile(r"[0-9]+(\.[0-9]+)*(-rc[0-9]+)?")
 RELEASE_URL = re.compile(r"https?://[^\s'\"\\]*\{version\}[^\s'\"\\]*")
+# A model as `ollama pull` names it: [registry/][namespace/]name[:tag], each part letters,
+# digits, '.', '_' and '-' (nothing a shell or the CLI could read as anything else).
+MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*(:[A-Za-z0-9][A-Za-z0-9._-]*)?")
 
 
 def check_release(fleet, hosts) -> list[Problem]:
@@ -255,9 +258,9 @@ def check_release(fleet, hosts) -> list[Problem]:
                 "copy it (and the JetPack add-on's, on a Jetson) from the release's "
                 "sha256sum.txt into group_data/llm.py."))
         models = data.get("ollama_models")
-        if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        if not isinstance(models, list) or not all(isinstance(m, str) and MODEL.fullmatch(m) for m in models):
             problems.append(Problem(h.name, "ollama_models", f"{models!r} is not a list of model names.",
-                                    "write it like ['qwen2.5:7b']."))
+                                    "write it like ['qwen2.5:7b'] (or a registry path, 'hf.co/user/repo:tag')."))
     return problems
 
 

@@ -47,7 +47,8 @@ DEFAULTS = {
     "vllm_served_model_name": "qwen2.5:7b",
     # Maximum context (prompt + reply tokens), the guide's value.
     "vllm_max_model_len": 4096,
-    # Further server arguments (never secrets: they are visible in `ps`).
+    # Further server arguments (never secrets: they are visible in `ps`); not the fleet's own
+    # (--host, --port, --served-model-name, --max-model-len, --api-key): those are refused.
     "vllm_extra_args": ["--gpu-memory-utilization", "0.8"],
     # The container's name.
     "vllm_container": "vllm",
@@ -130,6 +131,18 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 DOCKER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 
 
+# Server arguments the fleet passes itself (run_arguments): given again in vllm_extra_args, the
+# last one wins, and the published port, the health probe or the clients' model name would no
+# longer match; the API key is read from its env file, never a command line (`ps`, inspect).
+FLEET_FLAGS = {
+    "--host": "the server listens on every address of its own container; the host publishes it",
+    "--port": "the published port and the health probe name the container's port",
+    "--served-model-name": "set vllm_served_model_name",
+    "--max-model-len": "set vllm_max_model_len",
+    "--api-key": "the key comes from the vault (vllm_api_key), through a 0600 env file, never a command line",
+}
+
+
 def check_settings(fleet, hosts) -> list[Problem]:
     problems = []
     for h in hosts:
@@ -148,6 +161,11 @@ def check_settings(fleet, hosts) -> list[Problem]:
             problems.append(Problem(h.name, "vllm_image_archive_sha256",
                                     "is missing or not a SHA-256, but vllm_image_archive_url is set.",
                                     "add the archive's sha256sum next to its URL."))
+        for arg in data.get("vllm_extra_args") or []:
+            flag = str(arg).split("=", 1)[0]
+            if flag in FLEET_FLAGS:
+                problems.append(Problem(h.name, "vllm_extra_args", f"{flag!r} is the fleet's own vLLM argument.",
+                                        f"leave it out: {FLEET_FLAGS[flag]}."))
         max_len = data.get("vllm_max_model_len")
         if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len <= 0:
             problems.append(Problem(h.name, "vllm_max_model_len", f"{max_len!r} is not a positive integer.",

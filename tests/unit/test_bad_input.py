@@ -232,6 +232,39 @@ def test_package_names_apt_takes_pass(data):
                                               "curl=7.88.1-10+deb12u8", "tzdata=2024a-0+deb12u1"]) == []
 
 
+@pytest.mark.parametrize("extra", [{"hosts": ["tcp://0.0.0.0:2375"]}, {"ip": "0.0.0.0"},
+                                   {"default-address-pools": [{"base": "192.168.1.0/24", "size": 24}]},
+                                   {"log-opts": {"max-size": "1g"}}, {"runtimes": {}}])
+def test_docker_daemon_extra_cannot_undo_what_the_fleet_checks(data, extra):
+    # merged last into daemon.json: a TCP API, publishing on every address, a pool over the LAN
+    [line] = fleet_wide(data, "docker_daemon_extra", {"debug": True, **extra})
+    key = next(iter(extra))
+    assert line.startswith(f"all: docker_daemon_extra: {key!r} cannot be set through docker_daemon_extra. Fix: ")
+
+
+def test_other_daemon_json_keys_pass(data):
+    assert fleet_wide(data, "docker_daemon_extra", {"debug": True, "max-concurrent-downloads": 2}) == []
+
+
+@pytest.mark.parametrize("args, flag", [(["--api-key", "sk-x"], "--api-key"), (["--port=9000"], "--port"),
+                                        (["--host", "0.0.0.0"], "--host"), (["--served-model-name", "m"], "--served-model-name")])
+def test_vllm_extra_args_leave_the_fleets_own_arguments_alone(data, args, flag):
+    data.hosts["jetson-prime"]["llm_engine"] = "vllm"
+    data.group_data["llm"]["vllm_image"] = "vllm/vllm-openai@sha256:" + "ab" * 32
+    data.hosts["jetson-prime"]["vllm_extra_args"] = ["--gpu-memory-utilization", "0.8", *args]
+    assert one_line(p for p in problems(data.fleet()) if p.key == "vllm_extra_args") == [
+        f"jetson-prime: vllm_extra_args: {flag!r} is the fleet's own vLLM argument. Fix: leave it out: "
+        f"{vllm.FLEET_FLAGS[flag]}."]
+
+
+@pytest.mark.parametrize("model", ["qwen; curl evil", "--insecure", "qwen 7b", "", "a:b:c"])
+def test_an_ollama_model_is_a_name_ollama_pull_takes(data, model):
+    data.hosts["jetson-prime"]["ollama_models"] = ["qwen2.5:7b", model]
+    assert [p.key for p in problems(data.fleet()) if p.key == "ollama_models"] == ["ollama_models"]
+    data.hosts["jetson-prime"]["ollama_models"] = ["qwen2.5:7b", "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M"]
+    assert not [p for p in problems(data.fleet()) if p.key == "ollama_models"]
+
+
 def test_sysctls_of_every_kind_pass(data):
     assert fleet_wide(data, "base_sysctls", {"net.ipv4.tcp_rmem": "4096 87380 6291456", "vm.swappiness": 10,
                                              "net.ipv4.conf.eth0-1.forwarding": "1", "kernel.sem": [250, 256000]}) == []
