@@ -52,12 +52,11 @@ DEFAULTS = {
     },
     # Daily unattended security upgrades (Debian's default origins).
     "base_unattended_upgrades": True,
-    # sshd settings; ListenAddress is always the host's LAN and tailnet addresses.
+    # sshd settings besides the deploy's own, which are always written: key-only logins and
+    # no root (SSHD_HARDENED), ListenAddress (the host's LAN and tailnet addresses), HostKey
+    # (the vault's). A setting that would undo those, or could keep the admin's key out
+    # (`sshd -t` passes a config that locks everyone out), is refused.
     "base_sshd_settings": {
-        "PermitRootLogin": "no",
-        "PasswordAuthentication": "no",
-        "KbdInteractiveAuthentication": "no",
-        "PubkeyAuthentication": "yes",
         "X11Forwarding": "no",
         "MaxAuthTries": "4",
         "LoginGraceTime": "30",
@@ -352,7 +351,7 @@ def _sshd():
             "base",
             listen_addresses=[e.address for e in listeners],
             port=listeners[0].port,
-            settings=host.data.base_sshd_settings,
+            settings=sshd_settings(host.data.base_sshd_settings),
         ),
         dest=SSHD_CONFIG,
         validate="/usr/sbin/sshd -t -f {path}",
@@ -459,15 +458,119 @@ def check_packages(fleet, hosts) -> list[Problem]:
     return found
 
 
+# What the deploy always writes into sshd_config, whatever base_sshd_settings says: keys only,
+# never root. (sshd takes the first value it reads, so a setting in data could otherwise undo
+# them, and a base_sshd_settings of its own, replacing the default dict, dropped them.)
+SSHD_HARDENED = {
+    "PermitRootLogin": "no",
+    "PasswordAuthentication": "no",
+    "KbdInteractiveAuthentication": "no",
+    "PubkeyAuthentication": "yes",
+}
+# Keywords the template writes itself (from the port map, the vault, or as fixed lines), or that
+# would change how the file is read (Include, Match: every line after a Match is conditional).
+SSHD_OWN = ("ListenAddress", "Port", "HostKey", "Include", "Match", "UsePAM", "PrintMotd", "AcceptEnv",
+            "Subsystem")
+# Keywords that decide whether the admin's key logs in: a wrong value passes `sshd -t` and locks
+# every later converge out. Restricting who reaches sshd is the tailnet policy's and the
+# firewall's job (firewall_lan_ssh).
+SSHD_WHO = ("AuthorizedKeysFile", "AuthorizedKeysCommand", "AuthorizedKeysCommandUser", "AuthenticationMethods",
+            "AllowUsers", "DenyUsers", "AllowGroups", "DenyGroups")
+# Algorithm lists the converge's own SSH client (paramiko) must find one of: a list with none of
+# them locks every converge out. A value starting with + or ^ only adds to OpenSSH's defaults; one
+# starting with - removes from them: those of Debian 12's OpenSSH 9.2 that paramiko also speaks
+# (`sshd -T` on a bookworm host; a newer sshd only adds to them).
+SSHD_ALGORITHMS = {"KexAlgorithms": "_preferred_kex", "Ciphers": "_preferred_ciphers", "MACs": "_preferred_macs",
+                   "HostKeyAlgorithms": "_preferred_keys"}
+SSHD_DEFAULTS_PARAMIKO_SPEAKS = {
+    "KexAlgorithms": ("curve25519-sha256@libssh.org", "ecdh-sha2-nistp256", "ecdh-sha2-nistp384", "ecdh-sha2-nistp521",
+                      "diffie-hellman-group-exchange-sha256", "diffie-hellman-group16-sha512",
+                      "diffie-hellman-group14-sha256"),
+    "Ciphers": ("aes128-ctr", "aes192-ctr", "aes256-ctr", "aes128-gcm@openssh.com", "aes256-gcm@openssh.com"),
+    "MACs": ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256", "hmac-sha2-512",
+             "hmac-sha1"),
+    "HostKeyAlgorithms": ("ssh-ed25519",),  # the host key is the vault's ed25519 key
+}
+
+
+def sshd_settings(data_settings: dict) -> dict:
+    """The settings sshd_config gets: SSHD_HARDENED, then the data's others (one that repeats a
+    hardened key with its own value is validated to be that value, and written once)."""
+    hardened = {key.lower() for key in SSHD_HARDENED}
+    return {**SSHD_HARDENED, **{k: v for k, v in (data_settings or {}).items() if str(k).lower() not in hardened}}
+
+
+def _algorithms_problem(keyword: str, value: str) -> str | None:
+    """Why `keyword value` leaves paramiko no algorithm it speaks, or None."""
+    import fnmatch
+
+    import paramiko
+
+    if value.startswith(("+", "^")):
+        return None
+    names = [name.strip() for name in value.lstrip("-").split(",") if name.strip()]
+    named = lambda a: any(fnmatch.fnmatchcase(a, name) for name in names)  # noqa: E731
+    if value.startswith("-"):
+        ours = SSHD_DEFAULTS_PARAMIKO_SPEAKS[keyword]
+        left = [a for a in ours if not named(a)]
+    else:
+        ours = getattr(paramiko.Transport, SSHD_ALGORITHMS[keyword])
+        left = [a for a in ours if named(a)]
+        if keyword == "HostKeyAlgorithms":  # the host key is ed25519: nothing else can be offered
+            left = [a for a in left if a == "ssh-ed25519"]
+    if left:
+        return None
+    return f"leaves none the converge's SSH client speaks ({', '.join(ours[:4])}, ...): every later run is locked out"
+
+
+def _key_types_problem(value: str, admin_keys: list) -> str | None:
+    import fnmatch
+
+    if value.startswith(("+", "^")):
+        return None
+    names = [name.strip() for name in value.lstrip("-").split(",") if name.strip()]
+    removing = value.startswith("-")
+    for key in admin_keys:
+        kind = str(key).split()[0] if str(key).split() else ""
+        accepted = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}.get(kind, (kind,))
+        hit = [a for a in accepted if any(fnmatch.fnmatchcase(a, name) for name in names)]
+        if (removing and len(hit) == len(accepted)) or (not removing and not hit):
+            return f"does not accept the admin key type {kind}: the admin is locked out"
+    return None
+
+
 def check_sshd_settings(fleet, hosts) -> list[Problem]:
-    """Each setting becomes one `Key value` line of sshd_config: one line each, no comments.
-    A bad setting group_data/all.py gives every host is one line, not one per host."""
+    """Each setting becomes one `Key value` line of sshd_config: one line each, no comments;
+    none that undoes the deploy's own lines or could keep the admin's key out. A bad setting
+    group_data/all.py gives every host is one line, not one per host."""
     found = Problems(fleet)
+    hardened = {key.lower(): (key, value) for key, value in SSHD_HARDENED.items()}
+    own, who = {k.lower() for k in SSHD_OWN}, {k.lower() for k in SSHD_WHO}
+    algorithms = {k.lower(): k for k in SSHD_ALGORITHMS}
     for h in hosts:
-        for key, value in (h.data.get("base_sshd_settings") or {}).items():
+        settings = h.data.get("base_sshd_settings") or {}
+        for key, value in settings.items() if isinstance(settings, dict) else ():
+            word = str(key).lower()
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", str(key)) or not re.fullmatch(r"[^\x00-\x1f#]+", str(value)):
                 found.add(h, "base_sshd_settings", f"{key!r}: {value!r} is not one sshd_config setting.",
                           "use sshd's keyword and a one-line value.")
+            elif word in hardened and str(value).strip().lower() != hardened[word][1]:
+                found.add(h, "base_sshd_settings", f"{key!r}: {value!r} would undo key-only logins without root "
+                          f"(the deploy always writes {hardened[word][0]} {hardened[word][1]}).", "leave it out.")
+            elif word in own:
+                found.add(h, "base_sshd_settings", f"{key!r} is written by the deploy (listen addresses from the "
+                          "port map, the host key from the vault, PAM and sftp as Debian has them).", "leave it out.")
+            elif word in who:
+                found.add(h, "base_sshd_settings", f"{key!r} decides whether the admin's key logs in: a wrong value "
+                          "passes `sshd -t` and locks every later converge out.",
+                          "leave it out; restrict who reaches sshd with the tailnet policy and firewall_lan_ssh.")
+            elif word in algorithms and (why := _algorithms_problem(algorithms[word], str(value))):
+                found.add(h, "base_sshd_settings", f"{key!r}: {value!r} {why}.",
+                          "keep one the converge speaks, or add with a leading '+'.")
+            elif word in ("pubkeyacceptedalgorithms", "pubkeyacceptedkeytypes") and (
+                    why := _key_types_problem(str(value), h.data.get("base_admin_ssh_keys") or [])):
+                found.add(h, "base_sshd_settings", f"{key!r}: {value!r} {why}.",
+                          "include the admin keys' types, or add with a leading '+'.")
     return found
 
 

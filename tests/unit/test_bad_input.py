@@ -265,6 +265,32 @@ def test_an_ollama_model_is_a_name_ollama_pull_takes(data, model):
     assert not [p for p in problems(data.fleet()) if p.key == "ollama_models"]
 
 
+@pytest.mark.parametrize("setting, message", [
+    ({"PasswordAuthentication": "yes"}, "would undo key-only logins without root"),
+    ({"permitrootlogin": "prohibit-password"}, "would undo key-only logins without root"),
+    ({"ListenAddress": "0.0.0.0"}, "is written by the deploy"),
+    ({"Match": "User bob"}, "is written by the deploy"),
+    ({"AllowUsers": "bob"}, "decides whether the admin's key logs in"),
+    ({"AuthorizedKeysFile": "none"}, "decides whether the admin's key logs in"),
+    ({"AuthenticationMethods": "publickey,password"}, "decides whether the admin's key logs in"),
+    ({"KexAlgorithms": "sntrup761x25519-sha512@openssh.com"}, "leaves none the converge's SSH client speaks"),
+    ({"Ciphers": "-aes*"}, "leaves none the converge's SSH client speaks"),
+    ({"HostKeyAlgorithms": "rsa-sha2-512"}, "leaves none the converge's SSH client speaks"),
+    ({"PubkeyAcceptedAlgorithms": "rsa-sha2-512"}, "does not accept the admin key type ssh-ed25519"),
+])
+def test_sshd_settings_that_weaken_or_lock_out_are_refused(data, setting, message):
+    # `sshd -t` passes every one of these; the next converge (or anyone with a password) would not
+    [line] = fleet_wide(data, "base_sshd_settings", {"ClientAliveInterval": "300", **setting})
+    assert line.startswith(f"all: base_sshd_settings: {next(iter(setting))!r}") and message in line and "Fix: " in line
+
+
+def test_sshd_settings_that_keep_the_admin_in_pass(data):
+    assert fleet_wide(data, "base_sshd_settings", {
+        "PasswordAuthentication": "no", "MaxAuthTries": "3", "KexAlgorithms": "+diffie-hellman-group14-sha1",
+        "Ciphers": "-aes128-cbc,3des-cbc", "MACs": "hmac-sha2-512,umac-128@openssh.com",
+        "PubkeyAcceptedAlgorithms": "ssh-ed25519,rsa-sha2-512", "AllowTcpForwarding": "no"}) == []
+
+
 def test_sysctls_of_every_kind_pass(data):
     assert fleet_wide(data, "base_sysctls", {"net.ipv4.tcp_rmem": "4096 87380 6291456", "vm.swappiness": 10,
                                              "net.ipv4.conf.eth0-1.forwarding": "1", "kernel.sem": [250, 256000]}) == []

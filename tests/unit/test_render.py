@@ -1,12 +1,12 @@
 """Templates render from data, under the managed-by header."""
 
-from deploys.base import DEFAULTS
+from deploys.base import DEFAULTS, SSHD_HARDENED, sshd_settings
 from fleet.converge.render import render
 
 
 def sshd(**over):
     ctx = dict(listen_addresses=["192.168.1.11", "100.100.0.1"], port=22,
-               settings=DEFAULTS["base_sshd_settings"])
+               settings=sshd_settings(DEFAULTS["base_sshd_settings"]))
     ctx.update(over)
     return render("etc/ssh/sshd_config.j2", "base", **ctx)
 
@@ -18,6 +18,14 @@ def test_sshd_config_listens_only_where_told():
     assert listen == ["ListenAddress 192.168.1.11:22", "ListenAddress 100.100.0.1:22"]
     assert "PasswordAuthentication no" in text.splitlines()
     assert "PermitRootLogin no" in text.splitlines()
+
+
+def test_the_hardening_is_written_whatever_the_data_gives():
+    # data that replaces the default dict (to tune one setting) keeps key-only logins, once each
+    lines = sshd(settings=sshd_settings({"ClientAliveInterval": "600", "passwordauthentication": "no"})).splitlines()
+    for key, value in SSHD_HARDENED.items():
+        assert [line for line in lines if line.lower().startswith(key.lower() + " ")] == [f"{key} {value}"]
+    assert "ClientAliveInterval 600" in lines
 
 
 def test_sshd_config_has_no_include():
