@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -50,4 +51,11 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BrokenPipeError:
+        # the reader went away (`python -m fleet backups | head`): stop quietly, as a Unix tool
+        # killed by SIGPIPE does, instead of a traceback. Python's documented recipe: stdout
+        # goes to /dev/null, so the interpreter's last flush at exit finds no closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

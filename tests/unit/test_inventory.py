@@ -237,3 +237,15 @@ def test_a_bootstrap_hosts_earlier_first_contact_is_forgotten_on_the_real_fleet(
     assert path.read_text().splitlines() == [f"192.168.1.11 {other}"]
     forget_first_contacts(fleet, set(), tmp_path)  # nobody bootstrapped: nothing changes
     assert path.read_text().splitlines() == [f"192.168.1.11 {other}"]
+
+
+def test_a_reader_that_went_away_stops_a_command_quietly():
+    # `python -m fleet backups | head`: the pipe is closed while the command still prints
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "fleet", "--help"], cwd=REPO, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and done.stderr == ""
