@@ -446,8 +446,13 @@ def added_hosts(like: str, count: int, runs: int, names: list[str], env: dict, s
             walls: dict[int, list[float]] = {}
             floors: dict[int, list[float]] = {}
             step(f"no-op converge and floor, site + 0..{count} added host(s), x{runs} each (interleaved)")
-            for _ in range(runs):
-                for k in range(count + 1):
+            # Each round runs the counts in the other order than the one before (0..count, then
+            # count..0). A drift over the series, or a background load whose period is near a
+            # round's length, then weighs on each count alike instead of always landing on the
+            # same one: each health prober (every added host like pi0-epsilon is one) runs a round
+            # every healthcheck_interval_seconds, 15 s in the test fleet's data.
+            for run in range(runs):
+                for k in (range(count + 1) if run % 2 == 0 else range(count, -1, -1)):
                     limit = base + [arg for name in extra[:k] for arg in ("--limit", name)]
                     walls.setdefault(k, []).append(
                         cpu.wrap(f"added{k}", lambda: noop(limit, None, f"noop-added{k}", len(names) + k))())
