@@ -500,17 +500,27 @@ def sshd_settings(data_settings: dict) -> dict:
     return {**SSHD_HARDENED, **{k: v for k, v in (data_settings or {}).items() if str(k).lower() not in hardened}}
 
 
-def _algorithms_problem(keyword: str, value: str) -> str | None:
-    """Why `keyword value` leaves paramiko no algorithm it speaks, or None."""
+def _algorithm_list(value: str):
+    """An sshd algorithm list as (removing, named): whether it starts with - (removes from the
+    defaults), and whether an algorithm matches one of its patterns. None for a value that
+    starts with + or ^ (only adds to the defaults)."""
     import fnmatch
-
-    import paramiko
 
     if value.startswith(("+", "^")):
         return None
     names = [name.strip() for name in value.lstrip("-").split(",") if name.strip()]
-    named = lambda a: any(fnmatch.fnmatchcase(a, name) for name in names)  # noqa: E731
-    if value.startswith("-"):
+    return value.startswith("-"), lambda a: any(fnmatch.fnmatchcase(a, name) for name in names)
+
+
+def _algorithms_problem(keyword: str, value: str) -> str | None:
+    """Why `keyword value` leaves paramiko no algorithm it speaks, or None."""
+    import paramiko
+
+    parsed = _algorithm_list(value)
+    if parsed is None:
+        return None
+    removing, named = parsed
+    if removing:
         ours = SSHD_DEFAULTS_PARAMIKO_SPEAKS[keyword]
         left = [a for a in ours if not named(a)]
     else:
@@ -524,16 +534,14 @@ def _algorithms_problem(keyword: str, value: str) -> str | None:
 
 
 def _key_types_problem(value: str, admin_keys: list) -> str | None:
-    import fnmatch
-
-    if value.startswith(("+", "^")):
+    parsed = _algorithm_list(value)
+    if parsed is None:
         return None
-    names = [name.strip() for name in value.lstrip("-").split(",") if name.strip()]
-    removing = value.startswith("-")
+    removing, named = parsed
     for key in admin_keys:
         kind = str(key).split()[0] if str(key).split() else ""
         accepted = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}.get(kind, (kind,))
-        hit = [a for a in accepted if any(fnmatch.fnmatchcase(a, name) for name in names)]
+        hit = [a for a in accepted if named(a)]
         if (removing and len(hit) == len(accepted)) or (not removing and not hit):
             return f"does not accept the admin key type {kind}: the admin is locked out"
     return None
