@@ -62,9 +62,12 @@ RESTORE_PENDING = f"{RECORDS}/restore-pending"
 RESTORED = f"{RECORDS}/restored"
 # the shell that puts the mark on a host (the rebuild's join and a converge both do)
 MARK_RESTORE_PENDING = f"install -d -m 755 {RECORDS} && touch {RESTORE_PENDING}"
+# One backup or restore of a host at a time: fleet-backup and fleet-restore hold it (flock)
+# for their whole run (templates/backup/usr/local/sbin/fleet-backup-lock says why).
+LOCK = "/run/lock/fleet-backup.lock"
 HOOKS = "/etc/fleet/backup.d"
 BIN = "/usr/local/sbin"
-SCRIPTS = ("fleet-restic", "fleet-backup", "fleet-restore")
+SCRIPTS = ("fleet-restic", "fleet-backup-lock", "fleet-backup", "fleet-restore")
 UNITS = ("fleet-backup.service", "fleet-backup.timer", "fleet-restore-drill.service", "fleet-restore-drill.timer")
 LAST_BACKUP = "fleet_backup_last_success_timestamp_seconds"
 LAST_DRILL = "fleet_restore_drill_last_success_timestamp_seconds"
@@ -217,7 +220,7 @@ def backup():
         "etc/fleet/backup/env.j2", "backup", repository=f"rclone:{repo_host}:",
         program=restic_program(name, data, services), password_file=PASSWORD, host=name,
         textfile_dir=data.node_exporter_textfile_dir, hooks=HOOKS, paths=PATHS, last_paths=LAST_PATHS,
-        restore_pending=RESTORE_PENDING, restored=RESTORED)), dest=ENV,
+        restore_pending=RESTORE_PENDING, restored=RESTORED, lock=LOCK)), dest=ENV,
         user="root", group="root", mode="600")
     state = registry.state_paths(name, host.groups, data)
     files.put(name="Install the list of state to back up", src=StringIO("".join(f"{p}\n" for p in state)),

@@ -1,11 +1,18 @@
 """Backups: which hosts are backed up (the ones whose components declare state), the one
 repository host, its forced-command keys, and the rules."""
 
+import os
+import subprocess
+import time
+from pathlib import Path
+
 from deploys.backup import LAST_BACKUP, RESTORE_PENDING, RESTORED, BackupStatus, repository_hosts, restic_program
 from deploys.backup_repository import authorized_keys, backed_up_hosts
 from fleet.converge import component as registry
 from fleet.converge.keys import new_host_key
 from fleet.preflight.validate import problems
+
+SBIN = Path(__file__).resolve().parents[2] / "templates/backup/usr/local/sbin"
 
 
 def test_state_decides_who_is_backed_up(data):
@@ -73,25 +80,50 @@ def test_the_status_reads_the_rebuilds_mark_and_the_restores_record():
 def test_the_backup_script_refuses_while_a_restore_is_pending(tmp_path):
     """fleet-backup, run with an env whose mark exists, stops before any hook or restic runs
     (the timer's run as well as `make backup`), naming the fix; without the mark it goes on."""
-    import subprocess
-    from pathlib import Path
-
-    script = (Path(__file__).resolve().parents[2] / "templates/backup/usr/local/sbin/fleet-backup").read_text()
+    script = (SBIN / "fleet-backup").read_text()
     env = tmp_path / "env"
     mark, hooks = tmp_path / "restore-pending", tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "probe").write_text(f"#!/bin/sh\ntouch {tmp_path}/hook-ran\nexit 1\n")
     (hooks / "probe").chmod(0o755)
     env.write_text(f"FLEET_BACKUP_HOST=pi5-gamma\nFLEET_RESTORE_PENDING={mark}\nFLEET_BACKUP_HOOKS={hooks}\n"
-                   f"FLEET_TEXTFILE_DIR={tmp_path}\nFLEET_BACKUP_PATHS={tmp_path}/paths\n")
+                   f"FLEET_TEXTFILE_DIR={tmp_path}\nFLEET_BACKUP_PATHS={tmp_path}/paths\n"
+                   f"FLEET_BACKUP_LOCK={tmp_path}/lock\n")
     runnable = tmp_path / "fleet-backup"
     runnable.write_text(script.replace("/etc/fleet/backup/env", str(env)))
+    path = f"{SBIN}:{os.environ['PATH']}"  # fleet-backup-lock
     mark.touch()
-    run = subprocess.run(["bash", str(runnable)], capture_output=True, text=True, timeout=30)
+    run = subprocess.run(["bash", str(runnable)], capture_output=True, text=True, timeout=30, env=dict(os.environ, PATH=path))
     assert run.returncode == 1
     assert "pi5-gamma's data has not been restored since it was rebuilt" in run.stderr
     assert "Fix: make rebuild HOST=pi5-gamma" in run.stderr and str(mark) in run.stderr
     assert not (tmp_path / "hook-ran").exists()
     mark.unlink()
-    run = subprocess.run(["bash", str(runnable)], capture_output=True, text=True, timeout=30)
+    run = subprocess.run(["bash", str(runnable)], capture_output=True, text=True, timeout=30, env=dict(os.environ, PATH=path))
     assert (tmp_path / "hook-ran").exists()  # past the mark's check: the first hook's dump ran
+
+
+def test_the_backup_lock_waits_for_the_holder_and_says_so(tmp_path):
+    """fleet-backup-lock, on the caller's fd 9: free, it returns at once; held (by another
+    backup or restore), it says it waits and returns as soon as the holder lets go; the
+    lock stays the caller's after it exits (flock on the open file)."""
+    import fcntl
+
+    lock = tmp_path / "lock"
+    env = dict(os.environ, PATH=f"{SBIN}:{os.environ['PATH']}", FLEET_BACKUP_LOCK=str(lock))
+    take = ('exec 9>> "$FLEET_BACKUP_LOCK"; fleet-backup-lock fleet-test; echo taken;'
+            ' flock -n "$FLEET_BACKUP_LOCK" true || echo still-held-after-the-helper-exited')
+    free = subprocess.run(["bash", "-c", take], env=env, capture_output=True, text=True, timeout=10)
+    assert free.returncode == 0 and free.stdout.split() == ["taken", "still-held-after-the-helper-exited"], free
+    with lock.open("a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        waiting = subprocess.Popen(["bash", "-c", take], env=env, stdout=subprocess.PIPE, text=True)
+        first = waiting.stdout.readline()  # bounded: the helper says it waits before it blocks
+        assert first.startswith("fleet-test: waiting for the backup or restore running on this host to finish"), first
+        time.sleep(0.5)
+        assert waiting.poll() is None, "it must wait while the lock is held"
+        released = time.monotonic()
+        fcntl.flock(holder, fcntl.LOCK_UN)
+    out, _ = waiting.communicate(timeout=10)
+    assert waiting.returncode == 0 and out.split()[0] == "taken", out
+    assert time.monotonic() - released < 5, "it takes the lock as soon as it is free, not at the next minute"
