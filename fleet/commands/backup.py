@@ -62,10 +62,22 @@ def remote(entry: dict, script: str, capture: bool = False) -> subprocess.Comple
 
 
 # The unit's journal is followed while systemctl waits for the oneshot to finish, so the
-# backup's progress (each dump, restic's summary) shows as it happens.
+# backup's progress (each dump, restic's summary) shows as it happens. A run that is going
+# already (the timer's) is only waited for by `systemctl start`: its snapshot began before
+# this request and may miss what was just written, so a run of this request's own follows.
+# When a run began is systemd's ExecMainStartTimestampMonotonic (CLOCK_MONOTONIC, in µs).
 BACKUP = """
+asked=$(python3 -c 'import time; print(int(time.monotonic() * 1e6))')
 journalctl -u fleet-backup.service -f -n 0 -o cat & follower=$!
-systemctl start fleet-backup.service; rc=$?
+if [ "$(systemctl show -p ActiveState --value fleet-backup.service)" = activating ]; then
+    echo "backup: a run is going already (the timer's, or another request's): it finishes first, then this request's own"
+fi
+for attempt in 1 2; do
+    systemctl start fleet-backup.service; rc=$?
+    began=$(systemctl show -p ExecMainStartTimestampMonotonic --value fleet-backup.service)
+    if [ "${began:-0}" -ge "$asked" ]; then break; fi
+    [ $attempt = 1 ] && echo "backup: the run that ended began before this request; starting this request's own"
+done
 sleep 1; kill $follower 2>/dev/null
 if [ $rc -ne 0 ]; then
     echo "backup failed: journalctl -u fleet-backup.service on $(hostname) has the cause" >&2; exit $rc
