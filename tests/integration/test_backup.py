@@ -13,13 +13,15 @@ import shlex
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 
 from deploys.postgres import paths
 from fleet.converge.paths import state_root
 from harness import testfleet
-from integration.conftest import UNCHECKED, docker_exec, main_pid, redis, settle
+from deploys.backup import LOCK
+from integration.conftest import UNCHECKED, docker_exec, main_pid, redis, settle, wait_until
 
 HOST = "pi5-gamma"
 REPO_HOST = "droplet-failover"
@@ -49,6 +51,22 @@ def snapshot_ids() -> list[str]:
     return sorted(s["id"] for s in json.loads(out))
 
 
+@contextmanager
+def timers_held():
+    """The host's backup and drill timers stopped, and a run they started finished, while a
+    test counts snapshots: the hourly timer's run (at hh:00 to hh:05) would add one the test
+    did not make. Started again after, as the converge keeps them (settle outside this)."""
+    timers = ("fleet-backup.timer", "fleet-restore-drill.timer")
+    docker_exec(HOST, "systemctl", "stop", *timers)
+    try:
+        wait_until(lambda: "activating" not in docker_exec(
+            HOST, "systemctl", "show", "-p", "ActiveState", "--value", "fleet-backup.service",
+            "fleet-restore-drill.service").stdout.split(), "the timers' running backup or drill to finish", timeout=180)
+        yield
+    finally:
+        docker_exec(HOST, "systemctl", "start", *timers)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _report_header():
     REPORT.parent.mkdir(parents=True, exist_ok=True)
@@ -63,14 +81,16 @@ def test_restore_after_losing_the_data_directory():
     assert redis(HOST, ["SET", "fleet:test:kept", "from-the-snapshot"], ["DEL", "fleet:test:later"]) == ["+OK", ":0"]
     made = fleet("backup", HOST)
     assert made.returncode == 0, made.stdout + made.stderr
-    assert re.search(r"snapshot \w{8} saved", made.stdout)
+    snapshot = re.findall(r"snapshot (\w{8}) saved", made.stdout)
+    assert snapshot, made.stdout
     # Redis's data after the snapshot: the restore puts the snapshot's back
     assert redis(HOST, ["DEL", "fleet:test:kept"], ["SET", "fleet:test:later", "after"]) == [":1", "+OK"]
 
     sql("drop database blackroad with (force)")
     docker_exec(HOST, "systemctl", "stop", UNIT)
     docker_exec(HOST, "rm", "-rf", paths(15)["data"])
-    restored = fleet("restore", HOST, "--confirm")
+    # this backup's snapshot by its ID: the hourly timer may have made a later one since
+    restored = fleet("restore", HOST, "--snapshot", snapshot[-1], "--confirm")
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert sql("select count(*) from notes", db="blackroad") == "5000"
     serving = re.search(r"serving restored data ([\d.]+) s after the restore started", restored.stdout)
@@ -101,20 +121,91 @@ def test_drill_loads_redis_from_the_snapshot():
     report(f"drill: Redis loaded the latest snapshot's copy ({loaded.group(1)} keys); a damaged copy fails it")
 
 
-def test_failing_dump_makes_no_snapshot():
-    before = snapshot_ids()
-    sql("alter database blackroad allow_connections false")
+def running(pattern: str) -> bool:
+    return docker_exec(HOST, "pgrep", "-f", pattern, check=False).returncode == 0
+
+
+@contextmanager
+def lock_held():
+    """The host's backup lock held, as a long backup or restore holds it, until the block ends."""
+    holder = "fleet-test-lock-holder"
+    docker_exec(HOST, "systemd-run", "--quiet", "--unit", holder, "flock", LOCK, "sleep", "300")
     try:
-        failed = fleet("backup", HOST)
+        wait_until(lambda: running(f"flock {LOCK} sleep 300"), "the lock's holder to start")
+        yield
     finally:
-        sql("alter database blackroad allow_connections true")
-    assert failed.returncode != 0
-    assert "no snapshot was made" in failed.stderr
-    assert docker_exec(HOST, "systemctl", "is-failed", "fleet-backup.service", check=False).stdout.strip() == "failed"
-    journal = docker_exec(HOST, "journalctl", "-u", "fleet-backup.service", "-n", "40", "--no-pager", "-o", "cat").stdout
-    assert 'database "blackroad" is not currently accepting connections' in journal
-    assert "pg_dump of database blackroad failed" in journal
-    assert snapshot_ids() == before, "a failed dump must not become a snapshot"
+        docker_exec(HOST, "systemctl", "stop", holder, check=False)
+
+
+def in_background(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fleet", *args], cwd=testfleet.REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, FLEET_TARGET="test"))
+
+
+def test_backups_and_restores_of_a_host_take_turns():
+    """A `make backup` that finds a run going (the timer's) waits for it, then makes a
+    snapshot of its own: the running one began before the request and may miss what was
+    just written. A restore waits for a running backup: it never moves data in under a
+    snapshot, and "the latest" it takes includes that backup. The side cluster a restore
+    leaves running does not keep the lock (the next backup does not wait)."""
+    side = "/var/lib/fleet-postgres-side"
+    with timers_held():
+        with lock_held():
+            docker_exec(HOST, "systemctl", "start", "--no-block", "fleet-backup.service")  # as the timer starts it
+            wait_until(lambda: running("fleet-backup-lock fleet-backup"), "the timer's run to wait for the lock")
+            asked = in_background("backup", HOST)
+            wait_until(lambda: running("systemctl start fleet-backup.service"), "`make backup` to reach the host",
+                       timeout=60)
+        out, _ = asked.communicate(timeout=600)
+        assert asked.returncode == 0, out
+        assert "backup: a run is going already (the timer's, or another request's)" in out, out
+        made = re.findall(r"fleet-backup: snapshot (\w{8}) saved", out)
+        assert len(made) == 2 and made[0] != made[1], out  # the timer's, then the request's own
+        assert made[1] in {i[:8] for i in snapshot_ids()}
+
+        with lock_held():
+            restore = in_background("restore", HOST)
+            wait_until(lambda: running("fleet-backup-lock fleet-restore"), "the restore to wait for the lock",
+                       timeout=60)
+            assert not running("restic restore"), "nothing is restored while the lock is held"
+        out, _ = restore.communicate(timeout=600)
+        try:
+            assert restore.returncode == 0, out
+            assert out.index("fleet-restore: waiting for the backup or restore running on this host to finish") \
+                < out.index(f"fleet-restore: restoring snapshot {made[1]}"), out
+            port = re.search(r"side cluster on 127\.0\.0\.1:(\d+) ", out)
+            assert port, out
+            assert docker_exec(HOST, "runuser", "-u", "postgres", "--", "psql", "-XAtq", "-h", side, "-p", port.group(1),
+                               "-d", "blackroad", "-c", "select count(*) from notes").stdout.strip() == "5000"
+            free = docker_exec(HOST, "flock", "--nonblock", LOCK, "true", check=False)
+            assert free.returncode == 0, "the side cluster the restore started holds the backup lock"
+            after = fleet("backup", HOST)
+            assert after.returncode == 0, after.stdout + after.stderr
+            assert "waiting" not in after.stdout, after.stdout  # the side cluster holds no lock
+        finally:
+            docker_exec(HOST, "bash", "-c", f"if [ -e {side}/data/postmaster.pid ]; then runuser -u postgres --"
+                        f" {paths(15)['bin']}/pg_ctl -D {side}/data -m fast stop; fi;"
+                        f" rm -rf {side} /var/lib/fleet-redis-side")
+    report("backups and restores take turns: `make backup` during the timer's run made its own snapshot after it; "
+           "a restore waited for the lock; the side cluster it left holds none")
+
+
+def test_failing_dump_makes_no_snapshot():
+    with timers_held():
+        before = snapshot_ids()
+        sql("alter database blackroad allow_connections false")
+        try:
+            failed = fleet("backup", HOST)
+        finally:
+            sql("alter database blackroad allow_connections true")
+        assert failed.returncode != 0
+        assert "no snapshot was made" in failed.stderr
+        assert docker_exec(HOST, "systemctl", "is-failed", "fleet-backup.service", check=False).stdout.strip() == "failed"
+        journal = docker_exec(HOST, "journalctl", "-u", "fleet-backup.service", "-n", "40", "--no-pager", "-o", "cat").stdout
+        assert 'database "blackroad" is not currently accepting connections' in journal
+        assert "pg_dump of database blackroad failed" in journal
+        assert snapshot_ids() == before, "a failed dump must not become a snapshot"
     report("failing pg_dump (a database refusing connections): unit failed, journal names it, "
            f"snapshots unchanged ({len(before)})")
     again = fleet("backup", HOST)  # leave a good last backup and a non-failed unit behind
@@ -122,29 +213,30 @@ def test_failing_dump_makes_no_snapshot():
 
 
 def test_repository_refuses_forget_prune_and_delete_from_the_host():
-    before = snapshot_ids()
-    files_before = docker_exec(REPO_HOST, "find", f"/srv/backup/{HOST}", "-type", "f", "-not", "-path", "*/locks/*").stdout
-    victim = before[0]
-    attempts = {
-        "forget": f"fleet-restic forget {victim}",
-        "forget --prune": "fleet-restic forget --keep-last 1 --prune",
-        # the key's forced command runs rclone's server whatever is asked: rm never runs
-        "ssh rm -rf": ". /etc/fleet/backup/env; $FLEET_RESTIC_PROGRAM rm -rf /srv/backup < /dev/null",
-    }
-    for what, command in attempts.items():
-        # restic retries a refused delete for about a minute: the first refusal is enough
-        run = docker_exec(HOST, "bash", "-c", f"set -o pipefail; timeout -s KILL 15 bash -c {shlex.quote(command)} 2>&1"
-                          " | LC_ALL=C tr -c '[:print:]\\n' .", check=False)
-        # the killed restic's lock is stale (its process is gone): remove it for the next attempt
-        docker_exec(HOST, "/usr/local/sbin/fleet-restic", "unlock")
-        assert run.returncode != 0 or what == "ssh rm -rf", (what, run.stdout[-500:])
-        if what.startswith("forget"):
-            assert "403 Forbidden" in run.stdout, (what, run.stdout[-500:])
-    assert snapshot_ids() == before
-    files_after = docker_exec(REPO_HOST, "find", f"/srv/backup/{HOST}", "-type", "f", "-not", "-path", "*/locks/*").stdout
-    assert files_after == files_before
-    report(f"forget, forget --prune and ssh rm from {HOST}: refused (403); {len(before)} snapshots and "
-           f"{len(files_before.split())} repository files unchanged")
+    with timers_held():
+        before = snapshot_ids()
+        files_before = docker_exec(REPO_HOST, "find", f"/srv/backup/{HOST}", "-type", "f", "-not", "-path", "*/locks/*").stdout
+        victim = before[0]
+        attempts = {
+            "forget": f"fleet-restic forget {victim}",
+            "forget --prune": "fleet-restic forget --keep-last 1 --prune",
+            # the key's forced command runs rclone's server whatever is asked: rm never runs
+            "ssh rm -rf": ". /etc/fleet/backup/env; $FLEET_RESTIC_PROGRAM rm -rf /srv/backup < /dev/null",
+        }
+        for what, command in attempts.items():
+            # restic retries a refused delete for about a minute: the first refusal is enough
+            run = docker_exec(HOST, "bash", "-c", f"set -o pipefail; timeout -s KILL 15 bash -c {shlex.quote(command)} 2>&1"
+                              " | LC_ALL=C tr -c '[:print:]\\n' .", check=False)
+            # the killed restic's lock is stale (its process is gone): remove it for the next attempt
+            docker_exec(HOST, "/usr/local/sbin/fleet-restic", "unlock")
+            assert run.returncode != 0 or what == "ssh rm -rf", (what, run.stdout[-500:])
+            if what.startswith("forget"):
+                assert "403 Forbidden" in run.stdout, (what, run.stdout[-500:])
+        assert snapshot_ids() == before
+        files_after = docker_exec(REPO_HOST, "find", f"/srv/backup/{HOST}", "-type", "f", "-not", "-path", "*/locks/*").stdout
+        assert files_after == files_before
+        report(f"forget, forget --prune and ssh rm from {HOST}: refused (403); {len(before)} snapshots and "
+               f"{len(files_before.split())} repository files unchanged")
 
 
 def test_hba_candidate_postgres_refuses_keeps_the_server_serving():
@@ -192,32 +284,34 @@ def test_a_host_without_its_record_takes_no_snapshot_over_its_repository():
     from deploys.backup import RESTORE_PENDING
     from deploys.node_exporter import DEFAULTS
 
-    prom = f"{DEFAULTS['node_exporter_textfile_dir']}/fleet_backup.prom"
-    saved = docker_exec(HOST, "cat", prom).stdout
-    before = snapshot_ids()
-    assert before
-    docker_exec(HOST, "rm", "-f", prom)
-    try:
-        run = testfleet.converge(["--limit", HOST], log_name="converge-rebuilt-backup",
-                                 env={"FLEET_COMPONENTS": "backup"})
-        assert run["returncode"] == 0, run["output"][-3000:]
-        assert "whose data has not been restored since (rebuilt?): no snapshot is taken until it is" in run["output"]
-        assert docker_exec(HOST, "test", "-e", RESTORE_PENDING, check=False).returncode == 0
-        # what the hourly timer starts, and `make backup`: refused, and the unit says why
-        refused = fleet("backup", HOST)
-        assert refused.returncode != 0
-        journal = docker_exec(HOST, "journalctl", "-u", "fleet-backup.service", "-n", "20", "--no-pager", "-o", "cat").stdout
-        assert "data has not been restored since it was rebuilt" in journal, journal
-        assert snapshot_ids() == before
-        again = testfleet.converge(["--limit", HOST], log_name="converge-rebuilt-backup-again",
-                                   env={"FLEET_COMPONENTS": "backup"})
-        assert again["returncode"] == 0 and again["changed"] == 0, again["output"][-3000:]
-        report(f"a host with no record of its {len(before)} snapshots: marked at converge, fleet-backup refused, "
-               "snapshots unchanged")
-    finally:
-        subprocess.run(["docker", "exec", "-i", HOST, "sh", "-c", f"cat > {prom}"], input=saved, text=True, check=True)
-        docker_exec(HOST, "rm", "-f", RESTORE_PENDING)  # the documented "start afresh" (the data never went)
-        docker_exec(HOST, "systemctl", "reset-failed", "fleet-backup.service", check=False)
+    # held until its converge, which starts the timers again (a run they start now is refused)
+    with timers_held():
+        prom = f"{DEFAULTS['node_exporter_textfile_dir']}/fleet_backup.prom"
+        saved = docker_exec(HOST, "cat", prom).stdout
+        before = snapshot_ids()
+        assert before
+        docker_exec(HOST, "rm", "-f", prom)
+        try:
+            run = testfleet.converge(["--limit", HOST], log_name="converge-rebuilt-backup",
+                                     env={"FLEET_COMPONENTS": "backup"})
+            assert run["returncode"] == 0, run["output"][-3000:]
+            assert "whose data has not been restored since (rebuilt?): no snapshot is taken until it is" in run["output"]
+            assert docker_exec(HOST, "test", "-e", RESTORE_PENDING, check=False).returncode == 0
+            # what the hourly timer starts, and `make backup`: refused, and the unit says why
+            refused = fleet("backup", HOST)
+            assert refused.returncode != 0
+            journal = docker_exec(HOST, "journalctl", "-u", "fleet-backup.service", "-n", "20", "--no-pager", "-o", "cat").stdout
+            assert "data has not been restored since it was rebuilt" in journal, journal
+            assert snapshot_ids() == before
+            again = testfleet.converge(["--limit", HOST], log_name="converge-rebuilt-backup-again",
+                                       env={"FLEET_COMPONENTS": "backup"})
+            assert again["returncode"] == 0 and again["changed"] == 0, again["output"][-3000:]
+            report(f"a host with no record of its {len(before)} snapshots: marked at converge, fleet-backup refused, "
+                   "snapshots unchanged")
+        finally:
+            subprocess.run(["docker", "exec", "-i", HOST, "sh", "-c", f"cat > {prom}"], input=saved, text=True, check=True)
+            docker_exec(HOST, "rm", "-f", RESTORE_PENDING)  # the documented "start afresh" (the data never went)
+            docker_exec(HOST, "systemctl", "reset-failed", "fleet-backup.service", check=False)
     settle("converge-after-rebuilt-backup")
 
 
@@ -226,25 +320,27 @@ def test_a_killed_runs_lock_is_removed_by_the_next_backup():
     repository; restic 0.14 keeps it, and the repository host's prune and check, which need
     the repository to themselves, would be refused for as long as it stays. The next backup
     removes it (restic unlock: stale locks only), and the prune runs."""
-    held = "sleep 60 | /usr/local/sbin/fleet-restic backup --stdin --stdin-filename held > /dev/null 2>&1"
-    docker_exec(HOST, "bash", "-c", f"setsid bash -c {shlex.quote(held)} < /dev/null > /dev/null 2>&1 &")
+    with timers_held():  # its pkill of restic must not hit a run the timer started
+        held = "sleep 60 | /usr/local/sbin/fleet-restic backup --stdin --stdin-filename held > /dev/null 2>&1"
+        docker_exec(HOST, "bash", "-c", f"setsid bash -c {shlex.quote(held)} < /dev/null > /dev/null 2>&1 &")
 
-    def locks() -> list[str]:
-        return docker_exec(HOST, "/usr/local/sbin/fleet-restic", "--no-lock", "list", "locks").stdout.split()
+        def locks() -> list[str]:
+            return docker_exec(HOST, "/usr/local/sbin/fleet-restic", "--no-lock", "list", "locks").stdout.split()
 
-    for _ in range(40):  # bounded: 40 tries, a quarter second apart
-        if locks():
-            break
-        time.sleep(0.25)
-    assert locks(), "the held backup never took its lock"
-    docker_exec(HOST, "pkill", "-KILL", "-x", "restic")
-    docker_exec(HOST, "pkill", "-x", "sleep", check=False)
-    stale = locks()
-    assert stale, "the killed run's lock should still be there"
-    made = fleet("backup", HOST)
-    assert made.returncode == 0, made.stdout + made.stderr
-    assert not set(stale) & set(locks())
-    pruned = docker_exec(REPO_HOST, "systemctl", "start", "fleet-backup-prune.service", check=False)
-    assert pruned.returncode == 0, docker_exec(REPO_HOST, "journalctl", "-u", "fleet-backup-prune.service", "-n", "20",
-                                               "--no-pager", "-o", "cat").stdout
-    report(f"a restic run killed mid-way: its lock ({len(stale)}) removed by the next backup; the prune ran")
+        for _ in range(40):  # bounded: 40 tries, a quarter second apart
+            if locks():
+                break
+            time.sleep(0.25)
+        assert locks(), "the held backup never took its lock"
+        docker_exec(HOST, "pkill", "-KILL", "-x", "restic")
+        docker_exec(HOST, "pkill", "-x", "sleep", check=False)
+        stale = locks()
+        assert stale, "the killed run's lock should still be there"
+        made = fleet("backup", HOST)
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert not set(stale) & set(locks())
+        pruned = docker_exec(REPO_HOST, "systemctl", "start", "fleet-backup-prune.service", check=False)
+        assert pruned.returncode == 0, docker_exec(REPO_HOST, "journalctl", "-u", "fleet-backup-prune.service", "-n", "20",
+                                                   "--no-pager", "-o", "cat").stdout
+        report(f"a restic run killed mid-way: its lock ({len(stale)}) removed by the next backup; the prune ran")
+
