@@ -64,7 +64,9 @@ RESTORED = f"{RECORDS}/restored"
 MARK_RESTORE_PENDING = f"install -d -m 755 {RECORDS} && touch {RESTORE_PENDING}"
 # One backup or restore of a host at a time: fleet-backup and fleet-restore hold it (flock)
 # for their whole run (templates/backup/usr/local/sbin/fleet-backup-lock says why).
-LOCK = "/run/lock/fleet-backup.lock"
+# In /run, where only root creates files: /run/lock is writable by every user, who could
+# make the file first (or a link in its place) and hold it.
+LOCK = "/run/fleet-backup.lock"
 HOOKS = "/etc/fleet/backup.d"
 BIN = "/usr/local/sbin"
 SCRIPTS = ("fleet-restic", "fleet-backup-lock", "fleet-backup", "fleet-restore")
