@@ -98,6 +98,7 @@ def test_the_backup_script_refuses_while_a_restore_is_pending(tmp_path):
     assert "pi5-gamma's data has not been restored since it was rebuilt" in run.stderr
     assert "Fix: make rebuild HOST=pi5-gamma" in run.stderr and str(mark) in run.stderr
     assert not (tmp_path / "hook-ran").exists()
+    assert (tmp_path / "lock").stat().st_mode & 0o777 == 0o600  # no other user may open (and hold) it
     mark.unlink()
     run = subprocess.run(["bash", str(runnable)], capture_output=True, text=True, timeout=30, env=dict(os.environ, PATH=path))
     assert (tmp_path / "hook-ran").exists()  # past the mark's check: the first hook's dump ran
