@@ -50,12 +50,22 @@ def main(argv: list[str]) -> int:
     return getattr(importlib.import_module(module), function or "main")(argv[1:])
 
 
-if __name__ == "__main__":
+def run(argv: list[str]) -> int:
+    """main(argv), with what ends a command early turned into a quiet exit status."""
     try:
-        sys.exit(main(sys.argv[1:]))
+        return main(argv)
     except BrokenPipeError:
         # the reader went away (`python -m fleet backups | head`): stop quietly, as a Unix tool
         # killed by SIGPIPE does, instead of a traceback. Python's documented recipe: stdout
         # goes to /dev/null, so the interpreter's last flush at exit finds no closed pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C in a command that says nothing more itself (its own message, when it has one,
+        # comes from fleet.commands.cli.report): one line and 130, as a shell reports SIGINT
+        print(f"fleet {argv[0]}: interrupted" if argv else "fleet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

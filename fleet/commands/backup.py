@@ -17,7 +17,6 @@ import json
 import re
 import shlex
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +24,6 @@ from pathlib import Path
 from deploys.postgres import NAME as DATABASE_NAME
 from fleet.commands import cli
 from fleet.commands.llm_check import ssh_command
-from fleet.converge.vault import VaultError
 from fleet.preflight.inventory import FleetConfigError, prepare, read_inventory_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -210,11 +208,19 @@ def main(argv: list[str]) -> int:
     args = cli.parse(parser, argv)  # an int: argparse's exit code (--help 0, bad usage 2)
     if isinstance(args, int):
         return args
-    try:
-        return {"backup": cmd_backup, "restore": cmd_restore, "backups": cmd_backups}[args.command](args)
-    except (FleetConfigError, VaultError, BackupCommandError) as exc:
-        print(f"{args.command}: {exc}", file=sys.stderr)
-        return 1
+    run = {"backup": cmd_backup, "restore": cmd_restore, "backups": cmd_backups}[args.command]
+    return cli.report(args.command, run, args, {BackupCommandError: 1}, every_line=False,
+                      interrupted=INTERRUPTED[args.command])
+
+
+# What Ctrl-C leaves, said in one line. The host's side of `backup` is a systemd unit, which
+# goes on; `restore` runs in the SSH session, which stops at its next line of output.
+INTERRUPTED = {
+    "backup": "interrupted here; the backup goes on on the host (journalctl -u fleet-backup.service there)",
+    "restore": "interrupted; the restore on the host stops at its next line of output. Fix: run the same "
+               "restore again, which finishes it",
+    "backups": "interrupted; nothing was changed",
+}
 
 
 def main_backup(argv: list[str]) -> int:

@@ -249,3 +249,21 @@ def test_a_reader_that_went_away_stops_a_command_quietly():
     finally:
         os.close(write)
     assert done.returncode == 1 and done.stderr == ""
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_130(monkeypatch, capsys):
+    """Ctrl-C: no traceback. A command with its own word on what it leaves says it (backup's
+    unit goes on on the host); any other gets the entry point's one line."""
+    import fleet.__main__ as entry
+    from fleet.commands import backup
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backup, "cmd_backup", interrupted)
+    assert backup.main(["backup", "pi5-gamma"]) == 130
+    assert capsys.readouterr().err == ("backup: interrupted here; the backup goes on on the host "
+                                       "(journalctl -u fleet-backup.service there)\n")
+    monkeypatch.setattr(entry, "main", interrupted)
+    assert entry.run(["check"]) == 130
+    assert capsys.readouterr().err == "fleet check: interrupted\n"
