@@ -128,3 +128,56 @@ def test_the_backup_lock_waits_for_the_holder_and_says_so(tmp_path):
     out, _ = waiting.communicate(timeout=10)
     assert waiting.returncode == 0 and out.split()[0] == "taken", out
     assert time.monotonic() - released < 5, "it takes the lock as soon as it is free, not at the next minute"
+
+
+def backup_run(tmp_path, restic: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """fleet-backup, with its env in tmp_path and a `fleet-restic` whose `backup` runs `restic`
+    (shell); `sleep` only records its argument. Returns the run and the directory."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("fleet-restic", f'case $1 in\nbackup) {restic} ;;\n'
+                                        "snapshots) echo '[{\"short_id\": \"1234abcd\"}]' ;;\nesac\n"),
+                       ("sleep", f'echo "$1" >> {tmp_path}/slept\n')):
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}")
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "paths").write_text(f"{tmp_path}\n")
+    (tmp_path / "hooks").mkdir()
+    env = tmp_path / "env"
+    env.write_text(f"FLEET_BACKUP_HOST=pi5-gamma\nFLEET_RESTORE_PENDING={tmp_path}/pending\nFLEET_BACKUP_HOOKS={tmp_path}/hooks\n"
+                   f"FLEET_TEXTFILE_DIR={tmp_path}\nFLEET_BACKUP_PATHS={tmp_path}/paths\nFLEET_BACKUP_LOCK={tmp_path}/lock\n"
+                   f"FLEET_BACKUP_LAST_PATHS={tmp_path}/records/last-paths\nFLEET_RESTORED={tmp_path}/records/restored\n")
+    runnable = tmp_path / "fleet-backup"
+    runnable.write_text((SBIN / "fleet-backup").read_text().replace("/etc/fleet/backup/env", str(env)))
+    run = subprocess.run(["bash", str(runnable)], capture_output=True, text=True, timeout=30,
+                         env=dict(os.environ, PATH=f"{bin_dir}:{SBIN}:{os.environ['PATH']}"))
+    return run, tmp_path
+
+
+LOCKED = ('echo "unable to create lock in backend: repository is already locked exclusively by PID 7'
+          ' on droplet-failover by backup (UID 999, GID 999)" >&2; exit 1')
+
+
+def test_a_snapshot_the_repository_hosts_prune_holds_off_is_tried_again(tmp_path):
+    """restic 0.14 has no --retry-lock: while the droplet's prune or check has the repository
+    to itself, fleet-backup tries again, 30 s apart, and says so; 20 tries at most."""
+    tries = tmp_path / "tries"
+    refused_twice = (f'n=$(( $(cat {tries} 2>/dev/null || echo 0) + 1 )); echo $n > {tries};'
+                     f' if [ $n -le 2 ]; then {LOCKED}; fi; echo "snapshot 1234abcd saved"')
+    run, d = backup_run(tmp_path, refused_twice)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert tries.read_text().strip() == "3" and (d / "slept").read_text().split() == ["30", "30"]
+    assert "try 2 of 20 refused, again in 30 s" in run.stdout
+    assert "fleet-backup: snapshot 1234abcd saved" in run.stdout
+    assert "fleet_backup_last_success_timestamp_seconds" in (d / "fleet_backup.prom").read_text()
+
+
+def test_a_snapshot_that_fails_otherwise_or_stays_locked_fails_the_run(tmp_path):
+    (tmp_path / "a").mkdir()
+    run, d = backup_run(tmp_path / "a", 'echo "Fatal: wrong password or no key found" >&2; exit 1')
+    assert run.returncode == 1 and not (d / "slept").exists()  # at once: only the lock is waited for
+    assert "wrong password" in run.stderr and "no snapshot was made" in run.stderr
+    assert not (d / "fleet_backup.prom").exists()
+    (tmp_path / "b").mkdir()
+    run, d = backup_run(tmp_path / "b", LOCKED)
+    assert run.returncode == 1 and len((d / "slept").read_text().split()) == 19  # 20 tries
+    assert "no snapshot was made" in run.stderr and not (d / "fleet_backup.prom").exists()
