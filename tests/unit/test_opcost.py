@@ -27,6 +27,8 @@ from pyinfra.facts.util import packaging  # noqa: E402
 
 DEB_ORIGINAL = getattr(deb.DebPackages.process, "__wrapped__", deb.DebPackages.process)
 operation_module = sys.modules["pyinfra.api.operation"]
+CONNECTORS_ORIGINAL = getattr(sys.modules["pyinfra.api.connectors"].get_all_connectors, "__wrapped__",
+                              sys.modules["pyinfra.api.connectors"].get_all_connectors)
 facts_module = sys.modules["pyinfra.api.facts"]
 
 # A deploy file as pyinfra's CLI runs one: calls spread over several lines, nested calls,
@@ -129,7 +131,7 @@ def test_global_arguments_are_pyinfras_and_a_fresh_list_each_time():
 def test_install_replaces_the_checked_originals_only(monkeypatch):
     operation = sys.modules["pyinfra.api.operation"]
     assert sorted(opcost.install()) == ["DebPackages.process", "_run_single_op", "all_global_arguments",
-                                        "get_operation_order_from_stack",
+                                        "get_all_connectors", "get_operation_order_from_stack",
                                         "getcallargs", "make_formatted_string_command", "pop_global_arguments",
                                         "signature"]
     assert "pyinfra_cli" not in sys.modules  # nor imported by install: its import patches for gevent
@@ -164,6 +166,7 @@ def test_the_digests_are_of_the_installed_pyinfra():
     opcost.install()
     assert opcost.source_digest(opcost._ORIGINALS["_run_single_op"]) == opcost.CHECKED["_run_single_op"]
     assert opcost.source_digest(operations.run_host_op) == opcost.CHECKED["run_host_op"]
+    assert opcost.source_digest(CONNECTORS_ORIGINAL) == opcost.CHECKED["get_all_connectors"]
     # pyinfra_cli is not imported here (it patches the process for gevent): read from its file
     origin = Path(importlib.util.find_spec("pyinfra_cli").submodule_search_locations[0]) / "inventory.py"
     source = origin.read_text()
@@ -435,6 +438,35 @@ def test_imported_names_are_kept_per_version_of_the_file(tmp_path):
     assert names(str(data)) == {"os", "re"} and len(calls) == 2
     with pytest.raises(FileNotFoundError):
         names(str(tmp_path / "gone.py"))
+
+
+def test_connectors_are_read_once_and_are_pyinfras(monkeypatch):
+    """The connectors kept are the ones pyinfra's own function finds, the same classes, in a
+    fresh dict each time; the entry points are read on the first call only, also when the
+    inventory asks for every `@fleet/...` host, and get_execution_connectors follows."""
+    connectors = sys.modules["pyinfra.api.connectors"]
+    read = []
+    real = connectors.entry_points
+    monkeypatch.setattr(connectors, "entry_points", lambda **kw: read.append(kw) or real(**kw))
+    found = opcost.connectors_once(CONNECTORS_ORIGINAL)
+    first = found()
+    assert first == CONNECTORS_ORIGINAL() and "fleet" in first and "ssh" in first
+    assert first["fleet"] is CONNECTORS_ORIGINAL()["fleet"]
+    read.clear()
+    first["fleet"] = None
+    assert found() == CONNECTORS_ORIGINAL() and found() is not found()  # fresh, and not changed by a caller
+    assert len(read) == 1  # the original's call above; none by the kept function
+    opcost.install()
+    assert connectors.get_all_connectors is sys.modules["pyinfra.api.inventory"].get_all_connectors
+    connectors.get_all_connectors()  # read here, or already by an earlier call in this process
+    read.clear()
+    from pyinfra.api import Inventory
+
+    Inventory(([f"@fleet/host-{i}" for i in range(5)], {}))
+    Inventory(([f"@fleet/host-{i}" for i in range(9)], {}))
+    assert read == []  # pyinfra's own function read them 1 + 1 + 5 + 1 + 1 + 9 times
+    assert set(connectors.get_execution_connectors()) == {
+        name for name, c in CONNECTORS_ORIGINAL().items() if c.handles_execution}
 
 
 # Loads group data as pyinfra's CLI does (pyinfra_cli imported, a State in context), before
