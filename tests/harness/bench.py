@@ -24,8 +24,12 @@ From one run it prints and writes to JSON (medians of --runs where repeated):
 - the vault's opening time (scrypt at its real cost, then decryption), and with the key
   kept beside its passphrase file (what a run does after its first);
 - the CPU seconds the no-op converges and the specs cost the operator and the test hosts
-  (read from the containers' cgroups), which move far less than wall times on shared cores,
-  and the number of processes the test hosts started meanwhile (each host's last PID);
+  (read from the containers' cgroups; also host by host), which move far less than wall times
+  on shared cores, and the number of processes the test hosts started meanwhile (each host's
+  last PID);
+- the test hosts' CPU while nothing is run on them (their own timers, health probes and
+  scrapes, which every timed run carries), and each added host's: how much of an added
+  host's CPU per no-op is its own periodic work rather than the converge's;
 - with --fresh, also fleet-up from no hosts, the first converge, and the second (the first
   no-op after it, which the make test idempotence check runs too).
 Each time is also given as a ratio to the floor. Figures, not assertions: nothing here
@@ -124,14 +128,14 @@ def operator_cpu() -> float:
     return t.children_user + t.children_system
 
 
-def hosts_cpu(names: list[str]) -> float | None:
-    """CPU seconds the test hosts' containers have used so far; None where the cgroup files
+def hosts_cpu_each(names: list[str]) -> dict[str, float] | None:
+    """CPU seconds each test host's container has used so far; None where the cgroup files
     cannot be read (then no CPU figure for the hosts is given)."""
     ids = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", *names], capture_output=True, text=True).stdout.split()
     if len(ids) != len(names):
         return None
-    total = 0.0
-    for cid in ids:
+    used = {}
+    for name, cid in zip(names, ids):
         for pattern, unit, key in _CGROUP_CPU:
             try:
                 text = Path(pattern.format(id=cid)).read_text()
@@ -140,11 +144,36 @@ def hosts_cpu(names: list[str]) -> float | None:
             value = (int(text) if key is None else
                      next((int(line.split()[1]) for line in text.splitlines() if line.startswith(key + " ")), None))
             if value is not None:
-                total += value * unit
+                used[name] = value * unit
                 break
         else:
             return None
-    return total
+    return used
+
+
+def hosts_cpu(names: list[str]) -> float | None:
+    """CPU seconds the test hosts' containers have used so far, in all (hosts_cpu_each)."""
+    used = hosts_cpu_each(names)
+    return None if used is None else sum(used.values())
+
+
+# How long the test hosts are watched doing nothing the benchmark asked: the test fleet's own
+# periodic work (health probes and the dead man's switch every 15 s, Prometheus scrapes every
+# 10 s, in its data) comes round at least twice in it.
+IDLE_SECONDS = 30
+
+
+def idle_cpu(names: list[str], seconds: float = IDLE_SECONDS) -> dict | None:
+    """The test hosts' CPU seconds per second while nothing is run on them: what each timed
+    run also carries (its hosts' CPU includes it) and what an added host brings with it.
+    {"total": ..., "by_host": {name: ...}}, or None where the cgroup files cannot be read."""
+    before, t = hosts_cpu_each(names), time.monotonic()
+    time.sleep(seconds)
+    after, elapsed = hosts_cpu_each(names), time.monotonic() - t
+    if before is None or after is None:
+        return None
+    rates = {name: round((after[name] - before[name]) / elapsed, 4) for name in names}
+    return {"total": round(sum(rates.values()), 4), "by_host": rates}
 
 
 def hosts_last_pid(names: list[str]) -> list[int] | None:
@@ -175,18 +204,20 @@ class CpuMeter:
 
     def __init__(self, names: list[str]):
         self.names = names
-        self.runs: dict[str, list[tuple[float, float | None, int | None]]] = {}
+        # (operator, test hosts, processes started, {host: its CPU}) per run
+        self.runs: dict[str, list[tuple[float, float | None, int | None, dict | None]]] = {}
 
     def wrap(self, label: str, fn):
         def measured():
             pids0 = hosts_last_pid(self.names)
-            op0, host0 = operator_cpu(), hosts_cpu(self.names)
+            op0, host0 = operator_cpu(), hosts_cpu_each(self.names)
             value = fn()
-            host1 = hosts_cpu(self.names)
+            host1 = hosts_cpu_each(self.names)
             op1 = operator_cpu()
+            each = None if host0 is None or host1 is None else {n: host1[n] - host0[n] for n in self.names}
             self.runs.setdefault(label, []).append(
-                (op1 - op0, None if host0 is None or host1 is None else host1 - host0,
-                 processes_started(pids0, hosts_last_pid(self.names))))
+                (op1 - op0, None if each is None else sum(each.values()),
+                 processes_started(pids0, hosts_last_pid(self.names)), each))
             return value
         return measured
 
@@ -197,7 +228,11 @@ class CpuMeter:
             values = [run[column] for run in runs if run[column] is not None]
             return round(statistics.median(values), digits) if runs and len(values) == len(runs) else None
 
-        return {"operator": median(0, 2), "test_hosts": median(1, 2), "host_processes": median(2, None)}
+        by_host = None
+        if runs and all(run[3] is not None for run in runs):
+            by_host = {name: round(statistics.median(run[3][name] for run in runs), 2) for name in self.names}
+        return {"operator": median(0, 2), "test_hosts": median(1, 2), "host_processes": median(2, None),
+                "by_host": by_host}
 
 
 def slope(points: list[tuple[int, float]]) -> float:
@@ -279,6 +314,8 @@ def main(argv: list[str]) -> int:
         step(f"{args.extra_hosts} host(s) like {args.extra_like} to add later: host keys, inventory check")
         added_env = added_hosts_env(args.extra_like, args.extra_hosts, names, test_fleet)
     cpu = CpuMeter(names)
+    step(f"the test hosts idle, {IDLE_SECONDS} s: their own periodic work, which every timed run carries")
+    figures["idle_cpu_per_second"] = idle_cpu(names)
     step(f"floor: {len(names)} parallel SSH connections + one command, x{args.runs + 2}")
     figures["floor_seconds"], figures["floor_runs"] = median_of(args.runs + 2, lambda: floor_once(entries))
     step(f"no-op converge, whole site, x{args.runs}")
@@ -338,6 +375,7 @@ def main(argv: list[str]) -> int:
             ("per added host (no-op, slope)", "per_added_host_seconds"),
             ("  operator CPU-s per added host", "per_added_host_operator_cpu"),
             ("  test hosts' CPU-s per added host", "per_added_host_hosts_cpu"),
+            ("    of which its idle background", "added_host_idle_cpu_per_noop"),
             ("  floor per added host (slope)", "floor_per_added_host_seconds"),
             (f"  (operator + hosts) CPU-s / {CORES} cores", "per_added_host_cpu_over_cores"),
             ("slope over --limit 1/3/all (unlike hosts)", "per_host_marginal_seconds"),
@@ -349,7 +387,8 @@ def main(argv: list[str]) -> int:
             ("second converge (the first no-op after it)", "second_converge_seconds")]
     for label, key in rows:
         if figures.get(key) is not None:
-            r = ratio(figures[key]) if key != "floor_per_added_host_seconds" else None  # a part of the floor
+            # a part of the floor, or of a CPU figure: no ratio
+            r = ratio(figures[key]) if key not in ("floor_per_added_host_seconds", "added_host_idle_cpu_per_noop") else None
             print(f"{label:<44} {figures[key]:>9.3f} {r if r is not None else '':>8}")
     print(f"\n{'CPU seconds and host processes (medians)':<44} {'operator':>9} {'test hosts':>11} {'processes':>10}")
     for label, key in (("no-op converge, whole site", "noop_site"), ("no-op converge, base only", "noop_base"),
@@ -362,6 +401,17 @@ def main(argv: list[str]) -> int:
     if figures.get("noop_site_cores_busy") is not None:
         print(f"the site's no-op kept {figures['noop_site_cores_busy']:.0%} of this machine's {CORES} cores busy "
               "(operator and test hosts' CPU over its wall time)")
+    idle = figures.get("idle_cpu_per_second")
+    if idle is not None:
+        busiest = sorted(idle["by_host"].items(), key=lambda item: -item[1])[:3]
+        print(f"the test hosts idle: {idle['total']:.3f} CPU-s per second of their own (timers, probes, scrapes), "
+              f"{idle['total'] * figures['noop_site_seconds']:.2f} CPU-s over the site's no-op; most: "
+              + ", ".join(f"{name} {rate:.3f}" for name, rate in busiest))
+    for label, key in (("site no-op", "noop_site"), ("specs", "specs")):
+        each = figures["cpu_seconds"][key].get("by_host")
+        if each:
+            print(f"test hosts' CPU-s by host, {label} (median): "
+                  + ", ".join(f"{name} {used:.2f}" for name, used in each.items()))
     print("no-op converge by host count: " + ", ".join(f"{c} host(s) {s:.2f}s" for c, s in points))
     if figures.get("noop_by_added_hosts"):
         print(f"no-op converge of the site with added hosts like {args.extra_like}: "
@@ -440,6 +490,8 @@ def added_hosts(like: str, count: int, runs: int, names: list[str], env: dict, s
             if first["returncode"] != 0:
                 raise SystemExit(f"bench: the converge with the added hosts failed; log {first['log']}")
             every = names + extra
+            step(f"the added host(s) idle, {IDLE_SECONDS} s: what each brings with it between runs")
+            added_idle = idle_cpu(extra)
             entries, _ = prepare(*testfleet.load_inventory(), str(REPO / "inventory.py"), "test")
             cpu = CpuMeter(every)
             base = [arg for name in names for arg in ("--limit", name)]
@@ -471,6 +523,12 @@ def added_hosts(like: str, count: int, runs: int, names: list[str], env: dict, s
                "cpu_by_added_hosts": {str(k): v for k, v in per.items()},
                "added_first_converge_seconds": first["seconds"], "added_first_converge_changed": first["changed"],
                "added_back_changed": back["changed"]}
+    if added_idle is not None:
+        # each added host's own periodic work (a health prober's rounds, for hosts like
+        # pi0-epsilon) runs during the timed no-ops too: part of its CPU per added host below
+        figures["added_host_idle_cpu_per_second"] = round(statistics.median(added_idle["by_host"].values()), 4)
+        figures["added_host_idle_cpu_per_noop"] = round(
+            figures["added_host_idle_cpu_per_second"] * statistics.median(medians.values()), 3)
     figures["per_added_host_seconds"] = round(slope(list(medians.items())), 3)
     # each round of the interleaved runs (0..count added hosts, a few seconds apart) has a slope
     # of its own: their spread is how far this machine's noise moves the figure

@@ -43,6 +43,33 @@ def test_the_benchmark_counts_the_processes_hosts_started():
     assert processes_started(None, [1, 2]) is None and processes_started([1], None) is None
 
 
+def test_the_benchmark_reads_each_hosts_cpu_and_its_idle_rate(monkeypatch):
+    """Per host: a run's CPU (medians over runs), and CPU seconds per second with nothing run;
+    no figure at all where a reading fails, never a partial one."""
+    from harness import bench
+
+    readings = iter([{"a": 1.0, "b": 10.0}, {"a": 1.5, "b": 12.0},  # run 1
+                     {"a": 2.0, "b": 12.0}, {"a": 2.1, "b": 16.0},  # run 2
+                     {"a": 2.1, "b": 16.0}, {"a": 2.9, "b": 17.0}])  # run 3
+    monkeypatch.setattr(bench, "hosts_cpu_each", lambda names: next(readings))
+    monkeypatch.setattr(bench, "hosts_last_pid", lambda names: None)
+    monkeypatch.setattr(bench, "operator_cpu", lambda: 0.0)
+    meter = bench.CpuMeter(["a", "b"])
+    for _ in range(3):
+        meter.wrap("run", lambda: None)()
+    got = meter.medians("run")
+    assert got["by_host"] == {"a": 0.5, "b": 2.0} and got["test_hosts"] == 2.5
+
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(bench.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: None)
+    readings = iter([{"a": 1.0, "b": 2.0}, {"a": 1.5, "b": 4.0}])
+    assert bench.idle_cpu(["a", "b"], 10) == {"total": 0.25, "by_host": {"a": 0.05, "b": 0.2}}
+    readings = iter([{"a": 1.0, "b": 2.0}, None])  # a cgroup file went away
+    clock = iter([100.0, 110.0])
+    assert bench.idle_cpu(["a", "b"], 10) is None
+
+
 def test_the_benchmark_finds_the_hosts_it_added_and_only_them():
     from harness.bench import added_names
 
