@@ -30,6 +30,9 @@ From one run it prints and writes to JSON (medians of --runs where repeated):
 - the test hosts' CPU while nothing is run on them (their own timers, health probes and
   scrapes, which every timed run carries), and each added host's: how much of an added
   host's CPU per no-op is its own periodic work rather than the converge's;
+- the share of this machine's CPU time its hypervisor gave to others meanwhile (steal, from
+  /proc/stat), over the whole run and in the timed runs: on a shared cloud machine it moves
+  every figure, and no CPU seconds read in the cgroups show it;
 - with --fresh, also fleet-up from no hosts, the first converge, and the second (the first
   no-op after it, which the make test idempotence check runs too).
 Each time is also given as a ratio to the floor. Figures, not assertions: nothing here
@@ -98,8 +101,9 @@ def floor_once(entries: dict) -> float:
     return seconds
 
 
-def noop(extra: list[str], env: dict | None, label: str, hosts: int) -> float:
-    result = testfleet.converge(extra, log_name=f"bench-{label}", env=env)
+def noop(extra: list[str], env: dict | None, label: str, hosts: int, window=None) -> float:
+    """A no-op converge's wall time (`window`: CpuMeter.window, around pyinfra's run alone)."""
+    result = testfleet.converge(extra, log_name=f"bench-{label}", env=env, window=window)
     if result["returncode"] != 0 or result["changed"] or len(result["hosts"]) != hosts:
         raise SystemExit(f"bench: the {label} converge was not a clean no-op on {hosts} host(s) "
                          f"(exit {result['returncode']}, {result['changed']} changed, {len(result['hosts'])} host(s) "
@@ -176,6 +180,29 @@ def idle_cpu(names: list[str], seconds: float = IDLE_SECONDS) -> dict | None:
     return {"total": round(sum(rates.values()), 4), "by_host": rates}
 
 
+def machine_ticks() -> tuple[int, int] | None:
+    """(steal, all) clock ticks of this machine's CPUs so far (/proc/stat), or None where
+    there is no such file. Steal is time a virtual machine's CPUs were ready to run but the
+    hypervisor ran something else: on a shared cloud machine it moves every figure here, and
+    the CPU seconds read in the cgroups do not show it."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if fields[:1] != ["cpu"] or len(fields) < 9:
+        return None
+    ticks = [int(value) for value in fields[1:]]
+    # guest and guest_nice (fields 9 and 10) are already counted in user and nice
+    return ticks[7], sum(ticks[:8])
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time stolen between two readings (machine_ticks)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1)
+
+
 def hosts_last_pid(names: list[str]) -> list[int] | None:
     """Each test host's last process ID (its own PID namespace); None where it cannot be read."""
     found = []
@@ -204,21 +231,30 @@ class CpuMeter:
 
     def __init__(self, names: list[str]):
         self.names = names
-        # (operator, test hosts, processes started, {host: its CPU}) per run
-        self.runs: dict[str, list[tuple[float, float | None, int | None, dict | None]]] = {}
+        # (operator, test hosts, processes started, {host: its CPU}, steal %) per run
+        self.runs: dict[str, list[tuple[float, float | None, int | None, dict | None, float | None]]] = {}
+
+    @contextlib.contextmanager
+    def window(self, label: str):
+        """One run of `label`: what the operator's processes and the test hosts used inside
+        it. Its own readings (a `docker inspect`, a `docker exec` per host) are taken outside:
+        the operator's CPU is read after the hosts' first reading and before their second,
+        and the hosts' last PIDs before and after both."""
+        pids0 = hosts_last_pid(self.names)
+        host0 = hosts_cpu_each(self.names)
+        op0, ticks0 = operator_cpu(), machine_ticks()
+        yield
+        op1, ticks1 = operator_cpu(), machine_ticks()
+        host1 = hosts_cpu_each(self.names)
+        each = None if host0 is None or host1 is None else {n: host1[n] - host0[n] for n in self.names}
+        self.runs.setdefault(label, []).append(
+            (op1 - op0, None if each is None else sum(each.values()),
+             processes_started(pids0, hosts_last_pid(self.names)), each, steal_percent(ticks0, ticks1)))
 
     def wrap(self, label: str, fn):
         def measured():
-            pids0 = hosts_last_pid(self.names)
-            op0, host0 = operator_cpu(), hosts_cpu_each(self.names)
-            value = fn()
-            host1 = hosts_cpu_each(self.names)
-            op1 = operator_cpu()
-            each = None if host0 is None or host1 is None else {n: host1[n] - host0[n] for n in self.names}
-            self.runs.setdefault(label, []).append(
-                (op1 - op0, None if each is None else sum(each.values()),
-                 processes_started(pids0, hosts_last_pid(self.names)), each))
-            return value
+            with self.window(label):
+                return fn()
         return measured
 
     def medians(self, label: str) -> dict:
@@ -232,7 +268,7 @@ class CpuMeter:
         if runs and all(run[3] is not None for run in runs):
             by_host = {name: round(statistics.median(run[3][name] for run in runs), 2) for name in self.names}
         return {"operator": median(0, 2), "test_hosts": median(1, 2), "host_processes": median(2, None),
-                "by_host": by_host}
+                "by_host": by_host, "steal_percent": median(4, 1)}
 
 
 def slope(points: list[tuple[int, float]]) -> float:
@@ -268,7 +304,7 @@ def main(argv: list[str]) -> int:
                      "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                               capture_output=True, text=True).stdout.strip()}
     step = lambda what: print(f"[bench {time.monotonic() - t0:6.1f}s] {what}", flush=True)  # noqa: E731
-    t0 = time.monotonic()
+    t0, ticks0 = time.monotonic(), machine_ticks()
 
     hosts, test_fleet = testfleet.load_inventory()
     if args.extra_hosts and args.extra_like not in hosts:
@@ -320,11 +356,11 @@ def main(argv: list[str]) -> int:
     figures["floor_seconds"], figures["floor_runs"] = median_of(args.runs + 2, lambda: floor_once(entries))
     step(f"no-op converge, whole site, x{args.runs}")
     figures["noop_site_seconds"], figures["noop_site_runs"] = median_of(
-        args.runs, cpu.wrap("noop_site", lambda: noop([], None, "noop", len(names))))
+        args.runs, lambda: noop([], None, "noop", len(names), cpu.window("noop_site")))
     if hasattr(registry, "selected"):  # FLEET_COMPONENTS (absent from older commits: no figure)
         step(f"no-op converge, base only, x{args.runs}")
         figures["noop_base_seconds"], figures["noop_base_runs"] = median_of(
-            args.runs, cpu.wrap("noop_base", lambda: noop([], {"FLEET_COMPONENTS": "base"}, "noop-base", len(names))))
+            args.runs, lambda: noop([], {"FLEET_COMPONENTS": "base"}, "noop-base", len(names), cpu.window("noop_base")))
     points = []
     for count in sorted({1, min(3, len(names)), len(names)}):
         limit = [arg for name in names[:count] for arg in ("--limit", name)]
@@ -352,6 +388,7 @@ def main(argv: list[str]) -> int:
         figures.update(added_hosts(args.extra_like, args.extra_hosts, max(args.runs, EXTRA_RUNS), names,
                                    added_env, step))
     figures["spec_workers"] = args.spec_workers
+    figures["steal_percent"] = steal_percent(ticks0, machine_ticks())
     figures["specs_summary"] = (specs.stdout.strip().splitlines() or [""])[-1]
     if args.fresh and not args.keep:
         testfleet.down()
@@ -401,6 +438,12 @@ def main(argv: list[str]) -> int:
     if figures.get("noop_site_cores_busy") is not None:
         print(f"the site's no-op kept {figures['noop_site_cores_busy']:.0%} of this machine's {CORES} cores busy "
               "(operator and test hosts' CPU over its wall time)")
+    steals = [(label, figures["cpu_seconds"][key].get("steal_percent")) for label, key in
+              (("site no-op", "noop_site"), ("base no-op", "noop_base"), ("specs", "specs"))]
+    if figures["steal_percent"] is not None:
+        print(f"CPU time this machine's hypervisor gave to others (steal): {figures['steal_percent']:.1f}% over "
+              "the whole benchmark; " + ", ".join(f"{label} {value:.1f}%" for label, value in steals
+                                                 if value is not None) + " (medians)")
     idle = figures.get("idle_cpu_per_second")
     if idle is not None:
         busiest = sorted(idle["by_host"].items(), key=lambda item: -item[1])[:3]
@@ -507,7 +550,7 @@ def added_hosts(like: str, count: int, runs: int, names: list[str], env: dict, s
                 for k in (range(count + 1) if run % 2 == 0 else range(count, -1, -1)):
                     limit = base + [arg for name in extra[:k] for arg in ("--limit", name)]
                     walls.setdefault(k, []).append(
-                        cpu.wrap(f"added{k}", lambda: noop(limit, None, f"noop-added{k}", len(names) + k))())
+                        noop(limit, None, f"noop-added{k}", len(names) + k, cpu.window(f"added{k}")))
                     hosts = {name: entries[name] for name in names + extra[:k]}
                     floors.setdefault(k, []).extend(round(floor_once(hosts), 3) for _ in range(FLOOR_REPEATS))
     finally:

@@ -14,6 +14,7 @@ goes over SSH, like on real hosts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -575,7 +576,7 @@ _ENV_LOCK = threading.Lock()
 
 def converge(extra: list[str], log_name: str = "converge", env: dict | None = None,
              kill_at: str | None = None, kill_delay: float = 0.0, kill_before: str | None = None,
-             timeout: float = 1800, on_line=None, inventory: str = "inventory.py") -> dict:
+             timeout: float = 1800, on_line=None, inventory: str = "inventory.py", window=None) -> dict:
     """Run pyinfra on deploys/site.py against the test fleet; return change counts.
 
     kill_before: pyinfra SIGKILLs itself as the operation of this name starts, before any of
@@ -583,7 +584,10 @@ def converge(extra: list[str], log_name: str = "converge", env: dict | None = No
     kill_at: SIGKILL pyinfra `kill_delay` seconds after it prints a line containing this text
     (a kill some time into an operation); timeout: SIGKILL it after this many seconds.
     on_line: called with each output line as it arrives. inventory: the inventory file
-    (tests/integration/unchecked_inventory.py for the tests that must get past --data checks)."""
+    (tests/integration/unchecked_inventory.py for the tests that must get past --data checks).
+    window: a context manager around pyinfra's run alone, from its start to its exit (the
+    benchmark's CPU readings: the host-key check before it, an ssh-keyscan of every host, is
+    not the converge's work)."""
     STATE.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, FLEET_TARGET="test", **(env or {}))
     with _ENV_LOCK:  # hosts_to_bootstrap swaps os.environ while it validates
@@ -593,34 +597,35 @@ def converge(extra: list[str], log_name: str = "converge", env: dict | None = No
     cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", inventory, "deploys/site.py", *extra]
     if kill_before:
         cmd[:1] = [sys.executable, str(Path(__file__).with_name("killpoint.py")), kill_before]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    killed: list[str] = []
+    with window if window is not None else contextlib.nullcontext():
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        killed: list[str] = []
 
-    def kill(why: str) -> None:
-        if proc.poll() is None:
-            killed.append(why)
-            proc.kill()
+        def kill(why: str) -> None:
+            if proc.poll() is None:
+                killed.append(why)
+                proc.kill()
 
-    watchdog = threading.Timer(timeout, kill, args=(f"timed out after {timeout:.0f}s",))
-    watchdog.start()
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if on_line:
-                on_line(line)
-            if kill_at and not killed and kill_at in ANSI.sub("", line):
-                threading.Timer(kill_delay, kill, args=(f"killed at {kill_at!r} (+{kill_delay:g}s)",)).start()
-                kill_at = None
-        proc.wait()
-    finally:
-        watchdog.cancel()
+        watchdog = threading.Timer(timeout, kill, args=(f"timed out after {timeout:.0f}s",))
+        watchdog.start()
+        lines = []
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if on_line:
+                    on_line(line)
+                if kill_at and not killed and kill_at in ANSI.sub("", line):
+                    threading.Timer(kill_delay, kill, args=(f"killed at {kill_at!r} (+{kill_delay:g}s)",)).start()
+                    kill_at = None
+            proc.wait()
+        finally:
+            watchdog.cancel()
+        seconds = time.monotonic() - t0
     if kill_before and not killed and proc.returncode == -9 and any(
             line.startswith(KILLED) for line in lines):
         killed.append(f"killed before {kill_before!r}")
-    seconds = time.monotonic() - t0
     output = "".join(lines)
     (STATE / f"{log_name}.log").write_text(output)
     counts = count_changes(output)
