@@ -155,12 +155,6 @@ def hosts_cpu_each(names: list[str]) -> dict[str, float] | None:
     return used
 
 
-def hosts_cpu(names: list[str]) -> float | None:
-    """CPU seconds the test hosts' containers have used so far, in all (hosts_cpu_each)."""
-    used = hosts_cpu_each(names)
-    return None if used is None else sum(used.values())
-
-
 # How long the test hosts are watched doing nothing the benchmark asked: the test fleet's own
 # periodic work (health probes and the dead man's switch every 15 s, Prometheus scrapes every
 # 10 s, in its data) comes round at least twice in it.
@@ -422,10 +416,10 @@ def main(argv: list[str]) -> int:
             ("fleet-up from no hosts", "fleet_up_seconds"),
             ("first converge", "first_converge_seconds"),
             ("second converge (the first no-op after it)", "second_converge_seconds")]
+    no_ratio = ("floor_per_added_host_seconds", "added_host_idle_cpu_per_noop")  # a part of another figure
     for label, key in rows:
         if figures.get(key) is not None:
-            # a part of the floor, or of a CPU figure: no ratio
-            r = ratio(figures[key]) if key not in ("floor_per_added_host_seconds", "added_host_idle_cpu_per_noop") else None
+            r = ratio(figures[key]) if key not in no_ratio else None
             print(f"{label:<44} {figures[key]:>9.3f} {r if r is not None else '':>8}")
     print(f"\n{'CPU seconds and host processes (medians)':<44} {'operator':>9} {'test hosts':>11} {'processes':>10}")
     for label, key in (("no-op converge, whole site", "noop_site"), ("no-op converge, base only", "noop_base"),
